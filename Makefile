@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` (the mini study) and `make test`.
+# Both create or reuse .venv; a repeated run skips the install (stamp file).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+
+# coco-mini is found through ANONBENCH_COCO_MINI; point it at ../shared when that copy exists.
+SHARED_COCO_MINI := $(abspath ../shared/data/coco-mini)
+ANONBENCH_COCO_MINI ?= $(if $(wildcard $(SHARED_COCO_MINI)/SHA256SUMS),$(SHARED_COCO_MINI),)
+export ANONBENCH_COCO_MINI
+
+.PHONY: install demo test lint
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the release whose wheels the machines carry (shared/notes/environment.md)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[train,orchestrate,dev]'
+	# ultralytics pulls the GUI OpenCV, which shares the cv2 folder with the headless build we want
+	$(BIN)/pip uninstall -q -y opencv-python
+	$(BIN)/pip install -q --force-reinstall --no-deps "$$(grep '^opencv-python-headless==' $(CONSTRAINTS))"
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/anonbench fetch
+	$(BIN)/anonbench prepare
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest

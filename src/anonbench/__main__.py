@@ -1,0 +1,3 @@
+from anonbench.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""Reading COCO-format splits: instances JSON, image paths, per-image annotations.
+
+Shared by every stage that reads a split (the original or an anonymized
+variant: both have the same layout). Errors name the file and the record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from anonbench.coco_classes import PERSON
+
+Instances = dict[str, Any]
+Annotation = dict[str, Any]
+
+
+class CocoError(ValueError):
+    """A COCO file or record is unusable; the message names the file and the record."""
+
+
+def read_instances(path: Path) -> Instances:
+    """Load an instances JSON file.
+
+    Args:
+        path: ``annotations/instances_<split>.json``.
+
+    Returns:
+        The decoded mapping.
+
+    Raises:
+        CocoError: If the file is missing, not JSON, or lacks images/annotations/categories.
+    """
+    try:
+        with Path(path).open("rb") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise CocoError(f"{path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CocoError(f"{path}: malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CocoError(f"{path}: expected a JSON object at the top level")
+    missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
+    if missing:
+        raise CocoError(f"{path}: missing required key(s) {missing}")
+    return data
+
+
+def image_path(image_dir: Path, file_name: str) -> Path:
+    """Path of an image inside its split folder; a name that escapes the folder is refused.
+
+    Raises:
+        CocoError: For absolute names, ``..`` components or anything resolving outside ``image_dir``.
+    """
+    name = Path(file_name)
+    root = Path(image_dir).resolve()
+    candidate = (root / name).resolve()
+    if name.is_absolute() or ".." in name.parts or root not in candidate.parents:
+        raise CocoError(f"file_name {file_name!r} escapes the image folder {image_dir}")
+    return Path(image_dir) / name
+
+
+def annotations_by_image(instances: Instances) -> dict[int, list[Annotation]]:
+    """Group annotations by image id (images without annotations map to an empty list)."""
+    grouped: dict[int, list[Annotation]] = defaultdict(list)
+    for ann in instances["annotations"]:
+        grouped[ann["image_id"]].append(ann)
+    return {img["id"]: grouped.get(img["id"], []) for img in instances["images"]}
+
+
+def person_category_id(instances: Instances) -> int:
+    """COCO id of the 'person' category in this file."""
+    for cat in instances["categories"]:
+        if cat["name"] == PERSON:
+            return int(cat["id"])
+    raise CocoError("no 'person' category in the annotation file")

@@ -1,0 +1,476 @@
+"""Typed parameters: ``params.yaml`` plus a profile diff plus ``--set`` overrides.
+
+``params.yaml`` is the single source of every stage's settings. Its top level is
+the ``mini`` profile; ``profiles.<name>`` holds small diffs merged on top (the
+Hydra habit of experiments as config diffs). The merged mapping is validated
+by the pydantic models below before any stage does work, so a typo or an
+impossible value fails at once with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anonbench.coco_classes import COCO_NAMES
+
+ORIGINAL = "org"
+CLASSIC_METHODS = ("blur", "pixelate", "mask")
+DP2_METHODS = ("dp2_fullbody", "dp2_face")
+Method = Literal["blur", "pixelate", "mask", "dp2_fullbody", "dp2_face"]
+ModelSize = Literal["n", "s", "m", "l", "x"]
+# YOLOv10 layer indices are the same for every size: 0-9 backbone, 10 PSA, 11-22 neck, 23 head.
+YOLOV10_LAST_LAYER = 23
+# Environment variables that point at an existing local copy of a data source.
+LOCAL_COPY_ENV = {"coco-mini": "ANONBENCH_COCO_MINI", "coco2017": "ANONBENCH_COCO2017"}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A parameter file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_class_names(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in COCO_NAMES]
+    if unknown:
+        raise ValueError(f"not a COCO category: {', '.join(repr(n) for n in unknown)}")
+    return names
+
+
+ClassList = Annotated[list[str], Field(min_length=1)]
+
+
+class Paths(_Section):
+    """Where stages write; every folder is a DVC output, never committed to git."""
+
+    data: Path = Path("data")
+    models: Path = Path("models")
+    metrics: Path = Path("metrics")
+    reports: Path = Path("reports")
+
+
+class Data(_Section):
+    """Which COCO-format source to use and where a local copy of it lives."""
+
+    source: Literal["coco-mini", "coco2017"] = "coco-mini"
+    local_copy: Path | None = None
+    mirrors: dict[str, str] = Field(default_factory=dict)
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    deep_check: bool = False
+
+    @property
+    def splits(self) -> tuple[str, str]:
+        """Train and validation split names, in that order."""
+        return (self.train_split, self.val_split)
+
+
+class Prepare(_Section):
+    """Frequency groups: a class is `high` with at least `high` person images, etc."""
+
+    frequency_borders: dict[Literal["high", "medium"], PositiveInt] = Field(
+        default_factory=lambda: {"high": 3200, "medium": 1400}
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Prepare:
+        if set(self.frequency_borders) != {"high", "medium"}:
+            raise ValueError("frequency_borders needs both 'high' and 'medium'")
+        if self.frequency_borders["high"] <= self.frequency_borders["medium"]:
+            raise ValueError("frequency_borders.high must be above frequency_borders.medium")
+        return self
+
+
+class Classes(_Section):
+    """Class groups of the study (DESIGN.md tables); data, not code."""
+
+    size_frequency: dict[Literal["small", "medium", "large"], dict[Literal["low", "medium", "high"], ClassList]]
+    use_case_groups: dict[str, ClassList]
+    comparison: ClassList
+
+    @field_validator("size_frequency")
+    @classmethod
+    def _grid_names(cls, grid: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        for row in grid.values():
+            for names in row.values():
+                _check_class_names(names)
+        return grid
+
+    @field_validator("use_case_groups")
+    @classmethod
+    def _group_names(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        for names in groups.values():
+            _check_class_names(names)
+        return groups
+
+    @field_validator("comparison")
+    @classmethod
+    def _comparison_names(cls, names: list[str]) -> list[str]:
+        return _check_class_names(names)
+
+    @property
+    def size_frequency_classes(self) -> list[str]:
+        """Every class of the size x frequency grid, row by row."""
+        return [n for row in self.size_frequency.values() for names in row.values() for n in names]
+
+
+class Blur(_Section):
+    """Gaussian blur whose sigma scales with the person: sigma = fraction * sqrt(box area)."""
+
+    sigma_fraction: Fraction = 0.1
+    min_sigma: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class Pixelate(_Section):
+    """Block size relative to the person's box (fraction of its longer side) or absolute."""
+
+    block_fraction: Fraction = 0.1
+    block_px: PositiveInt | None = None
+
+
+class Mask(_Section):
+    """Solid fill colour (RGB)."""
+
+    color: tuple[int, int, int] = (0, 0, 0)
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, color: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in color):
+            raise ValueError("colour channels must be in 0..255")
+        return color
+
+
+class DeepPrivacy2(_Section):
+    """DeepPrivacy2 adapter settings; it runs only in the DP2 image (docker/dp2)."""
+
+    repo_dir: Path = Path("/opt/deep_privacy2")
+    fullbody_config: str = "configs/anonymizers/FB_cse.py"
+    face_config: str = "configs/anonymizers/face.py"
+    mask_source: Literal["gt", "detector"] = "detector"
+    truncation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    amp: bool = True
+
+
+class Anonymize(_Section):
+    """Which variants to make and how; classic methods use ground-truth masks."""
+
+    methods: Annotated[list[Method], Field(min_length=1)] = ["blur", "pixelate", "mask"]
+    mask_source: Literal["gt", "detector"] = "gt"
+    dilation_px: Annotated[int, Field(ge=0)] = 3
+    min_person_px: Annotated[int, Field(ge=0)] = 8
+    output_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
+    blur: Blur = Blur()
+    pixelate: Pixelate = Pixelate()
+    mask: Mask = Mask()
+    dp2: DeepPrivacy2 = DeepPrivacy2()
+
+
+class Ssim(_Section):
+    """SSIM of each variant against the original, skimage semantics."""
+
+    win_size: Annotated[int, Field(ge=3)] = 7
+
+    @field_validator("win_size")
+    @classmethod
+    def _odd(cls, win: int) -> int:
+        if win % 2 == 0:
+            raise ValueError("win_size must be odd")
+        return win
+
+
+class Export(_Section):
+    """COCO to YOLO layout; images are linked, not copied."""
+
+    link: Literal["symlink", "hardlink", "copy"] = "symlink"
+
+
+class Train(_Section):
+    """YOLOv10 from scratch (yaml, no weights); any other Ultralytics argument goes in `extra`."""
+
+    sizes: Annotated[list[ModelSize], Field(min_length=1)] = ["n"]
+    variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
+    epochs: PositiveInt = 100
+    imgsz: PositiveInt = 640
+    batch: PositiveInt = 40
+    optimizer: str = "SGD"
+    deterministic: bool = True
+    device: str = "cpu"
+    amp: bool = True
+    workers: Annotated[int, Field(ge=0)] = 8
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Evaluate(_Section):
+    """COCO protocol: all detections down to conf 0.001, at most 100 per image."""
+
+    variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
+    conf: Fraction = 0.001
+    iou: Fraction = 0.7
+    max_det: PositiveInt = 100
+    batch: PositiveInt = 16
+    backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
+
+
+class FinetuneBase(_Section):
+    """The trained model a fine-tune starts from."""
+
+    variant: str = ORIGINAL
+    size: ModelSize = "m"
+
+
+class Finetune(_Section):
+    """Fine-tune a trained model on an anonymized subset with frozen layer ranges (Q6, Q7)."""
+
+    base: FinetuneBase = FinetuneBase()
+    variant: str = "dp2_fullbody"
+    fraction: Fraction = 0.2
+    epochs: PositiveInt = 30
+    batch: PositiveInt = 40
+    lr0: Annotated[float, Field(gt=0.0)] = 0.001
+    lrf: Annotated[float, Field(gt=0.0)] = 0.01
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.85
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0007
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 4.0
+    warmup_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
+    optimizer: str = "SGD"
+    freeze: dict[str, list[int]] = Field(
+        default_factory=lambda: {
+            "backbone": [0, 10],
+            "backbone_no_psa": [0, 9],
+            "neck": [11, 22],
+            "neck_head": [11, 23],
+            "psa_neck_head": [10, 23],
+            "none": [],
+        }
+    )
+
+    @field_validator("freeze")
+    @classmethod
+    def _ranges(cls, freeze: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, bounds in freeze.items():
+            if bounds and (len(bounds) != 2 or bounds[0] > bounds[1]):
+                raise ValueError(f"{name}: a range is [first, last] with first <= last, or [] for none")
+            if any(not 0 <= i <= YOLOV10_LAST_LAYER for i in bounds):
+                raise ValueError(f"{name}: layer index outside 0..{YOLOV10_LAST_LAYER}")
+        return freeze
+
+    def frozen_layers(self, name: str) -> list[int]:
+        """Layer indices frozen by freeze config ``name`` (ranges are inclusive)."""
+        bounds = self.freeze[name]
+        return list(range(bounds[0], bounds[1] + 1)) if bounds else []
+
+
+class Relabel(_Section):
+    """Stale-label proposals: an object mostly inside the anonymized region with low SSIM is flagged."""
+
+    inside_threshold: Fraction = 0.5
+    ssim_threshold: Fraction = 0.5
+
+
+class Report(_Section):
+    """Bootstrap confidence intervals and layer drift (CKA) for the study report."""
+
+    bootstrap_samples: PositiveInt = 1000
+    confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    cka_images: PositiveInt = 16
+
+
+class Tracking(_Section):
+    """MLflow; the MLFLOW_TRACKING_URI environment variable wins over `uri`."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "anonbench"
+
+    @property
+    def resolved_uri(self) -> str:
+        """The tracking URI in force: the environment's, else the configured one."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.uri
+
+
+class Config(_Section):
+    """The whole, validated parameter set of one run."""
+
+    profile: str = "mini"
+    seed: Annotated[int, Field(ge=0)] = 0
+    policy: Literal["strict", "skip"] = "strict"
+    workers: Annotated[int, Field(ge=0)] = 0
+    paths: Paths = Paths()
+    data: Data = Data()
+    prepare: Prepare = Prepare()
+    classes: Classes
+    anonymize: Anonymize = Anonymize()
+    ssim: Ssim = Ssim()
+    export: Export = Export()
+    train: Train = Train()
+    evaluate: Evaluate = Evaluate()
+    finetune: Finetune = Finetune()
+    relabel: Relabel = Relabel()
+    report: Report = Report()
+    tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _variants_exist(self) -> Config:
+        known = {ORIGINAL, *self.anonymize.methods}
+        for key, names in (("train.variants", self.train.variants), ("evaluate.variants", self.evaluate.variants)):
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise ValueError(f"{key}: {missing} not among 'org' and anonymize.methods {sorted(known)}")
+        if self.finetune.variant not in self.anonymize.methods:
+            raise ValueError(f"finetune.variant: {self.finetune.variant!r} is not in anonymize.methods")
+        if self.finetune.base.variant not in self.train.variants:
+            raise ValueError(f"finetune.base.variant: {self.finetune.base.variant!r} is not in train.variants")
+        if self.finetune.base.size not in self.train.sizes:
+            raise ValueError(f"finetune.base.size: {self.finetune.base.size!r} is not in train.sizes")
+        return self
+
+    @property
+    def n_workers(self) -> int:
+        """Worker processes for per-image stages: `workers`, or every core when 0."""
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def source_root(self) -> Path:
+        """The original dataset in COCO layout, as the fetch stage materializes it."""
+        return self.paths.data / "raw" / self.data.source
+
+    def local_copy(self) -> Path | None:
+        """An existing copy of the source: `data.local_copy`, else its environment variable."""
+        if self.data.local_copy is not None:
+            return self.data.local_copy
+        env = os.environ.get(LOCAL_COPY_ENV[self.data.source])
+        return Path(env) if env else None
+
+    def variant_root(self, variant: str) -> Path:
+        """COCO-layout root of a variant: the original for 'org', else the anonymized copy."""
+        if variant == ORIGINAL:
+            return self.source_root
+        return self.paths.data / "variants" / variant
+
+    def image_dir(self, variant: str, split: str) -> Path:
+        """Image folder of one split of a variant (COCO layout: `<root>/<split>/`)."""
+        return self.variant_root(variant) / split
+
+    def annotation_file(self, variant: str, split: str) -> Path:
+        """Instances JSON of one split of a variant (COCO layout)."""
+        return self.variant_root(variant) / "annotations" / f"instances_{split}.json"
+
+
+def deep_merge(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``diff`` into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in diff.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML.
+
+    Args:
+        tree: Raw (unvalidated) parameter mapping.
+        assignment: For example ``train.epochs=2`` or ``train.sizes=[n,s]``.
+
+    Returns:
+        A new mapping with the override applied.
+
+    Raises:
+        ConfigError: If the assignment has no ``=`` or walks through a non-mapping.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    diff: dict[str, Any] = {keys[-1]: yaml.safe_load(raw)}
+    for key in reversed(keys[:-1]):
+        diff = {key: diff}
+    node: Any = tree
+    for key in keys[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+    return deep_merge(tree, diff)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    given = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(given, dict) else f" (got {given!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    if not first["loc"]:  # a cross-section check: its message starts with the key
+        return f"{source}: {message}{more}"
+    return f"{source}: {key}: {message}{shown}{more}"
+
+
+def resolve(raw: dict[str, Any], profile: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Merge a raw params mapping with its profile diff and overrides (no validation).
+
+    Args:
+        raw: The mapping read from params.yaml, including ``profiles``.
+        profile: Profile to apply; defaults to the file's ``profile`` key.
+        overrides: ``dotted.key=value`` strings applied last.
+
+    Returns:
+        The merged mapping, without ``profiles``, with ``profile`` set.
+    """
+    profiles = raw.get("profiles") or {}
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    name = profile or base.get("profile", "mini")
+    if name not in profiles:
+        raise ConfigError(f"profile {name!r} is not defined under 'profiles' (have: {sorted(profiles)})")
+    merged = deep_merge(base, profiles[name] or {})
+    merged["profile"] = name
+    for assignment in overrides or []:
+        merged = apply_override(merged, assignment)
+    return merged
+
+
+def load_config(
+    path: Path | str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Read, merge and validate parameters; the one entry point every stage uses.
+
+    Args:
+        path: The params file.
+        profile: Profile to apply (default: the file's ``profile`` key).
+        overrides: ``dotted.key=value`` overrides applied after the profile.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: With one line naming the file, the key and the problem.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameter file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    merged = resolve(raw, profile, overrides)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_error(str(path), err)) from None
