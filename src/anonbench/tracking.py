@@ -1,0 +1,54 @@
+"""MLflow tracking: one place that sets the store, the experiment and the common tags."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from anonbench.config import Config
+
+
+def git_commit() -> str:
+    """Current git commit of the working tree, or 'unknown' outside a repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def dvc_revision(lock: Path = Path("dvc.lock")) -> str:
+    """A short hash of dvc.lock, naming the exact data and stage versions a run used."""
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.is_file() else "none"
+
+
+@contextmanager
+def mlflow_run(cfg: Config, name: str, stage: str, tags: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Start an MLflow run in the configured store and experiment with the common tags.
+
+    Args:
+        cfg: The run's configuration (tracking URI, experiment, profile, seed).
+        name: Run name shown in the MLflow UI.
+        stage: Pipeline stage, stored as the ``stage`` tag.
+        tags: Further tags (train_data, model_size, ...).
+
+    Yields:
+        The active MLflow run.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    common = {
+        "stage": stage,
+        "profile": cfg.profile,
+        "seed": str(cfg.seed),
+        "git_commit": git_commit(),
+        "dvc_revision": dvc_revision(),
+    }
+    with mlflow.start_run(run_name=name, tags={**common, **{k: str(v) for k, v in (tags or {}).items()}}) as run:
+        yield run
