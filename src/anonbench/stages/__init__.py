@@ -1,3 +1,5 @@
-"""One module per pipeline stage, in data order: fetch, prepare, anonymize, ssim, export,
-train, evaluate, finetune, relabel, report. Each exposes ``run(cfg, ...) -> list[Path]``.
+"""One module per pipeline stage, each exposing ``run(cfg, ...) -> list[Path]``.
+
+In data order: fetch, prepare, anonymize, ssim, export, train, evaluate,
+finetune, relabel, report.
 """
