@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from anonbench.offline import go_offline
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
+SPLITS = ("train2017", "val2017")
 
 go_offline()
 
@@ -27,11 +30,39 @@ def coco_mini() -> Path:
     return folder
 
 
+def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
+    """Copy the first images of each split (persons first) with their annotations, COCO layout."""
+    for split, count in counts.items():
+        instances = json.loads((source / "annotations" / f"instances_{split}.json").read_text())
+        person_images = {a["image_id"] for a in instances["annotations"] if a["category_id"] == 1}
+        ordered = sorted(instances["images"], key=lambda im: (im["id"] not in person_images, im["file_name"]))
+        images = sorted(ordered[:count], key=lambda im: im["file_name"])
+        keep = {im["id"] for im in images}
+        instances["images"] = images
+        instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] in keep]
+        (target / split).mkdir(parents=True, exist_ok=True)
+        for image in images:
+            shutil.copyfile(source / split / image["file_name"], target / split / image["file_name"])
+        (target / "annotations").mkdir(parents=True, exist_ok=True)
+        (target / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-train / 6-val slice of coco-mini (mostly images with persons) for fast tests."""
+    return subset_coco(coco_mini, tmp_path_factory.mktemp("tiny-coco"), {"train2017": 12, "val2017": 6})
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
-    """Load the real params.yaml with outputs under tmp_path, coco-mini as the local copy, plus overrides."""
+    """Load the real params.yaml with outputs under tmp_path, plus overrides.
 
-    def _make(*overrides: str, profile: str | None = None) -> Config:
+    The original dataset (``cfg.source_root``) is linked to ``source`` (default
+    coco-mini), as the fetch stage would have materialized it.
+    """
+
+    def _make(*overrides: str, profile: str | None = None, source: Path | None = None) -> Config:
         base = [
             f"paths.data={tmp_path / 'data'}",
             f"paths.models={tmp_path / 'models'}",
@@ -40,6 +71,10 @@ def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
             f"data.local_copy={coco_mini}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         ]
-        return load_config(PARAMS, profile, [*base, *overrides])
+        cfg = load_config(PARAMS, profile, [*base, *overrides])
+        if not cfg.source_root.exists():
+            cfg.source_root.parent.mkdir(parents=True, exist_ok=True)
+            cfg.source_root.symlink_to(source or coco_mini, target_is_directory=True)
+        return cfg
 
     return _make
