@@ -78,3 +78,30 @@ def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
         return cfg
 
     return _make
+
+
+@pytest.fixture
+def make_variant() -> Callable[[Config, str], Path]:
+    """Write a variant in the anonymize stage's output layout (COMMON contract) from ``cfg.source_root``.
+
+    A stand-in for ``anonbench anonymize`` where a test needs only the layout:
+    every image re-encoded as ``<stem>.png`` with its pixels unchanged, the
+    original annotations with file_name pointing at the PNGs.
+    """
+
+    def _make(cfg: Config, method: str) -> Path:
+        import cv2
+
+        root = cfg.variant_root(method)
+        for split in cfg.data.splits:
+            instances = json.loads(cfg.annotation_file("org", split).read_text())
+            (root / split).mkdir(parents=True, exist_ok=True)
+            for image in instances["images"]:
+                png = Path(image["file_name"]).with_suffix(".png").name
+                cv2.imwrite(str(root / split / png), cv2.imread(str(cfg.image_dir("org", split) / image["file_name"])))
+                image["file_name"] = png
+            cfg.annotation_file(method, split).parent.mkdir(parents=True, exist_ok=True)
+            cfg.annotation_file(method, split).write_text(json.dumps(instances))
+        return root
+
+    return _make

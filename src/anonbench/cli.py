@@ -64,7 +64,10 @@ def fetch(
     params: ParamsOption = Path("params.yaml"),
     profile: ProfileOption = None,
     set_: SetOption = None,
-    download: Annotated[bool, typer.Option(help="Allow downloading when no local copy is configured.")] = False,
+    download: Annotated[
+        bool,
+        typer.Option(envvar="ANONBENCH_DOWNLOAD", help="Allow downloading when no local copy is configured."),
+    ] = False,
 ) -> None:
     """Materialize the data source in data/raw/<source>, every file checked against its checksum."""
     from anonbench.stages import fetch as stage
@@ -80,6 +83,67 @@ def prepare(params: ParamsOption = Path("params.yaml"), profile: ProfileOption =
 
     cfg = load(params, profile, set_)
     wrote(stage.run(cfg))
+
+
+VariantOption = Annotated[str, typer.Option("--variant", help="'org' or an anonymization method.")]
+
+
+@app.command()
+def export(
+    variant: VariantOption,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Write a variant in the Ultralytics YOLO layout: linked images, labels, dataset yaml, id map."""
+    from anonbench.stages import export as stage
+
+    cfg = load(params, profile, set_)
+    wrote(stage.run(cfg, variant))
+
+
+@app.command()
+def train(
+    variant: VariantOption,
+    size: Annotated[str, typer.Option("--size", help="YOLOv10 size: n, s, m, l or x.")],
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Train YOLOv10 from scratch on an exported variant into models/<variant>-<size>/ (resumes if cut short)."""
+    from anonbench.stages import train as stage
+
+    cfg = load(params, profile, set_)
+    wrote(stage.run(cfg, variant, size))
+
+
+@app.command()
+def finetune(
+    freeze: Annotated[str, typer.Option("--freeze", help="A freeze config name from finetune.freeze.")],
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Fine-tune the base model on the anonymized subset with one freeze config into models/ft-<name>/."""
+    from anonbench.stages import finetune as stage
+
+    cfg = load(params, profile, set_)
+    wrote(stage.run(cfg, freeze))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="Model id: a folder under models/, e.g. org-n or ft-neck.")],
+    on: Annotated[str, typer.Option("--on", help="Evaluation variant: 'org' or an anonymization method.")],
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Score a trained model on a variant's validation split with the COCO protocol into metrics/eval/."""
+    from anonbench.stages import evaluate as stage
+
+    cfg = load(params, profile, set_)
+    wrote(stage.run(cfg, model, on))
 
 
 def main() -> None:

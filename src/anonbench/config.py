@@ -76,20 +76,23 @@ class Data(_Section):
         return (self.train_split, self.val_split)
 
 
-class Prepare(_Section):
-    """Frequency groups: a class is `high` with at least `high` person images, etc."""
+class FrequencyBorders(_Section):
+    """A class is `high` with at least `high` images that also show a person, `medium` from `medium`, else `low`."""
 
-    frequency_borders: dict[Literal["high", "medium"], PositiveInt] = Field(
-        default_factory=lambda: {"high": 3200, "medium": 1400}
-    )
+    high: PositiveInt = 3200
+    medium: PositiveInt = 1400
 
     @model_validator(mode="after")
-    def _ordered(self) -> Prepare:
-        if set(self.frequency_borders) != {"high", "medium"}:
-            raise ValueError("frequency_borders needs both 'high' and 'medium'")
-        if self.frequency_borders["high"] <= self.frequency_borders["medium"]:
-            raise ValueError("frequency_borders.high must be above frequency_borders.medium")
+    def _ordered(self) -> FrequencyBorders:
+        if self.high <= self.medium:
+            raise ValueError("high must be above medium")
         return self
+
+
+class Prepare(_Section):
+    """Statistics settings of the prepare stage."""
+
+    frequency_borders: FrequencyBorders = FrequencyBorders()
 
 
 class Classes(_Section):

@@ -1,0 +1,1 @@
+"""Data sources: where the original COCO files come from and how they are checked."""

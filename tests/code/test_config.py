@@ -1,0 +1,79 @@
+"""params.yaml is the single source of settings: both profiles load, and bad values fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from anonbench.cli import app
+from anonbench.config import ConfigError, load_config
+from tests.conftest import PARAMS
+
+
+def test_mini_is_the_default_profile() -> None:
+    cfg = load_config(PARAMS)
+    assert cfg.profile == "mini"
+    assert cfg.data.source == "coco-mini"
+    assert cfg.train.sizes == ["n"]
+    assert cfg.train.device == "cpu"
+
+
+def test_paper_profile_has_the_paper_settings() -> None:
+    cfg = load_config(PARAMS, profile="paper")
+    assert cfg.data.source == "coco2017"
+    assert cfg.train.sizes == ["n", "s", "m", "l", "x"]
+    assert (cfg.train.optimizer, cfg.train.batch, cfg.seed, cfg.train.deterministic) == ("SGD", 40, 0, True)
+    assert cfg.prepare.frequency_borders == {"high": 3200, "medium": 1400}
+    assert (cfg.finetune.base.variant, cfg.finetune.base.size, cfg.finetune.epochs) == ("org", "m", 30)
+    assert (cfg.finetune.lr0, cfg.finetune.lrf, cfg.finetune.momentum) == (0.001, 0.01, 0.85)
+    assert (cfg.finetune.weight_decay, cfg.finetune.warmup_epochs, cfg.finetune.warmup_momentum) == (0.0007, 4, 0.8)
+    assert cfg.finetune.frozen_layers("backbone") == list(range(11))
+    assert cfg.finetune.frozen_layers("psa_neck_head") == list(range(10, 24))
+    assert cfg.finetune.frozen_layers("none") == []
+    assert len(cfg.classes.comparison) == 14
+    assert len(cfg.classes.size_frequency_classes) == 36
+
+
+def test_set_overrides_parse_yaml_values() -> None:
+    cfg = load_config(PARAMS, overrides=["train.epochs=7", "train.sizes=[n, s]", "finetune.base.size=s"])
+    assert cfg.train.epochs == 7
+    assert cfg.train.sizes == ["n", "s"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch=0", "params.yaml: train.batch: Input should be greater than 0 (got 0)"),
+        ("train.bogus=1", "params.yaml: train.bogus: unknown key"),
+        ("train.epochs=many", "params.yaml: train.epochs: Input should be a valid integer"),
+        ("finetune.freeze.neck=[11, 30]", "params.yaml: finetune.freeze: neck: layer index outside 0..23"),
+        ("classes.comparison=[bicycle, hoverboard]", "classes.comparison: not a COCO category: 'hoverboard'"),
+        ("train.variants=[org, dp2_fullbody]", "params.yaml: train.variants: ['dp2_fullbody'] not among"),
+        ("anonymize.methods=[sketch]", "params.yaml: anonymize.methods.0: Input should be"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(PARAMS, overrides=[override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_profile_is_refused() -> None:
+    with pytest.raises(ConfigError, match="profile 'huge' is not defined"):
+        load_config(PARAMS, profile="huge")
+
+
+def test_cli_config_show_prints_the_resolved_paper_config() -> None:
+    result = CliRunner().invoke(app, ["config", "show", "--params", str(PARAMS), "--profile", "paper"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["profile"] == "paper"
+    assert shown["train"]["sizes"] == ["n", "s", "m", "l", "x"]
+
+
+def test_cli_reports_a_bad_override_and_exits_2() -> None:
+    result = CliRunner().invoke(app, ["config", "show", "--params", str(PARAMS), "--set", "train.batch=0"])
+    assert result.exit_code == 2
+    assert "train.batch" in result.output
