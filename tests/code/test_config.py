@@ -24,7 +24,7 @@ def test_paper_profile_has_the_paper_settings() -> None:
     assert cfg.data.source == "coco2017"
     assert cfg.train.sizes == ["n", "s", "m", "l", "x"]
     assert (cfg.train.optimizer, cfg.train.batch, cfg.seed, cfg.train.deterministic) == ("SGD", 40, 0, True)
-    assert cfg.prepare.frequency_borders == {"high": 3200, "medium": 1400}
+    assert (cfg.prepare.frequency_borders.high, cfg.prepare.frequency_borders.medium) == (3200, 1400)
     assert (cfg.finetune.base.variant, cfg.finetune.base.size, cfg.finetune.epochs) == ("org", "m", 30)
     assert (cfg.finetune.lr0, cfg.finetune.lrf, cfg.finetune.momentum) == (0.001, 0.01, 0.85)
     assert (cfg.finetune.weight_decay, cfg.finetune.warmup_epochs, cfg.finetune.warmup_momentum) == (0.0007, 4, 0.8)
