@@ -65,4 +65,5 @@ def configure_ultralytics() -> None:
     """Turn off every Ultralytics integration and sync; call after :func:`go_offline`."""
     from ultralytics.utils import SETTINGS
 
-    SETTINGS.update(ULTRALYTICS_SETTINGS)
+    # Integrations differ between Ultralytics releases and an unknown key raises: set the ones this release has.
+    SETTINGS.update({key: value for key, value in ULTRALYTICS_SETTINGS.items() if key in SETTINGS})

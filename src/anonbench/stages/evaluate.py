@@ -1,0 +1,203 @@
+"""Stage evaluate: score one trained model on one evaluation variant with the COCO protocol.
+
+One cell of the train x eval matrix (Org on Org, Org on Anon, Anon on Org, Anon
+on Anon, for every variant and size). Writes, under
+``metrics/eval/<model-id>_on_<eval-variant>/``: ``predictions.json`` (COCO
+results over the variant's validation split), ``metrics.json`` (the 12 COCO
+stats, per-class AP and AP50, what was evaluated and how) and ``manifest.json``
+(every image's status), and logs one MLflow run with the same numbers. A rerun
+with the same weights, ground truth and settings does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from anonbench.coco import CocoError, read_instances
+from anonbench.cocoeval import CocoScores, score
+from anonbench.config import ORIGINAL, Config, ModelSize
+from anonbench.io import atomic_write_json, atomic_write_text
+from anonbench.manifest import Manifest
+from anonbench.predict import PredictSettings, predict, split_images
+from anonbench.tracking import mlflow_run
+
+FINETUNE_PREFIX = "ft-"
+# MLflow metric names allow letters, digits, _ - . / and spaces; anything else in a class name becomes _.
+_UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- ]")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model id (a folder under ``models/``) says about the model."""
+
+    model_id: str
+    train_data: str
+    model_size: str
+    freeze: str | None = None
+
+    def tags(self, eval_variant: str) -> dict[str, str]:
+        """MLflow tags of its evaluation on ``eval_variant``; ``combination`` is the train x eval cell."""
+        tags = {
+            "model_id": self.model_id,
+            "train_data": self.train_data,
+            "eval_data": eval_variant,
+            "model_size": self.model_size,
+            "combination": f"{self.train_data} on {eval_variant}",
+        }
+        return tags | ({"freeze": self.freeze} if self.freeze is not None else {})
+
+
+def parse_model_id(cfg: Config, model_id: str) -> ModelInfo:
+    """Read a model id: ``<variant>-<size>`` (trained, e.g. ``org-n``) or ``ft-<freeze>`` (fine-tuned).
+
+    A fine-tuned model was trained on ``finetune.variant`` starting from a ``finetune.base.size`` model.
+
+    Raises:
+        ValueError: For an id of neither form, or naming a variant or freeze config the parameters lack.
+    """
+    if model_id.startswith(FINETUNE_PREFIX):
+        freeze = model_id.removeprefix(FINETUNE_PREFIX)
+        if freeze not in cfg.finetune.freeze:
+            raise ValueError(
+                f"model {model_id!r}: {freeze!r} is not a finetune.freeze config {sorted(cfg.finetune.freeze)}"
+            )
+        return ModelInfo(model_id, cfg.finetune.variant, cfg.finetune.base.size, freeze)
+    variant, _, size = model_id.rpartition("-")
+    known = [ORIGINAL, *cfg.anonymize.methods]
+    if variant not in known or size not in get_args(ModelSize):
+        raise ValueError(
+            f"model {model_id!r}: expected <variant>-<size> with a variant in {known} and a size in "
+            f"{list(get_args(ModelSize))}, or {FINETUNE_PREFIX}<freeze config>"
+        )
+    return ModelInfo(model_id, variant, size)
+
+
+def weights_file(cfg: Config, model_id: str) -> Path:
+    """The checkpoint train and finetune leave for evaluation."""
+    return cfg.paths.models / model_id / "weights" / "best.pt"
+
+
+def output_dir(cfg: Config, model_id: str, eval_variant: str) -> Path:
+    """Folder of one evaluation's outputs."""
+    return cfg.paths.metrics / "eval" / f"{model_id}_on_{eval_variant}"
+
+
+def metric_key(prefix: str, class_name: str) -> str:
+    """An MLflow metric name for a per-class number, e.g. ``AP/traffic light``."""
+    return f"{prefix}/{_UNSAFE_METRIC_CHARS.sub('_', class_name)}"
+
+
+def mlflow_metrics(scores: CocoScores) -> dict[str, float]:
+    """``coco/<stat>`` and ``AP/<class>``, ``AP50/<class>``; undefined numbers are left out."""
+    metrics = {f"coco/{name}": value for name, value in scores.stats.items()}
+    for name, values in scores.per_class.items():
+        metrics |= {metric_key(key, name): value for key, value in values.items()}
+    return {key: value for key, value in metrics.items() if value is not None}
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _usable_images(
+    cfg: Config, instances: dict[str, Any], image_dir: Path, manifest: Manifest
+) -> list[tuple[int, Path]]:
+    """The split's images whose files exist; a missing one stops (strict) or is a counted skip."""
+    usable = []
+    for image_id, path in split_images(instances, image_dir):
+        if path.is_file():
+            usable.append((image_id, path))
+            manifest.add(path.name, "ok", image_id=image_id)
+        elif cfg.policy == "strict":
+            raise CocoError(f"{path}: image file of image id {image_id} not found")
+        else:
+            manifest.add(path.name, "skipped", "image file not found", image_id=image_id)
+    if not usable:
+        raise CocoError(f"{image_dir}: no image of the split could be read")
+    return usable
+
+
+def _up_to_date(outputs: list[Path], settings: dict[str, Any]) -> bool:
+    """Whether a previous run wrote every output (metrics.json last) from the same inputs and settings."""
+    if not all(path.is_file() for path in outputs):
+        return False
+    previous = json.loads(outputs[1].read_text(encoding="utf-8"))
+    return all(previous.get(key) == value for key, value in settings.items())
+
+
+def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
+    """Evaluate ``models/<model_id>/weights/best.pt`` on the validation split of ``eval_variant``.
+
+    Args:
+        cfg: Validated configuration (``evaluate`` section; ``train.imgsz`` and ``train.device`` for inference).
+        model_id: Folder under ``models/``: ``<variant>-<size>`` or ``ft-<freeze>``.
+        eval_variant: ``org`` or an anonymization method.
+
+    Returns:
+        The paths written (or found up to date).
+
+    Raises:
+        ValueError: For an unknown model id or evaluation variant.
+        FileNotFoundError: If the model's weights are missing.
+        CocoError: For an unreadable annotation file or, under the strict policy, a missing image.
+    """
+    info = parse_model_id(cfg, model_id)
+    if eval_variant not in (known := [ORIGINAL, *cfg.anonymize.methods]):
+        raise ValueError(f"evaluation variant {eval_variant!r} is not one of {known}")
+    weights = weights_file(cfg, model_id)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no trained weights for model {model_id!r} (run train or finetune first)")
+    split = cfg.data.val_split
+    annotation_file = cfg.annotation_file(eval_variant, split)
+    out = output_dir(cfg, model_id, eval_variant)
+    outputs = [out / "predictions.json", out / "metrics.json", out / "manifest.json"]
+    predictions_file, metrics_file, manifest_file = outputs
+    ev = cfg.evaluate
+    settings = {
+        "conf": ev.conf,
+        "iou": ev.iou,
+        "max_det": ev.max_det,
+        "imgsz": cfg.train.imgsz,
+        "backend": ev.backend,
+        "weights_sha256": _sha256(weights),
+        "annotations_sha256": _sha256(annotation_file),
+    }
+    if _up_to_date(outputs, settings):
+        return outputs
+
+    instances = read_instances(annotation_file)
+    manifest = Manifest("evaluate", split)
+    images = _usable_images(cfg, instances, cfg.image_dir(eval_variant, split), manifest)
+    predict_settings = PredictSettings(ev.conf, ev.iou, ev.max_det, cfg.train.imgsz, ev.batch, cfg.train.device)
+    predictions = predict(weights, images, predict_settings)
+    atomic_write_text(predictions_file, json.dumps(predictions, separators=(",", ":")) + "\n")
+    manifest.write(manifest_file)
+    scores = score(instances, predictions, ev.backend, image_ids=[image_id for image_id, _ in images])
+
+    tags = info.tags(eval_variant)
+    with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", tags) as active:
+        import mlflow
+
+        mlflow.log_params({"split": split, "images": len(images), "skipped": manifest.counts["skipped"], **settings})
+        mlflow.log_metrics(mlflow_metrics(scores))
+        metrics = {
+            **scores.stats,
+            "per_class": scores.per_class,
+            **tags,
+            "freeze": info.freeze,
+            "split": split,
+            "images": len(images),
+            "predictions": len(predictions),
+            "mlflow_run_id": active.info.run_id,
+            **settings,
+        }
+        atomic_write_json(metrics_file, metrics)
+        for path in outputs:
+            mlflow.log_artifact(str(path))
+    return outputs

@@ -1,0 +1,158 @@
+"""The evaluate stage end to end: a real YOLOv10n checkpoint, real images, pycocotools, a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import pytest
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from anonbench.cli import app
+from anonbench.coco import CocoError
+from anonbench.coco_classes import COCO_CATEGORIES, COCO_NAMES
+from anonbench.cocoeval import STAT_NAMES, score
+from anonbench.config import Config
+from anonbench.offline import configure_ultralytics
+from anonbench.predict import sort_results
+from anonbench.stages import evaluate as stage
+
+MODEL_ID = "org-n"
+METADATA = {"model_id", "train_data", "model_size", "eval_data", "combination", "mlflow_run_id", "conf", "backend"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A YOLOv10n checkpoint built from yaml, saved as Ultralytics saves trained weights.
+
+    Training one that finds anything takes far longer than this suite allows, and a freshly initialized head
+    scores every class below conf 0.001 (its bias prior), so it would predict nothing. The class biases are
+    raised to 0 so that it predicts up to 100 boxes per image: the format, ids and scoring path are what is
+    tested here, not detection quality (tests/code/test_cocoeval.py checks the numbers).
+    """
+    import torch
+    from ultralytics import YOLO
+
+    configure_ultralytics()
+    torch.manual_seed(0)
+    model = YOLO("yolov10n.yaml")
+    head = model.model.model[-1]  # type: ignore[union-attr]
+    for branch in (head.one2many, head.one2one):
+        for cls_head in branch["cls_head"]:
+            cls_head[-1].bias.data[:] = 0.0
+    model.model.names = dict(enumerate(COCO_NAMES))  # type: ignore[union-attr]
+    path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def evaluation_config(make_config: Callable[..., Config], tiny_coco: Path, checkpoint: Path) -> Callable[..., Config]:
+    """Config on the tiny slice with the checkpoint placed where train leaves org-n's best weights."""
+
+    def _make(*overrides: str, source: Path = tiny_coco) -> Config:
+        cfg = make_config("train.imgsz=64", *overrides, source=source)
+        weights = stage.weights_file(cfg, MODEL_ID)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, weights)
+        return cfg
+
+    return _make
+
+
+def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config: Callable[..., Config]) -> None:
+    cfg = evaluation_config()
+    sets = [f"paths.{p}={getattr(cfg.paths, p)}" for p in ("data", "models", "metrics")]
+    sets += [f"tracking.uri={cfg.tracking.uri}", "train.imgsz=64"]
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", MODEL_ID, "--on", "org", *(a for s in sets for a in ("--set", s))]
+    )
+    assert result.exit_code == 0, result.output
+    out = stage.output_dir(cfg, MODEL_ID, "org")
+    assert f"wrote {out / 'predictions.json'}" in result.output
+
+    # predictions: COCO results that pycocotools takes, mapped to the JSON's image and category ids
+    annotation_file = cfg.annotation_file("org", cfg.data.val_split)
+    instances = json.loads(annotation_file.read_text())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions, "the checkpoint predicts boxes at conf 0.001"
+    COCO(str(annotation_file)).loadRes([dict(p) for p in predictions])
+    assert {p["image_id"] for p in predictions} == {image["id"] for image in instances["images"]}
+    assert {p["category_id"] for p in predictions} <= {cid for cid, _ in COCO_CATEGORIES}
+    assert max(Counter(p["image_id"] for p in predictions).values()) <= cfg.evaluate.max_det
+    assert all(isinstance(v, float) for p in predictions for v in p["bbox"])
+    assert min(p["score"] for p in predictions) >= cfg.evaluate.conf
+    assert predictions == sort_results(predictions)
+
+    # metrics: the 12 stats, per-class AP by name, what was evaluated; equal to scoring the file with pycocotools
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(STAT_NAMES) | METADATA | {"per_class"} <= metrics.keys()
+    reference = score(instances, predictions, "pycocotools")
+    assert {name: metrics[name] for name in STAT_NAMES} == pytest.approx(reference.stats, abs=1e-12)
+    assert set(metrics["per_class"]) == set(COCO_NAMES)
+    assert metrics["combination"] == "org on org"
+    assert (metrics["conf"], metrics["backend"], metrics["images"]) == (0.001, "faster-coco-eval", 6)
+
+    # one MLflow run with the tags, metrics and artifacts
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    run = mlflow.get_run(metrics["mlflow_run_id"])
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("stage", "train_data", "eval_data", "model_size", "combination")} == {
+        "stage": "evaluate",
+        "train_data": "org",
+        "eval_data": "org",
+        "model_size": "n",
+        "combination": "org on org",
+    }
+    assert {f"coco/{name}" for name in STAT_NAMES} <= run.data.metrics.keys()
+    assert run.data.metrics["AP/person"] == pytest.approx(metrics["per_class"]["person"]["AP"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"predictions.json", "metrics.json", "manifest.json"} <= artifacts
+
+    # a rerun with nothing changed does nothing: same files, no second run
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    assert stage.run(cfg, MODEL_ID, "org") == [out / "predictions.json", out / "metrics.json", out / "manifest.json"]
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+    assert len(mlflow.search_runs(experiment_names=[cfg.tracking.experiment])) == 1
+
+
+def test_authors_conf_warns_and_reevaluates(evaluation_config: Callable[..., Config]) -> None:
+    stage.run(evaluation_config(), MODEL_ID, "org")
+    cfg = evaluation_config("evaluate.conf=0.25")
+    with pytest.warns(UserWarning, match="not the COCO protocol"):
+        stage.run(cfg, MODEL_ID, "org")
+    out = stage.output_dir(cfg, MODEL_ID, "org")
+    assert json.loads((out / "metrics.json").read_text())["conf"] == 0.25
+    assert min(p["score"] for p in json.loads((out / "predictions.json").read_text())) >= 0.25
+
+
+def test_missing_image_stops_or_is_a_counted_skip(
+    evaluation_config: Callable[..., Config], tiny_coco: Path, tmp_path: Path
+) -> None:
+    broken = shutil.copytree(tiny_coco, tmp_path / "broken")
+    missing = sorted((broken / "val2017").iterdir())[0]
+    missing.unlink()
+    cfg = evaluation_config(source=broken)
+    with pytest.raises(CocoError, match=f"{missing.name}: image file of image id"):
+        stage.run(cfg, MODEL_ID, "org")
+
+    cfg = evaluation_config("policy=skip", source=broken)
+    out = stage.output_dir(cfg, MODEL_ID, "org")
+    stage.run(cfg, MODEL_ID, "org")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"ok": 5, "skipped": 1, "error": 0}
+    assert [r["key"] for r in manifest["records"] if r["status"] == "skipped"] == [missing.name]
+    assert json.loads((out / "metrics.json").read_text())["images"] == 5
+
+
+def test_unknown_model_or_missing_weights_fail_clearly(evaluation_config: Callable[..., Config]) -> None:
+    cfg = evaluation_config()
+    with pytest.raises(FileNotFoundError, match="no trained weights for model 'blur-n'"):
+        stage.run(cfg, "blur-n", "org")
+    with pytest.raises(ValueError, match="evaluation variant 'dp2_face'"):
+        stage.run(cfg, MODEL_ID, "dp2_face")
