@@ -13,7 +13,7 @@ SHARED_COCO_MINI := $(abspath ../shared/data/coco-mini)
 ANONBENCH_COCO_MINI ?= $(if $(wildcard $(SHARED_COCO_MINI)/SHA256SUMS),$(SHARED_COCO_MINI),)
 export ANONBENCH_COCO_MINI
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint mlflow-ui
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+# The study as `dvc repro` (dvc.yaml): a second run with nothing changed is a no-op.
 demo: install
-	$(BIN)/anonbench fetch
-	$(BIN)/anonbench prepare
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# Browse the demo's MLflow runs (the local store mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT).
+MLFLOW_PORT ?= 5000
+mlflow-ui: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
