@@ -22,6 +22,7 @@ from anonbench.offline import configure_ultralytics
 from anonbench.predict import sort_results
 from anonbench.stages import evaluate as stage
 
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 MODEL_ID = "org-n"
 METADATA = {"model_id", "train_data", "model_size", "eval_data", "combination", "mlflow_run_id", "conf", "backend"}
 
@@ -52,8 +53,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def evaluation_config(make_config: Callable[..., Config], tiny_coco: Path, checkpoint: Path) -> Callable[..., Config]:
-    """Config on the tiny slice with the checkpoint placed where train leaves org-n's best weights."""
+def evaluation_config(
+    make_config: Callable[..., Config],
+    tiny_coco: Path,
+    checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Config]:
+    """Config on the tiny slice with the checkpoint placed where train leaves org-n's best weights.
+
+    Runs in tmp_path: MLflow's sqlite store puts artifacts in ./mlruns of the working folder.
+    """
+    monkeypatch.chdir(tmp_path)
 
     def _make(*overrides: str, source: Path = tiny_coco) -> Config:
         cfg = make_config("train.imgsz=64", *overrides, source=source)
@@ -70,7 +81,17 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
     sets = [f"paths.{p}={getattr(cfg.paths, p)}" for p in ("data", "models", "metrics")]
     sets += [f"tracking.uri={cfg.tracking.uri}", "train.imgsz=64"]
     result = CliRunner().invoke(
-        app, ["evaluate", "--model", MODEL_ID, "--on", "org", *(a for s in sets for a in ("--set", s))]
+        app,
+        [
+            "evaluate",
+            "--model",
+            MODEL_ID,
+            "--on",
+            "org",
+            "--params",
+            str(PARAMS),
+            *(a for s in sets for a in ("--set", s)),
+        ],
     )
     assert result.exit_code == 0, result.output
     out = stage.output_dir(cfg, MODEL_ID, "org")
