@@ -26,8 +26,21 @@ def dvc_revision(lock: Path = Path("dvc.lock")) -> str:
     return hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.is_file() else "none"
 
 
+def local_artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store go beside its database, not into whatever folder is current.
+
+    Returns:
+        A ``file://`` URI of ``<db folder>/mlartifacts`` for ``sqlite:///`` stores, else None (server default).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
 @contextmanager
-def mlflow_run(cfg: Config, name: str, stage: str, tags: dict[str, Any] | None = None) -> Iterator[Any]:
+def mlflow_run(
+    cfg: Config, name: str, stage: str, tags: dict[str, Any] | None = None, run_id: str | None = None
+) -> Iterator[Any]:
     """Start an MLflow run in the configured store and experiment with the common tags.
 
     Args:
@@ -35,13 +48,17 @@ def mlflow_run(cfg: Config, name: str, stage: str, tags: dict[str, Any] | None =
         name: Run name shown in the MLflow UI.
         stage: Pipeline stage, stored as the ``stage`` tag.
         tags: Further tags (train_data, model_size, ...).
+        run_id: Resume this existing run (an interrupted training) instead of starting a new one.
 
     Yields:
         The active MLflow run.
     """
     import mlflow
 
-    mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
+    uri = cfg.tracking.resolved_uri
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=local_artifact_location(uri))
     mlflow.set_experiment(cfg.tracking.experiment)
     common = {
         "stage": stage,
@@ -50,5 +67,7 @@ def mlflow_run(cfg: Config, name: str, stage: str, tags: dict[str, Any] | None =
         "git_commit": git_commit(),
         "dvc_revision": dvc_revision(),
     }
-    with mlflow.start_run(run_name=name, tags={**common, **{k: str(v) for k, v in (tags or {}).items()}}) as run:
+    with mlflow.start_run(
+        run_id=run_id, run_name=name, tags={**common, **{k: str(v) for k, v in (tags or {}).items()}}
+    ) as run:
         yield run
