@@ -1,0 +1,329 @@
+"""The anonymize stage: a COCO split in, an anonymized variant of it out, in COCO layout.
+
+Writes, under ``data/variants/<method>/``: ``<split>/<stem>.png`` for every
+image (person-free ones with unchanged pixels), ``annotations/instances_<split>.json``
+(the original annotations, file names pointing at the written files),
+``masks/<split>/<stem>.png`` (the anonymized region, 0/255),
+``manifest_<split>.json`` and ``coverage_<split>.json``. Each image is
+written atomically and then its record under ``records/<split>/``; a rerun
+skips images that have a record, so a killed run resumes where it stopped.
+The split's manifest, coverage and annotations are written once every image
+has a record (by the last shard to finish). All of it is byte-identical across
+reruns, worker counts and shards; wall-clock seconds live only in the records
+and ``timings_<split>.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anonbench.anonymizers import classic
+from anonbench.anonymizers.dp2 import Dp2Anonymizer, require_dp2
+from anonbench.anonymizers.masks import COUNT_KEYS, PersonMasks, changed_pixels, person_masks, to_person, union
+from anonbench.coco import CocoError, Instances, annotations_by_image, image_path, person_category_id, read_instances
+from anonbench.config import CLASSIC_METHODS, DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
+from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
+from anonbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from anonbench.manifest import Manifest
+from anonbench.parallel import map_with_progress, take_shard
+
+log = logging.getLogger(__name__)
+PIXEL_KEYS = ("pixels", "anonymized_pixels", "gt_person_pixels", "changed_gt_person_pixels")
+Job = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+class AnonymizeError(RuntimeError):
+    """An image could not be anonymized under the strict policy; the message names it."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every per-image task of one split needs (pickled to the workers)."""
+
+    cfg: Config
+    method: str
+    split: str
+    person_id: int
+
+    @property
+    def source(self) -> Path:
+        """Original image folder."""
+        return self.cfg.image_dir(ORIGINAL, self.split)
+
+    @property
+    def images(self) -> Path:
+        """Variant image folder."""
+        return self.cfg.image_dir(self.method, self.split)
+
+    @property
+    def masks(self) -> Path:
+        """Folder of anonymized-region masks."""
+        return self.cfg.variant_root(self.method) / "masks" / self.split
+
+    @property
+    def records(self) -> Path:
+        """Folder of per-image records: the resume state."""
+        return self.cfg.variant_root(self.method) / "records" / self.split
+
+    def record_path(self, file_name: str) -> Path:
+        """Record file of one image."""
+        return self.records / f"{Path(file_name).stem}.json"
+
+
+def image_seed(seed: int, image_id: int) -> int:
+    """Per-image seed from the global seed and the image id: independent of order, workers and shards."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:4], "little")
+
+
+def uses_dp2(cfg: Config, method: str) -> bool:
+    """Whether ``method`` with the configured mask source needs DeepPrivacy2."""
+    return method in DP2_METHODS or cfg.anonymize.mask_source == "detector"
+
+
+@functools.cache
+def _dp2(params: DeepPrivacy2, method: str) -> Dp2Anonymizer:
+    """One DP2 anonymizer per process and method (loading it takes seconds and GPU memory)."""
+    return Dp2Anonymizer(params, method)
+
+
+def anonymize_pixels(
+    ctx: Context, image: np.ndarray, masks: PersonMasks, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Anonymize one decoded image.
+
+    Returns:
+        The anonymized image, the anonymized region (H x W bool) and the number
+        of persons anonymized.
+    """
+    params = ctx.cfg.anonymize
+    if ctx.method in CLASSIC_METHODS:
+        persons = masks.persons
+        if params.mask_source == "detector":
+            detected = _dp2(params.dp2, "dp2_fullbody").detect(image)
+            persons = [to_person(m, params.dilation_px) for m in detected if m.any()]
+        return classic.anonymize(ctx.method, image, persons, params), union(persons, image.shape), len(persons)
+    gt_persons = masks.persons if params.dp2.mask_source == "gt" else None
+    out, count = _dp2(params.dp2, ctx.method)(image, gt_persons, seed)
+    return out, changed_pixels(image, out), count
+
+
+def _skip_reason(counts: dict[str, int], min_person_px: int) -> str:
+    """Why an image with persons in the ground truth has none anonymized."""
+    reasons = [f"{counts['persons_small']} under {min_person_px} px"] if counts["persons_small"] else []
+    reasons += [f"{counts['persons_empty']} with neither mask nor box"] if counts["persons_empty"] else []
+    return (
+        f"{counts['persons_gt']} person(s) in ground truth, none anonymized ({', '.join(reasons) or 'none detected'})"
+    )
+
+
+def process_image(ctx: Context, job: Job) -> dict[str, Any]:
+    """Anonymize, write and record one image (a top-level function, so workers can run it).
+
+    Raises:
+        AnonymizeError: Under the strict policy, for an image that is missing,
+            undecodable, outside its folder, or not the size its record says.
+    """
+    info, annotations = job
+    start = time.perf_counter()
+    name, height, width = info["file_name"], info["height"], info["width"]
+    try:
+        image = read_image(image_path(ctx.source, name))
+        if image.shape[:2] != (height, width):
+            raise UnreadableImage(
+                f"{name}: decoded {image.shape[1]}x{image.shape[0]}, annotations say {width}x{height}"
+            )
+    except (UnreadableImage, CocoError) as exc:
+        if ctx.cfg.policy == "strict":
+            raise AnonymizeError(f"image id {info['id']}: {exc} (policy=skip records it and goes on)") from None
+        record: dict[str, Any] = {"key": name, "status": "error", "reason": str(exc), "details": {}}
+    else:
+        params = ctx.cfg.anonymize
+        masks = person_masks(annotations, ctx.person_id, height, width, params.dilation_px, params.min_person_px)
+        out, region, anonymized = anonymize_pixels(ctx, image, masks, image_seed(ctx.cfg.seed, info["id"]))
+        stem = Path(name).stem
+        fmt = params.output_format
+        atomic_write_bytes(ctx.images / f"{stem}{EXTENSIONS[fmt]}", encode_image(out, fmt, params.jpeg_quality))
+        if region.any():
+            atomic_write_bytes(ctx.masks / f"{stem}.png", encode_image(region.astype(np.uint8) * 255, bilevel=True))
+        counts = {**masks.counts, "persons_anonymized": anonymized}
+        gt_pixels = int(np.count_nonzero(masks.gt))
+        details = {
+            **counts,
+            "pixels": height * width,
+            "anonymized_pixels": int(np.count_nonzero(region)),
+            "gt_person_pixels": gt_pixels,
+            "changed_gt_person_pixels": int(np.count_nonzero(changed_pixels(image, out) & masks.gt)),
+            "full_image": bool(region.all()),
+        }
+        details["anonymized_fraction"] = round(details["anonymized_pixels"] / details["pixels"], 6)
+        details["coverage"] = round(details["changed_gt_person_pixels"] / gt_pixels, 6) if gt_pixels else None
+        skipped = counts["persons_gt"] > 0 and anonymized == 0
+        reason = _skip_reason(counts, params.min_person_px) if skipped else ""
+        record = {"key": name, "status": "skipped" if skipped else "ok", "reason": reason, "details": details}
+    record["seconds"] = round(time.perf_counter() - start, 4)
+    atomic_write_json(ctx.record_path(name), record)
+    return record
+
+
+def coverage_summary(method: str, split: str, manifest: Manifest) -> dict[str, Any]:
+    """Aggregate privacy measure of a split: how many persons and person pixels were anonymized.
+
+    ``coverage`` is pixel-weighted (changed ground-truth person pixels over all
+    of them); ``coverage_mean_image`` and ``coverage_min_image`` are over images
+    with a person.
+    """
+    details = [r.details for r in manifest.records if r.status != "error"]
+    totals = {key: sum(d[key] for d in details) for key in (*COUNT_KEYS, *PIXEL_KEYS)}
+    per_image = [d["coverage"] for d in details if d["coverage"] is not None]
+    gt_pixels = totals["gt_person_pixels"]
+    return {
+        "method": method,
+        "split": split,
+        "images": len(manifest.records),
+        "status": manifest.counts,
+        "images_with_person": sum(d["persons_gt"] > 0 for d in details),
+        "full_image_masks": sum(d["full_image"] for d in details),
+        **totals,
+        "coverage": round(totals["changed_gt_person_pixels"] / gt_pixels, 6) if gt_pixels else None,
+        "coverage_mean_image": round(float(np.mean(per_image)), 6) if per_image else None,
+        "coverage_min_image": min(per_image, default=None),
+    }
+
+
+def _assemble(ctx: Context, instances: Instances, records: list[dict[str, Any]]) -> tuple[list[Path], dict[str, Any]]:
+    """Write the split's manifest, coverage summary, timings and variant annotations from the records."""
+    root = ctx.cfg.variant_root(ctx.method)
+    manifest = Manifest("anonymize", ctx.split)
+    for record in records:
+        manifest.add(record["key"], record["status"], record["reason"], **record["details"])
+    summary = coverage_summary(ctx.method, ctx.split, manifest)
+    failed = {r["key"] for r in records if r["status"] == "error"}
+    failed_ids = {im["id"] for im in instances["images"] if im["file_name"] in failed}
+    ext = EXTENSIONS[ctx.cfg.anonymize.output_format]
+    variant = {
+        **instances,
+        "images": [
+            {**im, "file_name": f"{Path(im['file_name']).stem}{ext}"}
+            for im in instances["images"]
+            if im["id"] not in failed_ids
+        ],
+        "annotations": [a for a in instances["annotations"] if a["image_id"] not in failed_ids],
+    }
+    seconds = {r["key"]: r["seconds"] for r in records}
+    paths = [
+        manifest.write(root / f"manifest_{ctx.split}.json"),
+        atomic_write_json(root / f"coverage_{ctx.split}.json", summary),
+        atomic_write_text(ctx.cfg.annotation_file(ctx.method, ctx.split), json.dumps(variant, separators=(",", ":"))),
+        atomic_write_json(
+            root / f"timings_{ctx.split}.json", {"seconds_total": round(sum(seconds.values()), 3), "seconds": seconds}
+        ),
+    ]
+    # A killed run can leave the temporary files of its atomic writes behind.
+    for folder in (ctx.images, ctx.masks, ctx.records, root / "annotations", root):
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink()
+    return paths, summary
+
+
+def anonymize_split(
+    cfg: Config, method: str, split: str, shard: tuple[int, int] | None, workers: int
+) -> tuple[list[Path], dict[str, Any] | None]:
+    """Anonymize the images of one split (or shard) that have no record yet.
+
+    Returns:
+        The paths written and the coverage summary, which is None while other
+        shards still have images to do.
+    """
+    instances = read_instances(cfg.annotation_file(ORIGINAL, split))
+    ctx = Context(cfg, method, split, person_category_id(instances))
+    by_image = annotations_by_image(instances)
+    images = sorted(instances["images"], key=lambda im: im["id"])
+    mine = take_shard(images, shard) if shard else images
+    jobs = [(im, by_image[im["id"]]) for im in mine if not ctx.record_path(im["file_name"]).exists()]
+    log.info("%s %s: %d of %d images to do", method, split, len(jobs), len(mine))
+    for _ in map_with_progress(functools.partial(process_image, ctx), jobs, workers, f"anonymize {method} {split}"):
+        pass
+    folders = [ctx.images, ctx.masks]
+    missing = [im["file_name"] for im in images if not ctx.record_path(im["file_name"]).exists()]
+    if missing:
+        log.info(
+            "%s %s: %d images left to other shards; the manifest follows with the last", method, split, len(missing)
+        )
+        return folders, None
+    records = [json.loads(ctx.record_path(im["file_name"]).read_text()) for im in images]
+    paths, summary = _assemble(ctx, instances, records)
+    return folders + paths, summary
+
+
+def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]], paths: list[Path]) -> None:
+    """One MLflow run per method: the anonymization settings and each split's coverage."""
+    import mlflow
+
+    from anonbench.tracking import mlflow_run
+
+    params = cfg.anonymize
+    settings = params.dp2 if method in DP2_METHODS else getattr(params, method)
+    with mlflow_run(cfg, f"anonymize-{method}", "anonymize", {"method": method}):
+        mlflow.log_params(
+            {
+                "method": method,
+                "mask_source": params.dp2.mask_source if method in DP2_METHODS else params.mask_source,
+                "dilation_px": params.dilation_px,
+                "min_person_px": params.min_person_px,
+                "output_format": params.output_format,
+                "settings": settings.model_dump_json(),
+            }
+        )
+        for split, summary in summaries.items():
+            numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            mlflow.log_metrics({f"{split}/{key}": float(value) for key, value in numbers.items()})
+        for path in paths:
+            if path.name.startswith(("coverage_", "manifest_")):
+                mlflow.log_artifact(str(path))
+
+
+def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[Path]:
+    """Anonymize the persons of each split with ``method`` into ``data/variants/<method>/``.
+
+    Args:
+        cfg: Validated configuration (``anonymize`` section, ``seed``, ``policy``, ``workers``).
+        method: blur, pixelate, mask, dp2_fullbody or dp2_face.
+        splits: Splits to do (default: train and val).
+        shard: ``(i, n)``: only every n-th image from the i-th, for spreading over pods or GPUs.
+
+    Returns:
+        The folders and files written.
+
+    Raises:
+        ValueError: For an unknown method, or dp2_face with ground-truth masks (COCO has no faces).
+        Dp2Unavailable: At once, when the method needs DeepPrivacy2 and it is not installed.
+    """
+    if method not in (*CLASSIC_METHODS, *DP2_METHODS):
+        raise ValueError(f"--method {method!r}: expected one of {', '.join((*CLASSIC_METHODS, *DP2_METHODS))}")
+    if method == "dp2_face" and cfg.anonymize.dp2.mask_source == "gt":
+        raise ValueError(
+            "dp2_face needs DP2's face detector (COCO has no face masks): set anonymize.dp2.mask_source=detector"
+        )
+    if uses_dp2(cfg, method):
+        require_dp2()
+    # DP2 keeps a model on the GPU per process: one process per GPU, shards across GPUs.
+    workers = 1 if uses_dp2(cfg, method) else cfg.n_workers
+    written: list[Path] = []
+    summaries: dict[str, dict[str, Any]] = {}
+    for split in splits or list(cfg.data.splits):
+        paths, summary = anonymize_split(cfg, method, split, shard, workers)
+        written += paths
+        if summary is not None:
+            summaries[split] = summary
+    if summaries:
+        _log_to_mlflow(cfg, method, summaries, written)
+    return written
