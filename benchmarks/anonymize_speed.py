@@ -106,7 +106,10 @@ def main() -> None:
             "python": platform.python_version(),
             "opencv": cv2.__version__,
             "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-            "note": "shared 2-core machine; other engineers' jobs ran at the same time (best of the rounds counts)",
+            "note": (
+                "shared 2-core machine; other engineers' jobs ran at the same time (best of the rounds counts); "
+                "under such load a method's ratio moved by about 0.2 between runs"
+            ),
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

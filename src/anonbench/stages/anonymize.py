@@ -156,16 +156,18 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
             atomic_write_bytes(ctx.masks / f"{stem}.png", encode_image(region.astype(np.uint8) * 255, bilevel=True))
         counts = {**masks.counts, "persons_anonymized": anonymized}
         gt_pixels = int(np.count_nonzero(masks.gt))
+        changed_gt = int(np.count_nonzero(changed_pixels(image, out) & masks.gt)) if gt_pixels else 0
+        anonymized_pixels = int(np.count_nonzero(region))
         details = {
             **counts,
             "pixels": height * width,
-            "anonymized_pixels": int(np.count_nonzero(region)),
+            "anonymized_pixels": anonymized_pixels,
             "gt_person_pixels": gt_pixels,
-            "changed_gt_person_pixels": int(np.count_nonzero(changed_pixels(image, out) & masks.gt)),
-            "full_image": bool(region.all()),
+            "changed_gt_person_pixels": changed_gt,
+            "full_image": anonymized_pixels == height * width,
+            "anonymized_fraction": round(anonymized_pixels / (height * width), 6),
+            "coverage": round(changed_gt / gt_pixels, 6) if gt_pixels else None,
         }
-        details["anonymized_fraction"] = round(details["anonymized_pixels"] / details["pixels"], 6)
-        details["coverage"] = round(details["changed_gt_person_pixels"] / gt_pixels, 6) if gt_pixels else None
         skipped = counts["persons_gt"] > 0 and anonymized == 0
         reason = _skip_reason(counts, params.min_person_px) if skipped else ""
         record = {"key": name, "status": "skipped" if skipped else "ok", "reason": reason, "details": details}
