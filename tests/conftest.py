@@ -80,28 +80,24 @@ def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
     return _make
 
 
+@pytest.fixture(autouse=True)
+def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test logs to its config's store: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which
+    Tracking.resolved_uri (the cluster's override) would otherwise carry into every later test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store, tables made once: making them costs seconds per new database."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def make_variant() -> Callable[[Config, str], Path]:
-    """Write a variant in the anonymize stage's output layout (COMMON contract) from ``cfg.source_root``.
-
-    A stand-in for ``anonbench anonymize`` where a test needs only the layout:
-    every image re-encoded as ``<stem>.png`` with its pixels unchanged, the
-    original annotations with file_name pointing at the PNGs.
-    """
-
-    def _make(cfg: Config, method: str) -> Path:
-        import cv2
-
-        root = cfg.variant_root(method)
-        for split in cfg.data.splits:
-            instances = json.loads(cfg.annotation_file("org", split).read_text())
-            (root / split).mkdir(parents=True, exist_ok=True)
-            for image in instances["images"]:
-                png = Path(image["file_name"]).with_suffix(".png").name
-                cv2.imwrite(str(root / split / png), cv2.imread(str(cfg.image_dir("org", split) / image["file_name"])))
-                image["file_name"] = png
-            cfg.annotation_file(method, split).parent.mkdir(parents=True, exist_ok=True)
-            cfg.annotation_file(method, split).write_text(json.dumps(instances))
-        return root
-
-    return _make
+def mlflow_db(tmp_path: Path, mlflow_template: Path) -> Path:
+    """The store make_config points at (tmp_path/mlflow.db), copied from the template: request it to save time."""
+    return Path(shutil.copyfile(mlflow_template, tmp_path / "mlflow.db"))

@@ -99,7 +99,11 @@ def export(
     from anonbench.stages import export as stage
 
     cfg = load(params, profile, set_)
-    wrote(stage.run(cfg, variant))
+    try:
+        wrote(stage.run(cfg, variant))
+    except (ValueError, FileNotFoundError) as err:  # bad input (strict policy), a variant not made yet
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -114,7 +118,11 @@ def train(
     from anonbench.stages import train as stage
 
     cfg = load(params, profile, set_)
-    wrote(stage.run(cfg, variant, size))
+    try:
+        wrote(stage.run(cfg, variant, size))
+    except (ValueError, FileNotFoundError) as err:  # an unknown variant or size, a variant not exported yet
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -128,7 +136,11 @@ def finetune(
     from anonbench.stages import finetune as stage
 
     cfg = load(params, profile, set_)
-    wrote(stage.run(cfg, freeze))
+    try:
+        wrote(stage.run(cfg, freeze))
+    except (ValueError, FileNotFoundError) as err:  # an unknown config, a missing layer, no base model yet
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -1,0 +1,311 @@
+"""YOLOv10 helpers shared by train, finetune and evaluate: layout paths, models, counts, tracked training.
+
+Ultralytics (and so torch) is imported inside the functions that need it, so
+the export stage, which only needs the paths, runs in the CPU image. Ultralytics'
+own MLflow integration is switched off by :mod:`anonbench.offline`; the
+callbacks here log each training into the run that :func:`train_tracked`
+opens, which also resumes that run after an interruption.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from anonbench.config import ORIGINAL, Config
+from anonbench.io import atomic_write_json, atomic_write_text
+from anonbench.offline import configure_ultralytics
+from anonbench.tracking import mlflow_run
+
+if TYPE_CHECKING:
+    from torch import nn
+    from ultralytics import YOLO
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.nn.tasks import BaseModel
+
+SUMMARY = "train.json"
+RUN_ID_FILE = "mlflow_run_id.txt"
+
+
+def check_variant(cfg: Config, variant: str) -> str:
+    """Return ``variant`` if it is 'org' or a configured anonymization method.
+
+    Raises:
+        ValueError: Naming the variant and the known ones.
+    """
+    known = [ORIGINAL, *cfg.anonymize.methods]
+    if variant not in known:
+        raise ValueError(f"variant {variant!r} is not one of {known}")
+    return variant
+
+
+def export_root(cfg: Config, variant: str) -> Path:
+    """Root of a variant's YOLO layout: ``data/yolo/<variant>/``."""
+    return cfg.paths.data / "yolo" / variant
+
+
+def dataset_yaml(cfg: Config, variant: str) -> Path:
+    """The Ultralytics dataset yaml that export writes for a variant."""
+    return export_root(cfg, variant) / "dataset.yaml"
+
+
+def image_ids_file(cfg: Config, variant: str, split: str) -> Path:
+    """JSON mapping each exported image's file stem to its COCO image id."""
+    return export_root(cfg, variant) / f"image_ids_{split}.json"
+
+
+def model_dir(cfg: Config, model_id: str) -> Path:
+    """Folder of a trained or fine-tuned model: ``models/<model-id>/`` (``org-n``, ``ft-neck``)."""
+    return cfg.paths.models / model_id
+
+
+def best_weights(cfg: Config, model_id: str) -> Path:
+    """The checkpoint later stages use: ``models/<model-id>/weights/best.pt``."""
+    return model_dir(cfg, model_id) / "weights" / "best.pt"
+
+
+def require(path: Path, made_by: str) -> Path:
+    """Return ``path`` if it exists, else fail with the command that makes it.
+
+    Raises:
+        FileNotFoundError: Naming the missing file and the command to run first.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `anonbench {made_by}` first")
+    return path
+
+
+def load_net(weights: Path) -> BaseModel:
+    """The network of an Ultralytics checkpoint (float32, eval mode), loaded offline."""
+    configure_ultralytics()
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return load_checkpoint(weights)[0]
+
+
+def param_counts(net: BaseModel) -> dict[str, int]:
+    """Parameters of the training graph and of the fused inference graph.
+
+    The paper's 2.3/7.2/15.4/24.4/29.5 M are fused counts: fusing folds batch
+    norms into convolutions and drops YOLOv10's one-to-many training head.
+    """
+    fused = copy.deepcopy(net).fuse()
+    return {
+        "params": sum(p.numel() for p in net.parameters()),
+        "params_fused": sum(p.numel() for p in fused.parameters()),
+    }
+
+
+def check_layers(net: BaseModel, layers: list[int]) -> list[int]:
+    """Check that every layer index exists in the model's layer list.
+
+    Returns:
+        The indices, unchanged.
+
+    Raises:
+        ValueError: Naming the indices that the model does not have.
+    """
+    count = len(cast("nn.Sequential", net.model))
+    missing = [i for i in layers if not 0 <= i < count]
+    if missing:
+        raise ValueError(f"layer index {missing} does not exist: the model has layers 0..{count - 1}")
+    return layers
+
+
+def runtime_args(cfg: Config) -> dict[str, Any]:
+    """Ultralytics arguments about where and how a training runs, shared by train and finetune."""
+    t = cfg.train
+    return {
+        "plots": False,  # `train.extra: {plots: true}` turns Ultralytics' figures back on
+        **t.extra,
+        "imgsz": t.imgsz,
+        "deterministic": t.deterministic,
+        "seed": cfg.seed,
+        "device": t.device,
+        "amp": t.amp,
+        "workers": t.workers,
+    }
+
+
+def metric_names(values: Mapping[str, Any]) -> dict[str, float]:
+    """Ultralytics metric keys as MLflow accepts them: ``metrics/mAP50-95(B)`` -> ``metrics/mAP50-95B``."""
+    return {key.replace("(", "").replace(")", ""): float(value) for key, value in values.items()}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One tracked Ultralytics training: what it starts from, where it lands, how it is tagged.
+
+    Attributes:
+        out_dir: ``models/<model-id>/``; Ultralytics writes here directly (``save_dir``).
+        start: Model yaml (from scratch) or checkpoint (fine-tune) a fresh run starts from.
+        args: Ultralytics training arguments (data, epochs, ...), without ``save_dir``.
+        stage: The MLflow ``stage`` tag.
+        tags: Further MLflow tags.
+        params: Further MLflow parameters (anonbench settings beside the Ultralytics ones).
+        metrics: Further MLflow metrics logged once at the start.
+        artifacts: Files logged to the run at the start.
+    """
+
+    out_dir: Path
+    start: str
+    args: dict[str, Any]
+    stage: str
+    tags: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+class _Tracker:
+    """Ultralytics callbacks that log one training into the active MLflow run."""
+
+    def __init__(self, fresh: bool) -> None:
+        self.fresh = fresh
+        self.epoch = -1
+        self.summary: dict[str, Any] = {}
+
+    def attach(self, model: YOLO) -> None:
+        for event in ("on_pretrain_routine_end", "on_train_epoch_end", "on_fit_epoch_end", "on_train_end"):
+            model.add_callback(event, getattr(self, event))
+
+    def on_pretrain_routine_end(self, trainer: BaseTrainer) -> None:
+        """Log the resolved arguments and frozen parameters once the trainer has set up the model."""
+        import mlflow
+
+        net = cast("nn.Module", trainer.model)
+        frozen = sorted(name for name, p in net.named_parameters() if not p.requires_grad)
+        self.summary.update(start_epoch=trainer.start_epoch, frozen_parameters=len(frozen))
+        if self.fresh:  # a resumed run has them already (MLflow refuses to change a logged parameter)
+            mlflow.log_params({key: str(value) for key, value in sorted(vars(trainer.args).items())})
+            mlflow.log_param("frozen_parameters", len(frozen))
+            mlflow.log_text("\n".join(frozen) + "\n", "frozen_parameters.txt")
+
+    def on_train_epoch_end(self, trainer: BaseTrainer) -> None:
+        """Remember the epoch just trained, so the final validation can be told apart from it."""
+        self.epoch = trainer.epoch
+
+    def on_fit_epoch_end(self, trainer: BaseTrainer) -> None:
+        """Log the epoch's losses, validation metrics and learning rates at step = epoch."""
+        import mlflow
+
+        if trainer.epoch != self.epoch:  # final_eval's validation of best.pt: logged by on_train_end
+            return
+        metrics = cast("dict[str, float]", trainer.metrics)
+        values = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **metrics, **trainer.lr}
+        mlflow.log_metrics(metric_names(values), step=trainer.epoch)
+
+    def on_train_end(self, trainer: BaseTrainer) -> None:
+        """Log best.pt's final validation as ``final/...`` and keep it for the summary."""
+        import mlflow
+
+        final = metric_names(cast("dict[str, float]", trainer.metrics))
+        mlflow.log_metrics({f"final/{key}": value for key, value in final.items()})
+        self.summary.update(epochs_done=trainer.epoch + 1, metrics=final)
+
+
+def _unfinished_epoch(last: Path) -> int | None:
+    """The epoch an unfinished training's ``last.pt`` holds; None when there is nothing to resume.
+
+    A finished training's checkpoint has no optimizer state (epoch -1); a
+    checkpoint cut short by the interruption does not load: both start over.
+    """
+    if not last.is_file():
+        return None
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt, _ = torch_safe_load(last)
+    except Exception:
+        return None
+    epoch = ckpt.get("epoch", -1)
+    return epoch if epoch >= 0 and ckpt.get("optimizer") is not None else None
+
+
+def _log_missing_epochs(run_id: str, results: Path, last_epoch: int) -> None:
+    """Log the checkpointed epochs that results.csv has and the run lacks.
+
+    Ultralytics writes an epoch's results row and checkpoint before the
+    callback that logs it, so a kill in between leaves the run without that
+    epoch; rows after ``last_epoch`` are trained again and left out.
+    """
+    import mlflow
+    import pandas as pd
+
+    if not results.is_file():
+        return
+    table = pd.read_csv(results)
+    columns = [c for c in table.columns if c not in ("epoch", "time")]
+    key = next(iter(metric_names({columns[0]: 0})))
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+    for row in table.to_dict("records"):
+        step = int(row["epoch"]) - 1
+        if step <= last_epoch and step not in logged:
+            mlflow.log_metrics(metric_names({c: row[c] for c in columns}), step=step)
+
+
+def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
+    """Run (or resume, or skip) one training and track it as one MLflow run.
+
+    A folder with ``train.json`` is complete and skipped. A folder whose
+    ``weights/last.pt`` is an unfinished checkpoint is resumed with
+    ``resume=True``, in the same MLflow run. Anything else is cleared and
+    trained from ``job.start``. ``train.json`` is written last, atomically.
+
+    Args:
+        cfg: Configuration (tracking settings).
+        job: What to train and how to tag it.
+
+    Returns:
+        ``weights/best.pt``, ``weights/last.pt`` and ``train.json``.
+    """
+    out = job.out_dir
+    weights = out / "weights"
+    outputs = [weights / "best.pt", weights / "last.pt", out / SUMMARY]
+    if outputs[-1].is_file():
+        return outputs
+    configure_ultralytics()
+    from ultralytics import YOLO
+
+    epoch = _unfinished_epoch(weights / "last.pt")
+    run_file = out / RUN_ID_FILE
+    run_id = run_file.read_text().strip() if epoch is not None and run_file.is_file() else None
+    if epoch is None and out.exists():
+        shutil.rmtree(out)  # a run killed before its first checkpoint, or a cut-short checkpoint
+    model = YOLO(job.start if epoch is None else str(weights / "last.pt"))
+    counts = param_counts(model.model)  # type: ignore[arg-type]
+    tracker = _Tracker(fresh=run_id is None)
+    tracker.attach(model)
+    with mlflow_run(cfg, out.name, job.stage, job.tags, run_id=run_id) as run:
+        import mlflow
+
+        atomic_write_text(run_file, run.info.run_id + "\n")
+        if run_id is None:
+            mlflow.log_params({**job.params, **counts})
+            mlflow.log_metrics(job.metrics)
+            for artifact in job.artifacts:
+                mlflow.log_artifact(str(artifact))
+        if epoch is not None:  # Ultralytics takes every other argument from the checkpoint
+            _log_missing_epochs(run.info.run_id, out / "results.csv", epoch)
+            runtime = {key: job.args[key] for key in ("data", "device", "workers") if key in job.args}
+            model.train(resume=True, save_dir=str(out), **runtime)
+        else:
+            model.train(**job.args, save_dir=str(out))
+        summary = {
+            "model_id": out.name,
+            "stage": job.stage,
+            **job.tags,
+            "epochs": job.args["epochs"],
+            **tracker.summary,
+            **counts,
+            "mlflow_run_id": run.info.run_id,
+            "weights": {"best": "weights/best.pt", "last": "weights/last.pt"},
+        }
+        for path in outputs[:2]:
+            mlflow.log_artifact(str(path), artifact_path="weights")
+        mlflow.log_artifact(str(atomic_write_json(out / SUMMARY, summary)))
+    return outputs
