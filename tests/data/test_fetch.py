@@ -117,6 +117,16 @@ def test_no_local_copy_and_no_download_says_what_to_do(make_config: Callable[...
             fetch.run(cfg)
 
 
+def test_missing_local_copy_is_named_once(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    # What a container started without its data mount sees (ANONBENCH_COCO_MINI=/data/coco-mini).
+    cfg = make_config(f"data.local_copy={tmp_path / 'not-mounted'}")
+    cfg.source_root.unlink()
+    with pytest.raises(
+        FetchError, match=r"^coco-mini: the local copy .*not-mounted \(data.local_copy or ANONBENCH_COCO_MINI\)"
+    ):
+        fetch.run(cfg)
+
+
 def test_download_over_http_gives_the_same_bytes(
     make_config: Callable[..., Config], served: tuple[Path, str], coco_mini: Path
 ) -> None:

@@ -14,7 +14,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from anonbench.config import Config
+from anonbench.config import LOCAL_COPY_ENV, Config
 from anonbench.data.download import ChecksumError, DownloadError, copy_verified, download_any, file_digest
 from anonbench.data.sources import SOURCES, RemoteFile, with_mirrors
 from anonbench.io import atomic_dir, atomic_write_json
@@ -72,8 +72,9 @@ def run(cfg: Config, download: bool = False) -> list[Path]:
         The dataset folder.
 
     Raises:
-        FetchError: If there is no local copy and ``download`` is false, or if files could not be
-            obtained (each named, with every source tried and the checksum it failed).
+        FetchError: If there is no local copy and ``download`` is false, if the configured local copy
+            does not exist, or if files could not be obtained (each named, with every source tried and
+            the checksum it failed).
     """
     files = SOURCES[cfg.data.source]()
     target = cfg.source_root
@@ -81,6 +82,9 @@ def run(cfg: Config, download: bool = False) -> list[Path]:
     if _is_complete(target, expected):
         return [target]
     local = cfg.local_copy()
+    if local is not None and not local.is_dir():  # e.g. a container started without its data mount
+        source = f"data.local_copy or {LOCAL_COPY_ENV[cfg.data.source]}"
+        raise FetchError(f"{cfg.data.source}: the local copy {local} ({source}) does not exist")
     if cfg.data.source == "coco-mini":
         failures = []
         for spec in files:  # get every good file before reporting the bad ones: a rerun fetches only those

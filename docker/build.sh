@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Build the anonbench images with immutable tags (make images calls this).
+#
+#   docker/build.sh [--push] [cpu] [train] [dp2]      (default: cpu train)
+#
+# Tags: ${IMAGE_PREFIX}anonbench-<name>:<version>-<git short sha>, plus "-dirty" when files
+# that go into the images have uncommitted changes (a dirty tag is for local use: --push
+# refuses it). The tags are written to build/images.env for the pipeline (docs/containers.md).
+#
+# Environment:
+#   BASE_IMAGE    base of the images; default debian:bookworm-slim if the daemon has it or can
+#                 pull it, else local/debian:bookworm made by docker/debian_base.sh (no registry)
+#   CA_BUNDLE     PEM bundle pip trusts during the build (a BuildKit secret: never in a layer);
+#                 default the system bundle when /usr/local/share/ca-certificates holds extra
+#                 CAs (a TLS-intercepting network); "none" to pass nothing
+#   IMAGE_PREFIX  registry/namespace/ to prepend, e.g. registry.example.com/vision/
+#   DOCKER        docker client (default: one whose build supports BuildKit secrets)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+push=false
+names=()
+for arg in "$@"; do
+  case $arg in
+    --push) push=true ;;
+    cpu | train | dp2) names+=("$arg") ;;
+    *) echo "usage: $0 [--push] [cpu] [train] [dp2]" >&2; exit 2 ;;
+  esac
+done
+[[ ${#names[@]} -gt 0 ]] || names=(cpu train)
+
+# Debian's docker.io client builds with BuildKit on its own; a newer client needs the buildx plugin.
+pick_docker() {
+  if [[ -n ${DOCKER:-} ]]; then
+    echo "$DOCKER"
+  elif docker buildx version >/dev/null 2>&1; then
+    echo docker
+  elif [[ -x /usr/bin/docker ]]; then
+    echo /usr/bin/docker
+  else
+    echo docker
+  fi
+}
+DOCKER=$(pick_docker)
+export DOCKER DOCKER_BUILDKIT=1
+
+pick_base() {
+  if [[ -n ${BASE_IMAGE:-} ]]; then
+    echo "$BASE_IMAGE"
+  elif "$DOCKER" image inspect debian:bookworm-slim >/dev/null 2>&1 \
+    || "$DOCKER" pull -q debian:bookworm-slim >/dev/null 2>&1; then
+    echo debian:bookworm-slim
+  else
+    echo "build.sh: debian:bookworm-slim cannot be pulled; making local/debian:bookworm" >&2
+    docker/debian_base.sh local/debian:bookworm
+  fi
+}
+
+secret_args=()
+ca_bundle=${CA_BUNDLE:-}
+if [[ -z $ca_bundle ]] && compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  ca_bundle=/etc/ssl/certs/ca-certificates.crt
+fi
+if [[ -n $ca_bundle && $ca_bundle != none ]]; then
+  secret_args=(--secret "id=ca_bundle,src=$ca_bundle")
+fi
+
+version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+tag="$version-$(git rev-parse --short HEAD)"
+if [[ -n $(git status --porcelain -- pyproject.toml README.md params.yaml requirements src docker .dockerignore) ]]; then
+  tag+="-dirty"
+fi
+if $push && [[ $tag == *-dirty ]]; then
+  echo "build.sh: uncommitted changes; commit before pushing (tag would be $tag)" >&2
+  exit 1
+fi
+
+base=$(pick_base)
+cpu="${IMAGE_PREFIX:-}anonbench-cpu:$tag"
+# The training image starts from the CPU image of the same commit.
+if [[ " ${names[*]} " == *" train "* && " ${names[*]} " != *" cpu "* ]] && ! "$DOCKER" image inspect "$cpu" >/dev/null 2>&1; then
+  names=(cpu "${names[@]}")
+fi
+mkdir -p build
+for name in "${names[@]}"; do
+  image="${IMAGE_PREFIX:-}anonbench-$name:$tag"
+  echo "build.sh: building $image (base $base)" >&2
+  "$DOCKER" build --network host -f "docker/$name/Dockerfile" \
+    --build-arg "BASE_IMAGE=$base" --build-arg "CPU_IMAGE=$cpu" "${secret_args[@]}" -t "$image" .
+  if $push; then
+    "$DOCKER" push "$image"
+    "$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image" >&2
+  fi
+  key="ANONBENCH_$(tr '[:lower:]' '[:upper:]' <<<"$name")_IMAGE"
+  touch build/images.env
+  grep -v "^$key=" build/images.env >build/images.env.tmp || true
+  echo "$key=$image" >>build/images.env.tmp
+  mv build/images.env.tmp build/images.env
+  echo "$image"
+done

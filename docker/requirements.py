@@ -1,0 +1,42 @@
+"""Print requirement lines from pyproject.toml, one a line, for pip's ``-r``.
+
+Image builds install the dependencies in a layer of their own before the source is copied,
+so a code change rebuilds only the small layer that installs the package itself. Standard
+library only (``tomllib``): it runs on the image's bare Python.
+
+Usage: ``python3 requirements.py PYPROJECT [--no-base] [EXTRA ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+
+
+def requirements(pyproject: str, extras: list[str], base: bool = True) -> list[str]:
+    """The project's base dependencies (unless ``base`` is false) plus those of each extra.
+
+    Args:
+        pyproject: Path of pyproject.toml.
+        extras: Names under ``[project.optional-dependencies]``; an unknown name raises KeyError.
+        base: Include ``[project] dependencies``.
+
+    Returns:
+        Requirement strings in file order.
+    """
+    with open(pyproject, "rb") as handle:
+        project = tomllib.load(handle)["project"]
+    lines = list(project["dependencies"]) if base else []
+    for extra in extras:
+        lines += project["optional-dependencies"][extra]
+    return lines
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pyproject")
+    parser.add_argument("extras", nargs="*", help="extra names, separate or comma-separated")
+    parser.add_argument("--no-base", action="store_true", help="only the extras' requirements")
+    args = parser.parse_intermixed_args()
+    extras = [name for arg in args.extras for name in arg.split(",") if name]
+    print("\n".join(requirements(args.pyproject, extras, base=not args.no_base)))
