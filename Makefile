@@ -38,6 +38,11 @@ mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# Container images with immutable tags <version>-<git sha> (docker/build.sh; docs/containers.md).
+.PHONY: images
+images:
+	docker/build.sh cpu train
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
