@@ -52,12 +52,11 @@ def image_path(image_dir: Path, file_name: str) -> Path:
     """Path of an image inside its split folder; a name that escapes the folder is refused.
 
     Raises:
-        CocoError: For absolute names, ``..`` components or anything resolving outside ``image_dir``.
+        CocoError: For empty or absolute names and names with ``..`` components.
     """
     name = Path(file_name)
-    root = Path(image_dir).resolve()
-    candidate = (root / name).resolve()
-    if name.is_absolute() or ".." in name.parts or root not in candidate.parents:
+    # Judge the name, not where it resolves: a DVC cache may legitimately link images elsewhere.
+    if not file_name or name.is_absolute() or ".." in name.parts:
         raise CocoError(f"file_name {file_name!r} escapes the image folder {image_dir}")
     return Path(image_dir) / name
 
