@@ -13,7 +13,7 @@ SHARED_COCO_MINI := $(abspath ../shared/data/coco-mini)
 ANONBENCH_COCO_MINI ?= $(if $(wildcard $(SHARED_COCO_MINI)/SHA256SUMS),$(SHARED_COCO_MINI),)
 export ANONBENCH_COCO_MINI
 
-.PHONY: install demo test lint mlflow-ui
+.PHONY: install demo test lint pipeline mlflow-ui
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ install: $(STAMP)
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# Compile the KFP study pipeline (pipelines/study.py) with pipelines/cluster.yaml; a build product.
+pipeline: install
+	$(BIN)/python -m pipelines.study --output pipelines/compiled/study.yaml
+
 # Browse the demo's MLflow runs (the local store mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT).
 MLFLOW_PORT ?= 5000
 mlflow-ui: install
@@ -44,8 +48,8 @@ images:
 	docker/build.sh cpu train
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks components pipelines
+	$(BIN)/ruff format --check src tests benchmarks components pipelines
 	$(BIN)/mypy
 
 test: lint

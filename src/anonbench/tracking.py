@@ -37,6 +37,17 @@ def local_artifact_location(uri: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
+def ensure_experiment(cfg: Config) -> None:
+    """Point MLflow at the configured store and experiment, creating it (artifacts beside a local store) if missing."""
+    import mlflow
+
+    uri = cfg.tracking.resolved_uri
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=local_artifact_location(uri))
+    mlflow.set_experiment(cfg.tracking.experiment)
+
+
 @contextmanager
 def mlflow_run(
     cfg: Config, name: str, stage: str, tags: dict[str, Any] | None = None, run_id: str | None = None
@@ -55,11 +66,7 @@ def mlflow_run(
     """
     import mlflow
 
-    uri = cfg.tracking.resolved_uri
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=local_artifact_location(uri))
-    mlflow.set_experiment(cfg.tracking.experiment)
+    ensure_experiment(cfg)
     common = {
         "stage": stage,
         "profile": cfg.profile,

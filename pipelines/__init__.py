@@ -1,0 +1,1 @@
+"""The study as a Kubeflow pipeline (KFP v2): definition, cluster settings, compile and submit."""
