@@ -84,6 +84,15 @@ def test_identical_across_reruns_workers_and_shards(make_config: Callable[..., C
     assert digests(sharded.variant_root("blur")) == reference
 
 
+def test_changed_settings_start_the_split_afresh(make_config: Callable[..., Config], tiny_coco: Path) -> None:
+    anonymize.run(make_config("workers=1", source=tiny_coco), "mask", splits=[VAL])
+    cfg = make_config("workers=1", "anonymize.min_person_px=100000", source=tiny_coco)
+    anonymize.run(cfg, "mask", splits=[VAL])
+    records = json.loads((cfg.variant_root("mask") / f"manifest_{VAL}.json").read_text())["records"]
+    assert all(r["details"]["persons_anonymized"] == 0 for r in records)
+    assert not list((cfg.variant_root("mask") / "masks" / VAL).glob("*.png"))  # no mask of the old settings left
+
+
 def test_resume_after_killing_a_real_run(make_config: Callable[..., Config], tmp_path: Path) -> None:
     reference = make_config(f"paths.data={tmp_path / 'reference'}", "workers=1")
     anonymize.run(reference, "pixelate", splits=[TRAIN])

@@ -6,7 +6,8 @@ image (person-free ones with unchanged pixels), ``annotations/instances_<split>.
 ``masks/<split>/<stem>.png`` (the anonymized region, 0/255),
 ``manifest_<split>.json`` and ``coverage_<split>.json``. Each image is
 written atomically and then its record under ``records/<split>/``; a rerun
-skips images that have a record, so a killed run resumes where it stopped.
+with the same settings skips images that have a record, so a killed run
+resumes where it stopped (changed settings start the split afresh).
 The split's manifest, coverage and annotations are written once every image
 has a record (by the last shard to finish). All of it is byte-identical across
 reruns, worker counts and shards; wall-clock seconds live only in the records
@@ -19,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +238,28 @@ def _assemble(ctx: Context, instances: Instances, records: list[dict[str, Any]])
     return paths, summary
 
 
+def _start_fresh_if_settings_changed(ctx: Context) -> None:
+    """Records only say an image is done; after a change of settings they would say so wrongly.
+
+    The settings a split was made with are kept beside its records; when they
+    differ (or the split predates them) every output of the split is removed
+    before work starts, so no image, mask or record of the old settings survives.
+    """
+    settings = {"method": ctx.method, "seed": ctx.cfg.seed, "anonymize": ctx.cfg.anonymize.model_dump(mode="json")}
+    stamp = ctx.records.parent / f"settings_{ctx.split}.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+        return
+    root = ctx.cfg.variant_root(ctx.method)
+    if ctx.records.exists() or ctx.images.exists():
+        log.warning("%s %s: settings changed, starting the split afresh", ctx.method, ctx.split)
+    for folder in (ctx.images, ctx.masks, ctx.records):
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in (f"manifest_{ctx.split}.json", f"coverage_{ctx.split}.json", f"timings_{ctx.split}.json"):
+        (root / name).unlink(missing_ok=True)
+    ctx.cfg.annotation_file(ctx.method, ctx.split).unlink(missing_ok=True)
+    atomic_write_json(stamp, settings)
+
+
 def anonymize_split(
     cfg: Config, method: str, split: str, shard: tuple[int, int] | None, workers: int
 ) -> tuple[list[Path], dict[str, Any] | None]:
@@ -247,6 +271,7 @@ def anonymize_split(
     """
     instances = read_instances(cfg.annotation_file(ORIGINAL, split))
     ctx = Context(cfg, method, split, person_category_id(instances))
+    _start_fresh_if_settings_changed(ctx)
     by_image = annotations_by_image(instances)
     images = sorted(instances["images"], key=lambda im: im["id"])
     mine = take_shard(images, shard) if shard else images
