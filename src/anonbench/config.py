@@ -277,10 +277,14 @@ class Finetune(_Section):
 
 
 class Relabel(_Section):
-    """Stale-label proposals: an object mostly inside the anonymized region with low SSIM is flagged."""
+    """Stale-label proposals: an object mostly inside the anonymized region with low SSIM is flagged.
+
+    A person box is extended where the anonymized region reaches at least ``min_extend_px`` beyond it.
+    """
 
     inside_threshold: Fraction = 0.5
     ssim_threshold: Fraction = 0.5
+    min_extend_px: Annotated[float, Field(gt=0.0)] = 1.0
 
 
 class Report(_Section):
@@ -288,7 +292,8 @@ class Report(_Section):
 
     bootstrap_samples: PositiveInt = 1000
     confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    cka_images: PositiveInt = 16
+    cka_images: Annotated[int, Field(ge=3)] = 16
+    tracking_ui: str = "http://127.0.0.1:5000"
 
 
 class Tracking(_Section):

@@ -1,0 +1,235 @@
+"""Everything the study's stages left behind, read into one place for the report.
+
+Reads the output contracts (metrics/eval, models/*/train.json, data/ssim,
+data/variants coverage, metrics/relabel, metrics/drift, data/relabel
+proposals), re-matches each evaluation's stored predictions once to get
+bootstrap resamples over the same validation images for every evaluation
+(paired deltas), and turns MLflow run ids into links to the tracking UI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anonbench.bootstrap import Resampled, accumulate, evaluate, interval, resample_counts
+from anonbench.coco import read_instances
+from anonbench.config import Config
+from anonbench.parallel import map_with_progress
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One evaluate-stage result (``metrics/eval/<model>_on_<variant>/metrics.json``)."""
+
+    model_id: str
+    train_data: str
+    model_size: str
+    eval_data: str
+    freeze: str | None
+    run_id: str | None
+    stats: dict[str, Any]
+    per_class: dict[str, dict[str, float | None]]
+    folder: Path
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(model id, evaluation variant)."""
+        return (self.model_id, self.eval_data)
+
+    def ap(self, classes: list[str] | None = None, stat: str = "AP") -> float | None:
+        """COCO AP (or AP50), or the mean of its per-class values over ``classes`` that have ground truth."""
+        if classes is None:
+            return self.stats.get(stat)
+        values = [self.per_class[c][stat] for c in classes if self.per_class.get(c, {}).get(stat) is not None]
+        return float(np.mean(values)) if values else None  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A difference of two APs with its bootstrap interval (None where undefined)."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+
+    def text(self) -> str:
+        """``+0.012 [-0.003, +0.020]``; ``n/a`` when undefined."""
+        if self.value is None:
+            return "n/a"
+        if self.low is None or self.high is None or math.isnan(self.low):
+            return f"{self.value:+.3f} [CI n/a]"
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def evaluated_image_ids(eval_dir: Path) -> list[int] | None:
+    """The images the evaluate stage scored (its manifest's ok records), or None for all of them."""
+    manifest = eval_dir / "manifest.json"
+    if not manifest.is_file():
+        return None
+    records = json.loads(manifest.read_text(encoding="utf-8"))["records"]
+    return sorted(r["details"]["image_id"] for r in records if r["status"] == "ok")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_evaluations(cfg: Config) -> list[EvalRecord]:
+    """Every evaluation with a metrics.json, sorted by model id and evaluation variant."""
+    records = []
+    for path in sorted((cfg.paths.metrics / "eval").glob("*/metrics.json")):
+        doc = _read_json(path)
+        records.append(
+            EvalRecord(
+                model_id=doc["model_id"],
+                train_data=doc["train_data"],
+                model_size=str(doc["model_size"]),
+                eval_data=doc["eval_data"],
+                freeze=doc.get("freeze"),
+                run_id=doc.get("mlflow_run_id"),
+                stats={k: v for k, v in doc.items() if not isinstance(v, dict)},
+                per_class=doc.get("per_class", {}),
+                folder=path.parent,
+            )
+        )
+    return records
+
+
+def _resample_job(job: tuple[Path, Path, int, int]) -> tuple[tuple[int, ...], Resampled]:
+    """Bootstrap resamples of one evaluation (worker task): match once, accumulate every resample."""
+    eval_dir, truth, samples, seed = job
+    instances = read_instances(truth)
+    image_ids = evaluated_image_ids(eval_dir)
+    results = evaluate(instances, _read_json(eval_dir / "predictions.json"), image_ids)
+    return results.image_ids, accumulate(results, resample_counts(len(results.image_ids), samples, seed))
+
+
+@dataclass
+class Study:
+    """The study's results and the bootstrap resamples behind every interval."""
+
+    cfg: Config
+    evaluations: list[EvalRecord]
+    resamples: dict[tuple[str, str], tuple[tuple[int, ...], Resampled]] = field(default_factory=dict)
+    trainings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ssim: dict[str, dict[str, Any]] = field(default_factory=dict)
+    coverage: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    relabel: list[dict[str, Any]] = field(default_factory=list)
+    proposals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def find(self, model_id: str, eval_data: str) -> EvalRecord | None:
+        """The evaluation of a model on a variant, if it was run."""
+        return next((e for e in self.evaluations if e.key == (model_id, eval_data)), None)
+
+    def delta(self, after: EvalRecord, before: EvalRecord, classes: list[str] | None = None) -> Delta:
+        """``after - before`` in AP (over ``classes`` if given) with a paired bootstrap interval.
+
+        The interval needs both evaluations resampled over the same images; otherwise it is n/a.
+        """
+        a, b = after.ap(classes), before.ap(classes)
+        if a is None or b is None:
+            return Delta(None)
+        pair = self.resamples.get(after.key), self.resamples.get(before.key)
+        if pair[0] is None or pair[1] is None or pair[0][0] != pair[1][0]:
+            return Delta(a - b)
+        low, high = interval(pair[0][1].mean(classes) - pair[1][1].mean(classes), self.cfg.report.confidence)
+        return Delta(a - b, low, high)
+
+
+def load_study(cfg: Config) -> Study:
+    """Read every stage's outputs and resample every evaluation (over ``cfg.n_workers`` processes)."""
+    study = Study(cfg, load_evaluations(cfg))
+    report = cfg.report
+    jobs = [
+        (e.folder, cfg.annotation_file(e.eval_data, cfg.data.val_split), report.bootstrap_samples, cfg.seed)
+        for e in study.evaluations
+        if (e.folder / "predictions.json").is_file()
+    ]
+    keys = [e.key for e in study.evaluations if (e.folder / "predictions.json").is_file()]
+    for key, result in zip(
+        keys, map_with_progress(_resample_job, jobs, cfg.n_workers, "bootstrap", "eval"), strict=True
+    ):
+        study.resamples[key] = result
+    study.trainings = {p.parent.name: _read_json(p) for p in sorted(cfg.paths.models.glob("*/train.json"))}
+    data = cfg.paths.data
+    for variant in cfg.anonymize.methods:
+        if (summary := data / "ssim" / variant / "summary.json").is_file():
+            study.ssim[variant] = _read_json(summary)
+        splits = {s: data / "variants" / variant / f"coverage_{s}.json" for s in cfg.data.splits}
+        if found := {s: _read_json(p) for s, p in splits.items() if p.is_file()}:
+            study.coverage[variant] = found
+        if (proposals := data / "relabel" / variant / f"proposals_{cfg.data.val_split}.json").is_file():
+            study.proposals[variant] = _read_json(proposals)["counts"]
+        if (drift := cfg.paths.metrics / "drift" / f"{variant}.json").is_file():
+            study.drift[variant] = _read_json(drift)
+    study.relabel = [_read_json(p) for p in sorted((cfg.paths.metrics / "relabel").glob("*.json"))]
+    return study
+
+
+class RunLinks:
+    """Markdown links from numbers to their MLflow runs in the tracking UI.
+
+    The experiment id comes from the tracking store; a run the store does not know is linked by its
+    id alone (the UI's direct run route), so every number still names its run.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        """Remember where the store and the UI are; nothing is contacted until a link is made."""
+        self._cfg = cfg
+        self._ui = cfg.report.tracking_ui.rstrip("/")
+        self._experiments: dict[str, str | None] = {}
+        self.cited: set[str] = set()
+
+    def _experiment(self, run_id: str) -> str | None:
+        if run_id not in self._experiments:
+            from mlflow import MlflowClient
+            from mlflow.exceptions import MlflowException
+
+            try:
+                run = MlflowClient(self._cfg.tracking.resolved_uri).get_run(run_id)
+                self._experiments[run_id] = run.info.experiment_id
+            except MlflowException:
+                self._experiments[run_id] = None
+        return self._experiments[run_id]
+
+    def url(self, run_id: str) -> str:
+        """The UI address of a run."""
+        experiment = self._experiment(run_id)
+        if experiment is None:
+            return f"{self._ui}/#/runs/{run_id}"
+        return f"{self._ui}/#/experiments/{experiment}/runs/{run_id}"
+
+    def number(self, value: float | None, run_id: str | None, digits: int = 3) -> str:
+        """A number linked to its run; ``n/a`` when undefined, the bare number when no run produced it."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        text = f"{value:.{digits}f}"
+        return self.text(text, run_id)
+
+    def text(self, text: str, run_id: str | None) -> str:
+        """Any text linked to a run (left plain when there is no run id)."""
+        if not run_id:
+            return text
+        self.cited.add(run_id)
+        return f"[{text}]({self.url(run_id)})"
+
+    def find(self, stage: str, **tags: str) -> str | None:
+        """The newest run of a stage with the given tags (for stages that keep no run id in their outputs)."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self._cfg.tracking.resolved_uri)
+        experiment = client.get_experiment_by_name(self._cfg.tracking.experiment)
+        if experiment is None:
+            return None
+        query = " and ".join([f"tags.stage = '{stage}'", *(f"tags.{k} = '{v}'" for k, v in tags.items())])
+        runs = client.search_runs(
+            [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return runs[0].info.run_id if runs else None

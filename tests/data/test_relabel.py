@@ -1,0 +1,229 @@
+"""Relabel stage on a real masked variant of coco-mini: proposals, review round-trips, AP deltas.
+
+The variant comes from the anonymize stage; the SSIM boxes table is computed here with skimage in
+the ssim stage's output format (image_id, ann_id, category, area, x, y, w, h, inside_anonymized, ssim).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.metrics import structural_similarity
+
+from anonbench.config import Config, load_config
+from anonbench.images import read_image
+from anonbench.stages import anonymize, relabel
+from tests.conftest import PARAMS
+
+VARIANT = "mask"
+
+
+def ssim_boxes_table(cfg: Config, split: str) -> Path:
+    """The ssim stage's per-box table, the slow way (skimage on each crop)."""
+    variant = json.loads(cfg.annotation_file(VARIANT, split).read_text())
+    original = {im["id"]: im["file_name"] for im in json.loads(cfg.annotation_file("org", split).read_text())["images"]}
+    names = {c["id"]: c["name"] for c in variant["categories"]}
+    images = {im["id"]: im for im in variant["images"]}
+    rows = []
+    for ann in variant["annotations"]:
+        image = images[ann["image_id"]]
+        before = read_image(cfg.image_dir("org", split) / original[image["id"]])
+        after = read_image(cfg.image_dir(VARIANT, split) / image["file_name"])
+        mask_path = cfg.variant_root(VARIANT) / "masks" / split / f"{Path(image['file_name']).stem}.png"
+        mask = read_image(mask_path)[..., 0] > 127 if mask_path.is_file() else np.zeros(before.shape[:2], bool)
+        x, y, w, h = ann["bbox"]
+        x0, y0, x1, y1 = math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h)
+        crops = before[y0:y1, x0:x1], after[y0:y1, x0:x1]
+        small = min(crops[0].shape[:2]) < 7
+        score = math.nan if small else structural_similarity(*crops, channel_axis=2, data_range=255)
+        rows.append({"image_id": ann["image_id"], "ann_id": ann["id"], "category": names[ann["category_id"]],
+                     "area": ann["area"], "x": x, "y": y, "w": w, "h": h,
+                     "inside_anonymized": float(mask[y0:y1, x0:x1].mean()), "ssim": score})  # fmt: skip
+    path = relabel.boxes_table(cfg, VARIANT, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory: pytest.TempPathFactory, tiny_coco: Path, mlflow_template: Path) -> Path:
+    """The mask variant of tiny-coco's val split with its SSIM table, made once per module."""
+    root = tmp_path_factory.mktemp("masked")
+    db = shutil.copyfile(mlflow_template, root / "mlflow.db")
+    cfg = load_config(PARAMS, None, [f"paths.data={root / 'data'}", f"tracking.uri=sqlite:///{db}", "workers=1"])
+    cfg.source_root.parent.mkdir(parents=True)
+    cfg.source_root.symlink_to(tiny_coco, target_is_directory=True)
+    anonymize.run(cfg, VARIANT, splits=[cfg.data.val_split])
+    ssim_boxes_table(cfg, cfg.data.val_split)
+    return root / "data"
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Config], masked: Path, tiny_coco: Path, tmp_path: Path, mlflow_db: Path) -> Config:
+    for folder in ("variants", "ssim"):
+        shutil.copytree(masked / folder, tmp_path / "data" / folder)
+    return make_config("workers=1", source=tiny_coco)
+
+
+def read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def boxes(instances: dict[str, Any]) -> dict[int, list[float]]:
+    return {a["id"]: a["bbox"] for a in instances["annotations"]}
+
+
+def test_automatic_relabel_applies_every_proposal(cfg: Config) -> None:
+    paths = relabel.run(cfg, VARIANT)
+    val = cfg.data.val_split
+    out = relabel.output_dir(cfg, VARIANT)
+    doc = read(out / f"proposals_{val}.json")
+    proposals = doc["proposals"]
+    assert doc["counts"]["remove"] >= 1 and doc["counts"]["extend"] >= 1
+    for p in proposals:
+        assert p["reason"] and p["evidence"]["old_bbox"]
+        if p["action"] == "remove":
+            assert p["evidence"]["inside_anonymized"] >= 0.5 and p["evidence"]["ssim"] < 0.5
+            assert p["category"] != "person"
+    original = boxes(read(cfg.annotation_file(VARIANT, val)))
+    corrected = boxes(read(relabel.corrected_file(cfg, VARIANT, val)))
+    removed = {p["ann_id"] for p in proposals if p["action"] == "remove"}
+    extended = {p["ann_id"]: p["evidence"]["new_bbox"] for p in proposals if p["action"] == "extend"}
+    assert set(corrected) == set(original) - removed
+    assert all(corrected[i] == (extended.get(i) or original[i]) for i in corrected)
+    tasks = read(out / f"labelstudio_{val}.json")
+    assert len(tasks) == doc["counts"]["images"]
+    assert read(out / f"review_{val}.json")["counts"]["accepted"] == len(proposals)
+    before = {p: p.read_bytes() for p in paths}
+    relabel.run(cfg, VARIANT)
+    assert {p: p.read_bytes() for p in paths} == before, "a rerun must be byte-identical"
+
+
+def simulated_review(tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a reviewer's Label Studio JSON export looks like after some edits, and what was done."""
+    export, done = [], {"rejected_removal": None, "moved": None, "deleted": None, "unreviewed": None}
+    for index, task in enumerate(tasks):
+        proposed, original = (copy.deepcopy(p["result"]) for p in task["predictions"])
+        exported = {**task, "id": index + 1, "meta": {}, "created_at": "2026-11-20T10:00:00Z"}
+        if index == len(tasks) - 1 and len(tasks) > 1:
+            exported["annotations"] = []  # nobody got to this one
+            done["unreviewed"] = task["data"]["image_id"]
+            export.append(exported)
+            continue
+        ids = {r["id"] for r in proposed}
+        dropped = [r for r in original if r["id"] not in ids]
+        if dropped and done["rejected_removal"] is None:
+            proposed.append(dropped[0])  # the reviewer restores a box the proposal removed
+            done["rejected_removal"] = int(dropped[0]["id"][1:])
+        elif done["moved"] is None:
+            proposed[0]["value"]["x"] += 2.0  # drags a box
+            done["moved"] = int(proposed[0]["id"][1:])
+            if len(proposed) > 1:
+                done["deleted"] = int(proposed.pop()["id"][1:])
+        proposed.append({"id": "Xy12Ab", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                         "original_width": 640, "original_height": 480, "origin": "manual",
+                         "value": {"x": 1.0, "y": 1.0, "width": 5.0, "height": 5.0, "rotation": 0,
+                                   "rectanglelabels": ["sports ball"]}})  # fmt: skip
+        exported["annotations"] = [
+            {"id": 90, "result": [], "was_cancelled": True, "updated_at": "2026-11-21T09:00:00Z"},
+            {"id": 91, "completed_by": 1, "result": proposed, "was_cancelled": False, "ground_truth": False,
+             "updated_at": "2026-11-21T10:00:00Z", "lead_time": 12.5, "task": index + 1, "project": 3},
+        ]  # fmt: skip
+        export.append(exported)
+    return export, done
+
+
+def test_label_studio_round_trip(cfg: Config, tmp_path: Path) -> None:
+    relabel.run(cfg, VARIANT)
+    val = cfg.data.val_split
+    out = relabel.output_dir(cfg, VARIANT)
+    export, done = simulated_review(read(out / f"labelstudio_{val}.json"))
+    assert done["rejected_removal"] and done["moved"] and done["unreviewed"], "the case must exercise every edit"
+    reviewed = tmp_path / "project-3-at-2026-11-21.json"
+    reviewed.write_text(json.dumps(export))
+    relabel.run(cfg, VARIANT, reviewed=reviewed)
+
+    assert relabel.review_file(cfg, VARIANT, val).read_bytes() == reviewed.read_bytes()
+    variant = read(cfg.annotation_file(VARIANT, val))
+    original = boxes(variant)
+    corrected = read(relabel.corrected_file(cfg, VARIANT, val))
+    final = boxes(corrected)
+    review = read(out / f"review_{val}.json")
+    assert done["rejected_removal"] in final and final[done["rejected_removal"]] == original[done["rejected_removal"]]
+    assert review["decisions"][f"{done['rejected_removal']}:remove"] == "rejected"
+    assert final[done["moved"]] != original[done["moved"]]
+    assert done["deleted"] is None or done["deleted"] not in final
+    balls = [a for a in corrected["annotations"] if a["category_id"] == 37 and a["id"] not in original]
+    assert len(balls) == len(export) - 1 and review["added"] == sorted(a["id"] for a in balls)
+    assert all(b["bbox"] == pytest.approx([6.4, 4.8, 32.0, 24.0]) for b in balls)  # percent of 640 x 480
+    unreviewed = [a for a in variant["annotations"] if a["image_id"] == done["unreviewed"]]
+    assert all(final[a["id"]] == a["bbox"] for a in unreviewed), "an unreviewed image keeps its ground truth"
+    assert review["unreviewed_images"] == [done["unreviewed"]]
+
+
+def test_cvat_coco_round_trip_equals_accepting_everything(cfg: Config, tmp_path: Path) -> None:
+    relabel.run(cfg, VARIANT)
+    val = cfg.data.val_split
+    out = relabel.output_dir(cfg, VARIANT)
+    automatic = relabel.corrected_file(cfg, VARIANT, val).read_bytes()
+    cvat = read(out / f"cvat_{val}.json")
+    # CVAT renumbers images and annotations from 1 and rounds nothing we rely on.
+    new_image = {im["id"]: n for n, im in enumerate(cvat["images"], start=1)}
+    cvat["images"] = [{**im, "id": new_image[im["id"]]} for im in cvat["images"]]
+    cvat["annotations"] = [
+        {**a, "id": n, "image_id": new_image[a["image_id"]], "attributes": {"occluded": False}}
+        for n, a in enumerate(cvat["annotations"], start=1)
+    ]
+    reviewed = tmp_path / "instances_default.json"
+    reviewed.write_text(json.dumps(cvat))
+    relabel.run(cfg, VARIANT, reviewed=reviewed)
+    assert relabel.corrected_file(cfg, VARIANT, val).read_bytes() == automatic
+
+
+def fake_evaluation(cfg: Config, model_id: str, truth: dict[str, Any]) -> None:
+    """An evaluate-stage output whose predictions are ``truth``'s boxes (score 1)."""
+    folder = cfg.paths.metrics / "eval" / f"{model_id}_on_{VARIANT}"
+    folder.mkdir(parents=True)
+    predictions = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in truth["annotations"]
+        if not a.get("iscrowd")
+    ]
+    (folder / "predictions.json").write_text(json.dumps(predictions))
+    metrics = {"model_id": model_id, "train_data": "org", "model_size": "n", "eval_data": VARIANT,
+               "combination": f"org on {VARIANT}", "mlflow_run_id": "0123abcd"}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_models_scored_against_both_ground_truths(cfg: Config) -> None:
+    relabel.run(cfg, VARIANT)
+    val = cfg.data.val_split
+    fake_evaluation(cfg, "org-n", read(cfg.annotation_file(VARIANT, val)))
+    fake_evaluation(cfg, "ft-neck", read(relabel.corrected_file(cfg, VARIANT, val)))
+    relabel.run(cfg, VARIANT)
+    stale = read(relabel.metrics_file(cfg, "org-n", VARIANT))
+    fresh = read(relabel.metrics_file(cfg, "ft-neck", VARIANT))
+    assert stale["original"]["AP"] == pytest.approx(1.0) and stale["corrected"]["AP"] < 1.0
+    assert fresh["corrected"]["AP"] == pytest.approx(1.0) and fresh["delta"]["AP"]["value"] > 0
+    for doc in (stale, fresh):
+        low, high = doc["delta"]["AP"]["ci"]
+        assert low <= doc["delta"]["AP"]["value"] <= high
+        assert doc["eval_mlflow_run_id"] == "0123abcd" and doc["mlflow_run_id"]
+        assert set(doc["original"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "per_class"}
+    removed = {p["category"] for p in read(relabel.output_dir(cfg, VARIANT) / f"proposals_{val}.json")["proposals"]
+               if p["action"] == "remove"}  # fmt: skip
+    # A class that lost its only box drops out of COCO's mean (None); one that lost some scores lower.
+    changes = [stale["delta"]["per_class"][c]["AP"]["value"] for c in removed]
+    assert any(change is not None and change < 0 for change in changes)
+    before = relabel.metrics_file(cfg, "org-n", VARIANT).read_bytes()
+    relabel.run(cfg, VARIANT)
+    assert relabel.metrics_file(cfg, "org-n", VARIANT).read_bytes() == before, "unchanged inputs are not rescored"
