@@ -180,6 +180,58 @@ def anonymize(
         raise typer.Exit(1) from None
 
 
+MethodOption = Annotated[str, typer.Option("--variant", help="An anonymized variant (an anonymize --method).")]
+
+
+@app.command()
+def relabel(
+    variant: MethodOption,
+    reviewed: Annotated[
+        Path | None,
+        typer.Option("--reviewed", help="A reviewed export (Label Studio JSON or CVAT COCO) of the val proposals."),
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Propose stale-label fixes for a variant, build the corrected ground truth, rescore every model on it."""
+    from anonbench.stages import relabel as stage
+
+    cfg = load(params, profile, set_)
+    try:
+        wrote(stage.run(cfg, variant, reviewed=reviewed))
+    except (ValueError, FileNotFoundError) as err:  # no ssim table yet, a review that does not fit
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def drift(
+    variant: MethodOption,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Linear CKA per YOLOv10 layer of the Org model between original and anonymized val images."""
+    from anonbench.stages import drift as stage
+
+    cfg = load(params, profile, set_)
+    try:
+        wrote(stage.run(cfg, variant))
+    except (ValueError, FileNotFoundError) as err:  # no Org model yet, too few anonymized images
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def report(params: ParamsOption = Path("params.yaml"), profile: ProfileOption = None, set_: SetOption = None) -> None:
+    """Build reports/study.md and the self-contained reports/study.html answering Q1-Q8, logged to MLflow."""
+    from anonbench.stages import report as stage
+
+    cfg = load(params, profile, set_)
+    wrote(stage.run(cfg))
+
+
 def main() -> None:
     """Entry point for ``python -m anonbench``."""
     app()
