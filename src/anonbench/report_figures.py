@@ -80,7 +80,7 @@ def heatmaps(
     rows = math.ceil(count / columns)
     shapes = [(len(r), len(c)) for r, c, _ in panels.values()] or [(1, 1)]
     width = max(4.2, 0.75 * max(c for _, c in shapes) + 2.5)
-    height = max(3.4, 0.32 * max(r for r, _ in shapes) + 2.0)
+    height = max(3.6, 0.32 * max(r for r, _ in shapes) + 2.6)
     fig, axes = _subplots(nrows=rows, ncols=columns, figsize=(width * columns, height * rows), squeeze=False)
     grids = [np.array([_nan(r) for r in values], dtype=float) for _, _, values in panels.values()]
     finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])

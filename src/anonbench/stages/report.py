@@ -119,14 +119,19 @@ def header(doc: Document, ctx: Context) -> None:
         stats = cfg.paths.data / "prepared" / split / "stats.json"
         counts[split] = json.loads(stats.read_text(encoding="utf-8")).get("images") if stats.is_file() else None
     images = ", ".join(f"{split} {n if n is not None else '?'} images" for split, n in counts.items())
+    # What the trainings really ran (train.json), which may differ from the current params.
+    ran = sorted(
+        {str(t["epochs"]) for t in ctx.study.trainings.values() if t.get("stage") == "train" and "epochs" in t}
+    )
+    epochs = "/".join(ran) or str(cfg.train.epochs)
     doc.paragraph(
         f"Profile **{cfg.profile}**: data `{cfg.data.source}` ({images}); YOLOv10 sizes {', '.join(cfg.train.sizes)} "
-        f"trained from scratch for {cfg.train.epochs} epochs at imgsz {cfg.train.imgsz} on `{cfg.train.device}`; "
+        f"trained from scratch for {epochs} epochs at imgsz {cfg.train.imgsz} on `{cfg.train.device}`; "
         f"variants {', '.join(cfg.train.variants)}; seed {cfg.seed}."
     )
     if cfg.profile == "mini":
         doc.note(
-            f"**Mini profile:** detection numbers come from {cfg.train.epochs} CPU epochs on "
+            f"**Mini profile:** detection numbers come from {epochs} CPU epochs on "
             f"{counts.get(cfg.data.train_split) or 128} training images. They exercise the pipeline end to end; "
             "they are **not findings**. SSIM, coverage and the relabel proposals are real measurements."
         )
@@ -573,6 +578,13 @@ def coverage_section(doc: Document, ctx: Context) -> None:
         labels, stacks, "Persons anonymized and left out", "persons", ctx.figures / "coverage.png"
     )
     ctx.figure(doc, path, "Coverage: anonymized persons and the reasons others were left out.")
+    answers = [
+        f"{variant} {split}: {c['persons_gt'] - c['persons_anonymized']} of {c['persons_gt']} persons left, "
+        f"pixel coverage {_fmt(c.get('coverage'))}"
+        for variant, splits in coverage.items()
+        for split, c in splits.items()
+    ]
+    doc.paragraph("**Answer:** " + "; ".join(answers) + ".")
 
 
 SECTIONS: tuple[Callable[[Document, Context], None], ...] = (
