@@ -70,6 +70,14 @@ def _xywh(x0: float, y0: float, x1: float, y1: float) -> list[float]:
     return [round(float(v), BOX_DECIMALS) for v in (x0, y0, x1 - x0, y1 - y0)]
 
 
+def box_evidence(row: dict[str, Any]) -> dict[str, Any]:
+    """What the ssim stage measured of a box: its share inside the anonymized region, SSIM and l / c / s."""
+    measured = {
+        k: float(row[k]) for k in ("inside_anonymized", "ssim", "luminance", "contrast", "structure") if k in row
+    }
+    return {k: None if math.isnan(v) else round(v, 4) for k, v in measured.items()}
+
+
 def removal_proposals(
     boxes: Iterable[dict[str, Any]], inside_threshold: float, ssim_threshold: float
 ) -> tuple[list[Proposal], list[int]]:
@@ -94,13 +102,7 @@ def removal_proposals(
             continue
         if ssim >= ssim_threshold:
             continue
-        evidence: dict[str, Any] = {
-            "inside_anonymized": round(inside, 4),
-            "ssim": round(ssim, 4),
-            **{k: round(float(row[k]), 4) for k in ("luminance", "contrast", "structure") if k in row},
-            "old_bbox": [round(float(row[k]), 2) for k in ("x", "y", "w", "h")],
-            "new_bbox": None,
-        }
+        evidence = {**box_evidence(row), "old_bbox": [round(float(row[k]), 2) for k in "xywh"], "new_bbox": None}
         reason = (
             f"{inside:.0%} of the box lies in the anonymized region and its SSIM fell to {ssim:.3f} "
             f"(< {ssim_threshold}): the object was likely removed with the person"

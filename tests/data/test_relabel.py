@@ -90,7 +90,7 @@ def test_automatic_relabel_applies_every_proposal(cfg: Config) -> None:
     proposals = doc["proposals"]
     assert doc["counts"]["remove"] >= 1 and doc["counts"]["extend"] >= 1
     for p in proposals:
-        assert p["reason"] and p["evidence"]["old_bbox"]
+        assert p["reason"] and p["evidence"]["old_bbox"] and {"ssim", "inside_anonymized"} <= p["evidence"].keys()
         if p["action"] == "remove":
             assert p["evidence"]["inside_anonymized"] >= 0.5 and p["evidence"]["ssim"] < 0.5
             assert p["category"] != "person"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def metrics_file(cfg: Config, model_id: str, variant: str) -> Path:
 
 
 def _read_boxes(path: Path, instances: Instances) -> list[dict[str, Any]]:
-    """Rows of the boxes table for objects that can vanish: not persons, not crowd regions."""
+    """Rows of the boxes table, checked against the variant's annotations, by annotation id."""
     import pandas as pd
 
     table = pd.read_parquet(path)
@@ -79,8 +80,7 @@ def _read_boxes(path: Path, instances: Instances) -> list[dict[str, Any]]:
     unknown = sorted(set(table["ann_id"].astype(int)) - set(anns))
     if unknown:
         raise CocoError(f"{path}: ann_id {unknown[0]} (and {len(unknown) - 1} more) not in the variant's annotations")
-    rows = table.sort_values("ann_id").to_dict("records")
-    return [r for r in rows if r["category"] != PERSON and not anns[int(r["ann_id"])].get("iscrowd")]
+    return table.sort_values("ann_id").to_dict("records")
 
 
 def _extend_image(job: tuple[Path, list[Annotation], float]) -> list[Proposal]:
@@ -110,8 +110,12 @@ def propose(cfg: Config, variant: str, split: str, instances: Instances) -> tupl
     if not table.is_file():
         raise FileNotFoundError(f"{table}: no SSIM boxes table (run `anonbench ssim --variant {variant}` first)")
     params = cfg.relabel
+    rows = _read_boxes(table, instances)
+    crowd = {a["id"] for a in instances["annotations"] if a.get("iscrowd")}
     removals, unassessed = stale_labels.removal_proposals(
-        _read_boxes(table, instances), params.inside_threshold, params.ssim_threshold
+        [r for r in rows if r["category"] != PERSON and r["ann_id"] not in crowd],
+        params.inside_threshold,
+        params.ssim_threshold,
     )
     person = person_category_id(instances)
     persons: dict[int, list[Annotation]] = {}
@@ -125,7 +129,14 @@ def propose(cfg: Config, variant: str, split: str, instances: Instances) -> tupl
         if im["id"] in persons
     ]
     with_mask = [job for job in jobs if job[0].is_file()]
-    extensions = [p for found in map_with_progress(_extend_image, with_mask, cfg.n_workers, "relabel") for p in found]
+    measured = {int(r["ann_id"]): r for r in rows}
+    extensions = [
+        replace(p, evidence={**stale_labels.box_evidence(measured[p.ann_id]), **p.evidence})
+        if p.ann_id in measured
+        else p
+        for found in map_with_progress(_extend_image, with_mask, cfg.n_workers, "relabel")
+        for p in found
+    ]
     record = {
         "variant": variant,
         "split": split,
