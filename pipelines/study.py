@@ -2,7 +2,7 @@
 
 Data order: plan -> fetch -> prepare -> anonymize (classic | DP2) -> ssim ->
 export -> train (sizes x variants) -> finetune (freeze configs) -> evaluate
-(models x eval variants) -> relabel -> report. Each fan-out iterates over a
+(models x eval variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
 list the run's own parameters produce (``grid``), so a profile or an override
 changes the grid at run time; ``gather`` joins a fan-out before the next.
 Tasks hand on workspace folders, not datasets (docs/orchestration.md).
@@ -20,6 +20,7 @@ from typing import Any
 from kfp import compiler, dsl, kubernetes
 
 from components.anonymize import anonymize, anonymize_dp2
+from components.drift import drift
 from components.evaluate import evaluate
 from components.export import export
 from components.fetch import fetch
@@ -130,8 +131,10 @@ def build(settings: ClusterSettings) -> Callable[..., Any]:
         evaluations = [join(scored.output), join(scored_ft.output)]
 
         with dsl.ParallelFor(items("relabel"), parallelism=width) as variant:
-            relabeled = on("evaluate", relabel(workspace=ws, variant=variant)).after(*measured, *evaluations)
-        on("evaluate", report(workspace=ws)).after(join(relabeled.output))
+            relabeled = on("cpu", relabel(workspace=ws, variant=variant)).after(*measured, *evaluations)
+        with dsl.ParallelFor(items("drift"), parallelism=width) as variant:
+            drifted = on("evaluate", drift(workspace=ws, variant=variant)).after(models)
+        on("cpu", report(workspace=ws)).after(join(relabeled.output), join(drifted.output))
 
     return study
 

@@ -1,9 +1,9 @@
 """Compile the study pipeline, upload it to a KFP endpoint and start a run; print the run's URL.
 
-Usage::
+Usage (one line)::
 
-    python -m pipelines.submit --host https://kfp.example.com --profile paper \\
-        --set train.epochs=50 --workspace /mnt/anonbench/paper-2026-11 \\
+    python -m pipelines.submit --host https://kfp.example.com --profile paper
+        --set train.epochs=50 --workspace /mnt/anonbench/paper-2026-11
         [--settings my-cluster.yaml] [--token-env KFP_TOKEN] [--service-account anonbench-pipeline-runner]
 
 The pipeline is uploaded once under its name; later submissions add a version

@@ -88,7 +88,7 @@ def grid(cfg: Config, axis: str) -> list[Any]:
         axis: ``anonymize_classic`` / ``anonymize_dp2`` (methods by the image they need),
             ``export`` (variants), ``train`` (``{variant, size}``), ``finetune`` (freeze
             configs), ``evaluate_trained`` / ``evaluate_finetuned`` (``{model, on}``),
-            ``relabel`` (anonymized variants).
+            ``relabel`` and ``drift`` (anonymized variants).
 
     Returns:
         A JSON-serializable list.
@@ -99,16 +99,16 @@ def grid(cfg: Config, axis: str) -> list[Any]:
     methods = cfg.anonymize.methods
     trained = [f"{variant}-{size}" for variant in cfg.train.variants for size in cfg.train.sizes]
     finetuned = [f"ft-{name}" for name in cfg.finetune.freeze]
-    needed = {*cfg.train.variants, *cfg.evaluate.variants, cfg.finetune.variant}
     axes: dict[str, list[Any]] = {
         "anonymize_classic": [m for m in methods if not uses_dp2(cfg, m)],
         "anonymize_dp2": [m for m in methods if uses_dp2(cfg, m)],
-        "export": [v for v in (ORIGINAL, *methods) if v in needed],
+        "export": [ORIGINAL, *methods],
         "train": [{"variant": v, "size": s} for v in cfg.train.variants for s in cfg.train.sizes],
         "finetune": list(cfg.finetune.freeze),
         "evaluate_trained": [{"model": m, "on": v} for m in trained for v in cfg.evaluate.variants],
         "evaluate_finetuned": [{"model": m, "on": v} for m in finetuned for v in cfg.evaluate.variants],
-        "relabel": [v for v in cfg.evaluate.variants if v != ORIGINAL],
+        "relabel": list(methods),
+        "drift": list(methods),
     }
     if axis not in axes:
         raise KeyError(f"unknown grid axis {axis!r} (have: {', '.join(axes)})")

@@ -19,7 +19,7 @@ from pipelines.settings import ClusterSettings, load_settings
 from pipelines.study import compile_study
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_STAGES = ("train", "finetune", "evaluate")
+GPU_STAGES = ("train", "finetune", "evaluate", "drift")
 
 
 class Compiled:
@@ -72,7 +72,7 @@ def test_training_and_evaluation_request_gpus_and_cpu_stages_do_not(compiled: Co
         for label in compiled.executor_of(stage):
             accelerator = compiled.executors[label]["container"]["resources"]["accelerator"]
             assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1", label
-    for stage in ("fetch", "prepare", "export", "ssim"):
+    for stage in ("fetch", "prepare", "export", "ssim", "relabel", "report"):
         for label in compiled.executor_of(stage):
             assert "accelerator" not in compiled.executors[label]["container"].get("resources", {}), label
 
@@ -151,6 +151,7 @@ def test_fan_outs_iterate_the_run_grid_with_a_parallelism_limit(compiled: Compil
         "evaluate_trained",
         "evaluate_finetuned",
         "relabel",
+        "drift",
     }
     for loop in loops.values():
         assert loop["iteratorPolicy"]["parallelismLimit"] == settings.parallelism

@@ -67,7 +67,7 @@ class FakeKfpHandler(BaseHTTPRequestHandler):
         self.server.packages.append(spec)
         return spec
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.server.authorization.add(self.headers.get("Authorization"))
         url = urlparse(self.path)
         if url.path == f"{API}/pipelines":
@@ -80,7 +80,7 @@ class FakeKfpHandler(BaseHTTPRequestHandler):
         else:  # healthz, experiments (none yet)
             self._reply({})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.server.authorization.add(self.headers.get("Authorization"))
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -92,7 +92,8 @@ class FakeKfpHandler(BaseHTTPRequestHandler):
         elif url.path == f"{API}/pipelines/upload_version":
             self._upload()
             self.server.versions.append((query["pipelineid"], query["name"]))
-            self._reply({"pipeline_id": query["pipelineid"], "pipeline_version_id": f"v{len(self.server.versions) + 1}"})
+            version = f"v{len(self.server.versions) + 1}"
+            self._reply({"pipeline_id": query["pipelineid"], "pipeline_version_id": version})
         elif url.path == f"{API}/experiments":
             self._reply({"experiment_id": "e1", **json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
         elif url.path == f"{API}/runs":
@@ -142,10 +143,12 @@ def test_a_second_submit_adds_a_version_instead_of_a_new_pipeline(kfp_api: FakeK
     assert kfp_api.runs[1]["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": "v2"}
 
 
+OPTIONS = ["--set", "train.epochs=2", "--set", "train.sizes=[n]", "--workspace", "/mnt/anonbench/x"]
+
+
 def test_submit_command_prints_the_run_url(kfp_api: FakeKfp, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.submit", "--host", kfp_api.url, "--profile", "paper"]
-        + ["--set", "train.epochs=2", "--set", "train.sizes=[n]", "--workspace", "/mnt/anonbench/x"],
+        [sys.executable, "-m", "pipelines.submit", "--host", kfp_api.url, "--profile", "paper", *OPTIONS],
         cwd=REPO,
         capture_output=True,
         text=True,
