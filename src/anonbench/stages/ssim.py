@@ -1,0 +1,340 @@
+"""Stage ssim: how much an anonymized variant changed each image and each ground-truth object.
+
+Images of the variant are matched to the original by COCO image id through both
+annotation files. For every image: whole-image SSIM and its luminance, contrast
+and structure factors, and the same for every ground-truth box (the box's
+integer pixel crop of both images, see :func:`anonbench.ssim_fast.crop_bounds`),
+plus the share of each box inside the anonymized region (the variant's mask).
+Images the variant left unchanged are measured too (SSIM exactly 1), so
+aggregates over all images are complete.
+
+Writes under ``data/ssim/<variant>/``: ``<split>_boxes.parquet``,
+``<split>_images.parquet``, ``manifest_<split>.json``, ``summary.json`` and
+``figures/`` (columns and keys: docs/ssim.md). A split whose inputs did not
+change since its tables were written is not measured again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anonbench.coco import CocoError, annotations_by_image, image_path, person_category_id, read_instances
+from anonbench.config import ORIGINAL, Config
+from anonbench.images import UnreadableImage, read_image
+from anonbench.io import atomic_write_bytes, atomic_write_json
+from anonbench.manifest import Manifest
+from anonbench.parallel import map_with_progress
+from anonbench.ssim_fast import COMPONENTS, SsimIndex, crop_bounds
+from anonbench.ssim_summary import split_summary, write_figures
+
+STAGE = "ssim"
+_SCORES = [pa.field(name, pa.float64()) for name in COMPONENTS]
+BOX_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64()),
+        pa.field("ann_id", pa.int64()),
+        pa.field("category", pa.string()),
+        pa.field("iscrowd", pa.bool_()),
+        pa.field("area", pa.float64()),
+        pa.field("x", pa.float64()),
+        pa.field("y", pa.float64()),
+        pa.field("w", pa.float64()),
+        pa.field("h", pa.float64()),
+        pa.field("inside_anonymized", pa.float64()),
+        *_SCORES,
+        pa.field("reason", pa.string()),
+    ]
+)
+IMAGE_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64()),
+        pa.field("file_name", pa.string()),
+        pa.field("has_person", pa.bool_()),
+        pa.field("changed_fraction", pa.float64()),
+        pa.field("anonymized_fraction", pa.float64()),
+        *_SCORES,
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
+class SsimStageError(ValueError):
+    """Bad input under the strict policy; the message names the image."""
+
+
+class GtBox(NamedTuple):
+    """A ground-truth annotation as the box table reports it."""
+
+    ann_id: int
+    category: str
+    iscrowd: bool
+    area: float
+    bbox: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image pair to measure, with everything a worker process needs."""
+
+    image_id: int
+    key: str
+    original: Path
+    variant: Path
+    mask: Path
+    has_person: bool
+    boxes: tuple[GtBox, ...]
+    win_size: int
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A worker's answer: the image's row and its box rows, or the problem that stopped it."""
+
+    key: str
+    image: dict[str, Any] | None
+    boxes: list[dict[str, Any]]
+    problem: str = ""
+
+
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"
+
+
+def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The anonymized region as 0/1 uint8; an absent mask means nothing was anonymized."""
+    if not path.exists():
+        return np.zeros(shape, np.uint8)
+    mask = read_image(path)[:, :, 0]
+    if mask.shape != shape:
+        raise UnreadableImage(f"{path}: mask is {_size(mask)}, image is {shape[1]}x{shape[0]}")
+    return (mask > 0).astype(np.uint8)
+
+
+def measure_image(job: Job) -> Measured:
+    """Whole-image and per-box SSIM, l, c, s of one image pair (runs in a worker process).
+
+    Args:
+        job: The pair, its mask and its ground-truth boxes.
+
+    Returns:
+        The rows for both tables, or the problem (missing, unreadable, sizes differ).
+    """
+    if not job.variant.is_file():
+        return Measured(job.key, None, [], f"{job.key}: variant image missing: {job.variant}")
+    try:
+        original, variant = read_image(job.original), read_image(job.variant)
+        if original.shape != variant.shape:
+            sizes = f"original {_size(original)}, variant {_size(variant)}"
+            return Measured(job.key, None, [], f"{job.key}: sizes differ: {sizes}")
+        mask = _read_mask(job.mask, original.shape[:2])
+    except UnreadableImage as exc:
+        return Measured(job.key, None, [], f"{job.key}: {exc}")
+    index = SsimIndex(original, variant, job.win_size)
+    inside = cv2.integral(mask, sdepth=cv2.CV_64F)
+    height, width = mask.shape
+    rows = []
+    for box in job.boxes:
+        x0, y0, x1, y1 = crop_bounds(box.bbox, width, height)
+        pixels = (x1 - x0) * (y1 - y0)
+        covered = inside[y1, x1] - inside[y0, x1] - inside[y1, x0] + inside[y0, x0]
+        x, y, w, h = box.bbox
+        rows.append(
+            {
+                "image_id": job.image_id,
+                "ann_id": box.ann_id,
+                "category": box.category,
+                "iscrowd": box.iscrowd,
+                "area": box.area,
+                "x": x,
+                "y": y,
+                "w": w,
+                "h": h,
+                "inside_anonymized": covered / pixels if pixels else math.nan,
+                **index.region((x0, y0, x1, y1)).as_dict(),
+            }
+        )
+    image = {
+        "image_id": job.image_id,
+        "file_name": job.key,
+        "has_person": job.has_person,
+        "changed_fraction": index.changed_fraction,
+        "anonymized_fraction": float(inside[-1, -1]) / mask.size,
+        **index.whole().as_dict(),
+    }
+    return Measured(job.key, image, rows)
+
+
+def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Pair every original image with its variant by image id; unpaired images are problems."""
+    original = read_instances(cfg.annotation_file(ORIGINAL, split))
+    anonymized = read_instances(cfg.annotation_file(variant, split))
+    names = {int(c["id"]): str(c["name"]) for c in original["categories"]}
+    person = person_category_id(original)
+    variant_names = {int(im["id"]): str(im["file_name"]) for im in anonymized["images"]}
+    by_image = annotations_by_image(original)
+    masks = cfg.variant_root(variant) / "masks" / split
+    jobs, problems = [], []
+    for info in sorted(original["images"], key=lambda im: im["id"]):
+        key, image_id = str(info["file_name"]), int(info["id"])
+        if image_id not in variant_names:
+            problems.append(
+                (key, f"{key}: variant image missing: image id {image_id} is not in the variant's annotations")
+            )
+            continue
+        variant_name = variant_names.pop(image_id)
+        boxes = tuple(
+            GtBox(int(a["id"]), names[a["category_id"]], bool(a.get("iscrowd", 0)), float(a["area"]), tuple(a["bbox"]))
+            for a in by_image[image_id]
+        )
+        jobs.append(
+            Job(
+                image_id=image_id,
+                key=key,
+                original=image_path(cfg.image_dir(ORIGINAL, split), key),
+                variant=image_path(cfg.image_dir(variant, split), variant_name),
+                mask=masks / f"{Path(variant_name).stem}.png",
+                has_person=any(a["category_id"] == person for a in by_image[image_id]),
+                boxes=boxes,
+                win_size=cfg.ssim.win_size,
+            )
+        )
+    for image_id, name in sorted(variant_names.items()):
+        problems.append((name, f"{name}: image id {image_id} of the variant is not in the original"))
+    return jobs, problems
+
+
+def _stamp(cfg: Config, variant: str, split: str, jobs: list[Job]) -> str:
+    """Fingerprint of a split's inputs: annotation files, and size and mtime of every image and mask."""
+    digest = hashlib.sha256(f"{cfg.ssim.win_size} {cfg.policy}".encode())
+    for path in (cfg.annotation_file(ORIGINAL, split), cfg.annotation_file(variant, split)):
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for job in jobs:
+        for path in (job.original, job.variant, job.mask):
+            stat = path.stat() if path.exists() else None
+            digest.update(f"{path.name} {stat and (stat.st_size, stat.st_mtime_ns)}\n".encode())
+    return digest.hexdigest()
+
+
+def _parquet(rows: list[dict[str, Any]], schema: pa.Schema, order: list[str]) -> bytes:
+    """Rows as a Parquet file with a fixed schema, sorted, so reruns are byte-identical."""
+    rows = sorted(rows, key=lambda row: tuple(row[k] for k in order))
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def _outputs(folder: Path, split: str) -> list[Path]:
+    """A split's tables and manifest, then the stamp that marks them complete (written last)."""
+    names = (f"{split}_boxes.parquet", f"{split}_images.parquet", f"manifest_{split}.json", f".stamp_{split}")
+    return [folder / name for name in names]
+
+
+def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bool]:
+    """Measure one split unless its tables are complete for the same inputs.
+
+    Returns:
+        The files written (or already complete) and whether anything was measured.
+
+    Raises:
+        SsimStageError: The first bad image under the strict policy.
+    """
+    paths = _outputs(cfg.paths.data / STAGE / variant, split)
+    stamp_file = paths.pop()
+    jobs, problems = _jobs(cfg, variant, split)
+    stamp = _stamp(cfg, variant, split, jobs)
+    if all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return paths, False
+    strict = cfg.policy == "strict"
+    if strict and problems:
+        raise SsimStageError(problems[0][1])
+    manifest = Manifest(STAGE, split)
+    for key, problem in problems:
+        manifest.add(key, "skipped", problem)
+    images, boxes = [], []
+    for result in map_with_progress(measure_image, jobs, cfg.n_workers, f"ssim {variant} {split}"):
+        if result.problem:
+            if strict:
+                raise SsimStageError(result.problem)
+            manifest.add(result.key, "skipped", result.problem)
+            continue
+        assert result.image is not None
+        manifest.add(result.key, "ok", image_id=result.image["image_id"], boxes=len(result.boxes))
+        images.append(result.image)
+        boxes.extend(result.boxes)
+    atomic_write_bytes(paths[0], _parquet(boxes, BOX_SCHEMA, ["image_id", "ann_id"]))
+    atomic_write_bytes(paths[1], _parquet(images, IMAGE_SCHEMA, ["image_id"]))
+    manifest.write(paths[2])
+    atomic_write_bytes(stamp_file, stamp.encode())
+    return paths, True
+
+
+def _log_to_mlflow(cfg: Config, variant: str, summary: dict[str, Any], files: list[Path]) -> None:
+    """One MLflow run per variant: the headline means per split and scope, the summary and the figures."""
+    import mlflow
+
+    from anonbench.tracking import mlflow_run
+
+    metrics: dict[str, float] = {}
+    for split, scopes in summary["splits"].items():
+        for scope, parts in scopes.items():
+            groups = {"all": parts, **parts["use_case_groups"]}
+            for group, entry in groups.items():
+                for level in ("image", "box"):
+                    for component in COMPONENTS:
+                        value = entry[level][component]["mean"]
+                        if value is not None:
+                            metrics[f"{split}/{scope}/{group}/{level}_{component}"] = value
+    with mlflow_run(cfg, f"ssim-{variant}", STAGE, {"variant": variant}):
+        mlflow.log_params({"variant": variant, "win_size": cfg.ssim.win_size, "splits": ",".join(summary["splits"])})
+        mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png" else None)
+
+
+def run(cfg: Config, variant: str, splits: list[str] | None = None) -> list[Path]:
+    """Measure SSIM, l, c, s of every image and ground-truth box of ``variant`` against the original.
+
+    Args:
+        cfg: Validated configuration (``ssim.win_size``, ``policy``, ``workers``).
+        variant: An anonymized variant under ``data/variants/`` (an ``anonymize --method``).
+        splits: Splits to measure (default: train and val).
+
+    Returns:
+        The tables, manifests, summary and figures written.
+
+    Raises:
+        ValueError: For the original itself.
+        SsimStageError: Bad input under the strict policy (the message names the image).
+        CocoError: An annotation file that cannot be read.
+    """
+    if variant == ORIGINAL:
+        raise ValueError("--variant org is the original itself; name an anonymized variant")
+    if not cfg.annotation_file(variant, (splits or list(cfg.data.splits))[0]).is_file():
+        raise CocoError(f"{cfg.variant_root(variant)}: no such variant (run `anonbench anonymize --method {variant}`)")
+    out = cfg.paths.data / STAGE / variant
+    written: list[Path] = []
+    measured = False
+    for split in splits or list(cfg.data.splits):
+        paths, fresh = measure_split(cfg, variant, split)
+        written += paths
+        measured |= fresh
+    # The summary covers every configured split measured so far, so `--split` runs add up.
+    done = [s for s in cfg.data.splits if all(p.is_file() for p in _outputs(out, s))]
+    per_split = {s: split_summary(out, s, cfg.classes.use_case_groups) for s in done}
+    summary = {"variant": variant, "win_size": cfg.ssim.win_size, "splits": per_split}
+    summary_path = atomic_write_json(out / "summary.json", summary)
+    figures = [p for s in done for p in write_figures(out, s, per_split[s], out / "figures")]
+    if measured:
+        _log_to_mlflow(cfg, variant, summary, [summary_path, *figures])
+    return [*written, summary_path, *figures]
