@@ -46,10 +46,16 @@ class Retries(_Strict):
 
 
 class ClusterSettings(_Strict):
-    """Volumes, secrets, fan-out width, retries and resources of the compiled pipeline."""
+    """Volumes, secrets, fan-out width, retries and resources of the compiled pipeline.
+
+    ``deepprivacy2`` compiles the DP2 fan-out (its own image, a GPU). Without it every method
+    runs in the CPU image's fan-out, where a DP2 method stops at once naming the image it needs;
+    the KFP local runner needs it off, since it cannot join a fan-out with no items (kfp 2.17).
+    """
 
     workspace_pvc: str = "anonbench-workspace"
     mount_path: str = "/mnt/anonbench"
+    deepprivacy2: bool = True
     parallelism: Annotated[int, Field(ge=1)] = 4
     retries: Retries = Retries()
     secrets: dict[str, list[str]] = Field(default_factory=dict)

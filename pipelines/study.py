@@ -93,24 +93,31 @@ def build(settings: ClusterSettings) -> Callable[..., Any]:
         download: bool = False,
     ) -> None:
         """Run the whole study in ``workspace`` with ``params_file``, ``profile`` and ``overrides``."""
-        ws = on("cpu", plan(workspace=workspace, params_file=params_file, profile=profile, overrides=overrides)).output
+        planned = on("cpu", plan(workspace=workspace, params_file=params_file, profile=profile, overrides=overrides))
+        # Tasks take the pipeline parameter, ordered after `plan`: the KFP local runner hands a loop
+        # task its loop item in place of an upstream task's output (kfp 2.17).
+        ws = workspace
 
         def items(axis: str) -> Any:
-            return on("cpu", grid(workspace=ws, axis=axis)).output
+            return on("cpu", grid(workspace=ws, axis=axis)).after(planned).output
 
         def join(refs: Any) -> dsl.PipelineTask:
             return on("cpu", gather(refs=dsl.Collected(refs)))
 
-        prepared = on("cpu", prepare(workspace=ws)).after(on("cpu", fetch(workspace=ws, download=download)))
+        fetched = on("cpu", fetch(workspace=ws, download=download)).after(planned)
+        prepared = on("cpu", prepare(workspace=ws)).after(fetched)
 
-        with dsl.ParallelFor(items("anonymize_classic"), parallelism=width) as method:
+        cpu_methods = "anonymize_classic" if settings.deepprivacy2 else "anonymize"
+        with dsl.ParallelFor(items(cpu_methods), parallelism=width) as method:
             classic = on("cpu", anonymize(workspace=ws, method=method)).after(prepared)
             classic_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(classic)
-        with dsl.ParallelFor(items("anonymize_dp2"), parallelism=width) as method:
-            dp2 = on("dp2", anonymize_dp2(workspace=ws, method=method)).after(prepared)
-            dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(dp2)
-        anonymized = [join(classic.output), join(dp2.output)]
-        measured = [join(classic_ssim.output), join(dp2_ssim.output)]
+        anonymized, measured = [join(classic.output)], [join(classic_ssim.output)]
+        if settings.deepprivacy2:
+            with dsl.ParallelFor(items("anonymize_dp2"), parallelism=width) as method:
+                dp2 = on("dp2", anonymize_dp2(workspace=ws, method=method)).after(prepared)
+                dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(dp2)
+            anonymized.append(join(dp2.output))
+            measured.append(join(dp2_ssim.output))
 
         with dsl.ParallelFor(items("export"), parallelism=width) as variant:
             exported = on("cpu", export(workspace=ws, variant=variant)).after(*anonymized)

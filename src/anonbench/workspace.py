@@ -85,7 +85,8 @@ def grid(cfg: Config, axis: str) -> list[Any]:
 
     Args:
         cfg: The resolved configuration of the run.
-        axis: ``anonymize_classic`` / ``anonymize_dp2`` (methods by the image they need),
+        axis: ``anonymize`` (every method), ``anonymize_classic`` / ``anonymize_dp2`` (methods by
+            the image they need),
             ``export`` (variants), ``train`` (``{variant, size}``), ``finetune`` (freeze
             configs), ``evaluate_trained`` / ``evaluate_finetuned`` (``{model, on}``),
             ``relabel`` and ``drift`` (anonymized variants).
@@ -100,6 +101,7 @@ def grid(cfg: Config, axis: str) -> list[Any]:
     trained = [f"{variant}-{size}" for variant in cfg.train.variants for size in cfg.train.sizes]
     finetuned = [f"ft-{name}" for name in cfg.finetune.freeze]
     axes: dict[str, list[Any]] = {
+        "anonymize": list(methods),
         "anonymize_classic": [m for m in methods if not uses_dp2(cfg, m)],
         "anonymize_dp2": [m for m in methods if uses_dp2(cfg, m)],
         "export": [ORIGINAL, *methods],

@@ -85,6 +85,14 @@ def test_deepprivacy2_anonymization_gets_a_gpu_and_its_own_image(compiled: Compi
     assert compiled.executors[dp2]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
 
 
+def test_without_deepprivacy2_every_method_runs_on_the_cpu_image(tmp_path: Path, settings: ClusterSettings) -> None:
+    compiled = Compiled(compile_study(settings.model_copy(update={"deepprivacy2": False}), tmp_path / "study.yaml"))
+
+    (label,) = compiled.executor_of("anonymize")
+    assert "dp2" not in compiled.executors[label]["container"]["image"]
+    assert "anonymize" in compiled.loops() and "anonymize_dp2" not in compiled.loops()
+
+
 def test_training_gets_a_memory_backed_dev_shm(compiled: Compiled, settings: ClusterSettings) -> None:
     for label in compiled.executor_of("train") + compiled.executor_of("finetune"):
         (mount,) = compiled.platform[label]["emptyDirMounts"]
