@@ -2,7 +2,8 @@
 # CI for the images (tests/pipeline/test_docker.py runs it; needs root):
 #   1. start a private daemon (docker/daemon.sh; it installs docker.io and debootstrap if missing)
 #   2. lint every Dockerfile with hadolint
-#   3. make the Debian base locally (debootstrap + import, cached) and build the CPU image
+#   3. make the Debian base locally (debootstrap + import, cached) and build the CPU image;
+#      older CPU images and build cache beyond 6 GB are pruned
 #   4. a run without the data mount must fail naming the missing path
 #   5. run fetch, prepare, anonymize --method mask and ssim --variant mask on coco-mini inside
 #      the container (data read-only, outputs in a mounted folder, no network) and the same
@@ -51,6 +52,11 @@ step "building the CPU image from $base"
 image=$(BASE_IMAGE=$base docker/build.sh cpu 2>"$work/build.log" | tail -n 1) \
   || { tail -n 40 "$work/build.log" >&2; exit 1; }
 step "built $image"
+# The daemon's state outlives the run (layer cache): keep it bounded. Older CPU images go; the
+# build cache keeps what a rebuild of the same dependencies needs.
+"$DOCKER" images --format '{{.Repository}}:{{.Tag}}' anonbench-cpu | grep -vxF "$image" | xargs -r "$DOCKER" rmi >/dev/null
+"$DOCKER" image prune -f >/dev/null
+"$DOCKER" builder prune -f --keep-storage 6GB >/dev/null
 
 step "a run without the data mount"
 if "$DOCKER" run --rm --network none "$image" anonbench fetch >"$work/nomount.log" 2>&1; then

@@ -8,11 +8,16 @@ read-only, no network) and outside it, with the two output trees compared.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shlex
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from anonbench.offline import ENVIRONMENT
@@ -28,7 +33,10 @@ def dockerfile_env(path: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("ENV "):
-            env.update(token.split("=", 1) for token in shlex.split(line[4:]) if "=" in token)
+            for token in shlex.split(line[4:]):
+                key, sep, value = token.partition("=")
+                if sep:
+                    env[key] = value
     return env
 
 
@@ -57,6 +65,40 @@ def test_cpu_image_requirements_carry_no_torch() -> None:
     assert requirements("--no-base", "train") == ["torch==2.14.1", "torchvision==0.29.1", "ultralytics"]
 
 
+def load_compare_outputs() -> ModuleType:
+    """docker/compare_outputs.py, a script outside the package."""
+    spec = importlib.util.spec_from_file_location("compare_outputs", REPO / "docker" / "compare_outputs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_outputs_tells_results_from_bookkeeping(tmp_path: Path) -> None:
+    compare = load_compare_outputs()
+    table = pa.table({"image_id": [1, 2], "ssim": [0.5, 0.25]})
+    for side, seconds, creator in (("host", 0.12, "host"), ("container", 0.34, "container")):
+        root = tmp_path / side
+        root.mkdir()
+        (root / "record.json").write_text(json.dumps({"status": "ok", "seconds": seconds}))
+        (root / ".stamp_val2017").write_text(creator)  # input mtimes: bookkeeping, not a result
+        pq.write_table(table.replace_schema_metadata({"created": creator}), root / "boxes.parquet")
+        (root / "mask.png").write_bytes(b"same")
+    equal, problems = compare.compare_trees(tmp_path / "host", tmp_path / "container")
+    assert problems == []
+    assert equal == {"bytes": 1, "JSON values": 1, "Parquet tables": 1}
+
+    (tmp_path / "container" / "record.json").write_text(json.dumps({"status": "error", "seconds": 0.1}))
+    (tmp_path / "container" / "mask.png").write_bytes(b"changed")
+    (tmp_path / "container" / "extra.json").write_text("{}")
+    _, problems = compare.compare_trees(tmp_path / "host", tmp_path / "container")
+    assert problems == [
+        f"only in {tmp_path / 'container'}: extra.json",
+        "mask.png: bytes differ",
+        "record.json: JSON values differ",
+    ]
+
+
 def test_hadolint_passes_every_dockerfile() -> None:
     hadolint = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "hadolint"
     proc = subprocess.run(
@@ -80,7 +122,7 @@ def test_build_without_package_index_fails_loudly(cpu_image: str) -> None:
     assert apt.returncode != 0
     assert "apt-get update" in apt.stderr
     # A package index that does not answer: pip must fail the build, not install nothing.
-    pip = build_cpu_stage("build", "--network", "host", "--build-arg", "PIP_INDEX_URL=http://127.0.0.1:9/simple")
+    pip = build_cpu_stage("deps", "--network", "host", "--build-arg", "PIP_INDEX_URL=http://127.0.0.1:9/simple")
     assert pip.returncode != 0
     assert "pip install" in pip.stderr and "127.0.0.1" in pip.stderr
 

@@ -1,0 +1,103 @@
+"""The pipeline's CPU stages run with KFP's DockerRunner, in the image their components name.
+
+Each task is the study's own component (``components/``) started by KFP as a container
+of the CPU image built from this tree, as the cluster would start it: plan, fetch,
+prepare, the classic-anonymization fan-out (anonymize then ssim per method, over the
+list ``grid`` derives from the run's parameters), and export. The run's workspace and
+a copy of coco-mini live under the pipeline root, the one folder the DockerRunner mounts.
+
+Not run here: train, finetune and the evaluations, relabel and report that need trained
+models. They run in the training image (torch and Ultralytics: several GB and minutes
+to build, beyond CI's budget); the SubprocessRunner test of the whole study covers them.
+No ``from __future__ import annotations`` here: KFP reads the pipeline function's real annotations.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import kfp.local
+import pytest
+from kfp import dsl
+from mlflow.tracking import MlflowClient
+
+from components.anonymize import anonymize
+from components.export import export
+from components.fetch import fetch
+from components.images import CPU_IMAGE
+from components.plan import gather, grid, plan
+from components.prepare import prepare
+from components.ssim import ssim
+from tests.pipeline.conftest import DOCKER
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+IMAGE_UID = 10001  # the images' user (docker/cpu/Dockerfile)
+
+
+@dsl.pipeline(name="anonbench-cpu-stages")
+def cpu_stages(workspace: str, overrides: list) -> None:
+    """The study's CPU stages, wired as in pipelines/study.py.
+
+    Inside a ParallelFor the tasks take the pipeline's ``workspace`` input (ordered after
+    ``plan`` with ``.after``), not ``plan``'s output: KFP 2.17's local orchestrator replaces
+    every upstream task output that enters a loop with the loop item
+    (``create_parameter_loop_iteration_task_spec``); on a cluster both forms work.
+    """
+    ws = plan(workspace=workspace, params_file="params.yaml", profile="mini", overrides=overrides).output
+    prepared = prepare(workspace=ws).after(fetch(workspace=ws, download=False))
+    with dsl.ParallelFor(grid(workspace=ws, axis="anonymize_classic").output) as method:
+        anonymized = anonymize(workspace=workspace, method=method).after(prepared)
+        measured = ssim(workspace=workspace, variant=method).after(anonymized)
+    joined = gather(refs=dsl.Collected(measured.output))
+    with dsl.ParallelFor(grid(workspace=ws, axis="export").output) as variant:
+        export(workspace=workspace, variant=variant).after(joined)
+
+
+def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: Path) -> None:
+    # The components name CPU_IMAGE (resolved when they were imported); make it this build.
+    subprocess.run([DOCKER, "tag", cpu_image, CPU_IMAGE], check=True)
+    root = tmp_path / "kfp"
+    shutil.copytree(coco_mini, root / "coco-mini")
+    (root / "kfp-workspace").mkdir()
+    # The tasks run as the image's non-root user: the mounted folders must be theirs.
+    subprocess.run(["chown", "-R", f"{IMAGE_UID}:0", root], check=True)
+    kfp.local.init(
+        runner=kfp.local.DockerRunner(network_mode="none"),
+        pipeline_root=str(root),
+        workspace_root=str(root / "kfp-workspace"),
+    )
+    ws = root / "study"
+    overrides = [
+        f"data.local_copy={root / 'coco-mini'}",
+        f"tracking.uri=sqlite:///{ws / 'mlflow.db'}",
+        # one classic method keeps the run short; the fan-out machinery is the same for three
+        "anonymize.methods=[mask]",
+        "train.variants=[org,mask]",
+        "evaluate.variants=[org,mask]",
+    ]
+    cpu_stages(workspace=str(ws), overrides=overrides)
+
+    data = ws / "data"
+    for rel in (
+        "prepared/val2017/stats.json",
+        "variants/mask/annotations/instances_val2017.json",
+        "variants/mask/coverage_val2017.json",
+        "ssim/mask/val2017_boxes.parquet",
+        "ssim/mask/summary.json",
+        "yolo/org/dataset.yaml",
+        "yolo/mask/dataset.yaml",
+    ):
+        assert (data / rel).is_file(), rel
+    assert len(list((data / "variants" / "mask" / "val2017").glob("*.png"))) == 50
+    # Written inside the containers, by the image's user, not by this (root) process.
+    assert (data / "ssim" / "mask" / "summary.json").stat().st_uid == IMAGE_UID
+
+    # The stages' MLflow runs, in the store the containers wrote.
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("anonbench-mini")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert {(run.data.tags["stage"], run.info.status) for run in runs} >= {
+        ("anonymize", "FINISHED"),
+        ("ssim", "FINISHED"),
+    }
