@@ -38,18 +38,16 @@ IMAGE_UID = 10001  # the images' user (docker/cpu/Dockerfile)
 def cpu_stages(workspace: str, overrides: list) -> None:
     """The study's CPU stages, wired as in pipelines/study.py.
 
-    Inside a ParallelFor the tasks take the pipeline's ``workspace`` input (ordered after
-    ``plan`` with ``.after``), not ``plan``'s output: KFP 2.17's local orchestrator replaces
-    every upstream task output that enters a loop with the loop item
-    (``create_parameter_loop_iteration_task_spec``); on a cluster both forms work.
+    Tasks take the ``workspace`` parameter ordered after ``plan``, as the study does: KFP
+    2.17's local runner hands a loop task its loop item in place of an upstream task's output.
     """
-    ws = plan(workspace=workspace, params_file="params.yaml", profile="mini", overrides=overrides).output
-    prepared = prepare(workspace=ws).after(fetch(workspace=ws, download=False))
-    with dsl.ParallelFor(grid(workspace=ws, axis="anonymize_classic").output) as method:
+    planned = plan(workspace=workspace, params_file="params.yaml", profile="mini", overrides=overrides)
+    prepared = prepare(workspace=workspace).after(fetch(workspace=workspace, download=False).after(planned))
+    with dsl.ParallelFor(grid(workspace=workspace, axis="anonymize_classic").after(planned).output) as method:
         anonymized = anonymize(workspace=workspace, method=method).after(prepared)
         measured = ssim(workspace=workspace, variant=method).after(anonymized)
     joined = gather(refs=dsl.Collected(measured.output))
-    with dsl.ParallelFor(grid(workspace=ws, axis="export").output) as variant:
+    with dsl.ParallelFor(grid(workspace=workspace, axis="export").after(planned).output) as variant:
         export(workspace=workspace, variant=variant).after(joined)
 
 
