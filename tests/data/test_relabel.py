@@ -1,57 +1,24 @@
 """Relabel stage on a real masked variant of coco-mini: proposals, review round-trips, AP deltas.
 
-The variant comes from the anonymize stage; the SSIM boxes table is computed here with skimage in
-the ssim stage's output format (image_id, ann_id, category, area, x, y, w, h, inside_anonymized, ssim).
+The variant and its SSIM tables come from the anonymize and ssim stages on tiny-coco's val split.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
-from skimage.metrics import structural_similarity
 
 from anonbench.config import Config, load_config
-from anonbench.images import read_image
-from anonbench.stages import anonymize, relabel
+from anonbench.stages import anonymize, relabel, ssim
 from tests.conftest import PARAMS
 
 VARIANT = "mask"
-
-
-def ssim_boxes_table(cfg: Config, split: str) -> Path:
-    """The ssim stage's per-box table, the slow way (skimage on each crop)."""
-    variant = json.loads(cfg.annotation_file(VARIANT, split).read_text())
-    original = {im["id"]: im["file_name"] for im in json.loads(cfg.annotation_file("org", split).read_text())["images"]}
-    names = {c["id"]: c["name"] for c in variant["categories"]}
-    images = {im["id"]: im for im in variant["images"]}
-    rows = []
-    for ann in variant["annotations"]:
-        image = images[ann["image_id"]]
-        before = read_image(cfg.image_dir("org", split) / original[image["id"]])
-        after = read_image(cfg.image_dir(VARIANT, split) / image["file_name"])
-        mask_path = cfg.variant_root(VARIANT) / "masks" / split / f"{Path(image['file_name']).stem}.png"
-        mask = read_image(mask_path)[..., 0] > 127 if mask_path.is_file() else np.zeros(before.shape[:2], bool)
-        x, y, w, h = ann["bbox"]
-        x0, y0, x1, y1 = math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h)
-        crops = before[y0:y1, x0:x1], after[y0:y1, x0:x1]
-        small = min(crops[0].shape[:2]) < 7
-        score = math.nan if small else structural_similarity(*crops, channel_axis=2, data_range=255)
-        rows.append({"image_id": ann["image_id"], "ann_id": ann["id"], "category": names[ann["category_id"]],
-                     "area": ann["area"], "x": x, "y": y, "w": w, "h": h,
-                     "inside_anonymized": float(mask[y0:y1, x0:x1].mean()), "ssim": score})  # fmt: skip
-    path = relabel.boxes_table(cfg, VARIANT, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +30,7 @@ def masked(tmp_path_factory: pytest.TempPathFactory, tiny_coco: Path, mlflow_tem
     cfg.source_root.parent.mkdir(parents=True)
     cfg.source_root.symlink_to(tiny_coco, target_is_directory=True)
     anonymize.run(cfg, VARIANT, splits=[cfg.data.val_split])
-    ssim_boxes_table(cfg, cfg.data.val_split)
+    ssim.run(cfg, VARIANT, splits=[cfg.data.val_split])
     return root / "data"
 
 
