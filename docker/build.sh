@@ -3,7 +3,7 @@
 #
 #   docker/build.sh [--push] [cpu] [train] [dp2]      (default: cpu train)
 #
-# Tags: ${IMAGE_PREFIX}anonbench-<name>:<version>-<git short sha>, plus "-dirty" when files
+# Tags: ${IMAGE_PREFIX}anonbench-<name>:<version>-<git short sha>, plus "-dirty.<hash>" when files
 # that go into the images have uncommitted changes (a dirty tag is for local use: --push
 # refuses it). The tags are written to build/images.env for the pipeline (docs/containers.md).
 #
@@ -67,8 +67,13 @@ fi
 
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 tag="$version-$(git rev-parse --short HEAD)"
-if [[ -n $(git status --porcelain -- pyproject.toml README.md params.yaml requirements src docker .dockerignore) ]]; then
-  tag+="-dirty"
+# Uncommitted changes in what goes into the images: "-dirty.<hash of those changes>", so two
+# different working trees never share a tag (KFP's cache and the daemon see different strings).
+context=(pyproject.toml README.md params.yaml requirements src docker .dockerignore)
+if [[ -n $(git status --porcelain -- "${context[@]}") ]]; then
+  changes=$( (git diff HEAD -- "${context[@]}"
+    git ls-files -z --others --exclude-standard -- "${context[@]}" | xargs -0 -r cat) | sha256sum)
+  tag+="-dirty.${changes:0:8}"
 fi
 if $push && [[ $tag == *-dirty ]]; then
   echo "build.sh: uncommitted changes; commit before pushing (tag would be $tag)" >&2
@@ -86,7 +91,8 @@ for name in "${names[@]}"; do
   image="${IMAGE_PREFIX:-}anonbench-$name:$tag"
   echo "build.sh: building $image (base $base)" >&2
   "$DOCKER" build --network host -f "docker/$name/Dockerfile" \
-    --build-arg "BASE_IMAGE=$base" --build-arg "CPU_IMAGE=$cpu" "${secret_args[@]}" -t "$image" .
+    --build-arg "BASE_IMAGE=$base" --build-arg "CPU_IMAGE=$cpu" --build-arg "REVISION=$tag" \
+    "${secret_args[@]}" -t "$image" .
   if $push; then
     "$DOCKER" push "$image"
     "$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image" >&2

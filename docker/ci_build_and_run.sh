@@ -3,7 +3,7 @@
 #   1. start a private daemon (docker/daemon.sh; it installs docker.io and debootstrap if missing)
 #   2. lint every Dockerfile with hadolint
 #   3. make the Debian base locally (debootstrap + import, cached) and build the CPU image;
-#      older CPU images and build cache beyond 6 GB are pruned
+#      CPU images older than a day and build cache beyond 6 GB are pruned
 #   4. a run without the data mount must fail naming the missing path
 #   5. run fetch, prepare, anonymize --method mask and ssim --variant mask on coco-mini inside
 #      the container (data read-only, outputs in a mounted folder, no network) and the same
@@ -39,7 +39,14 @@ if ! docker/daemon.sh host >/dev/null; then
   started=true
 fi
 eval "export $(docker/daemon.sh start)"
-stop_daemon() { if $started; then docker/daemon.sh stop; fi; }
+# Use it under a shared lock (docker/daemon.sh): a concurrent run that started it leaves it running.
+users_lock="$(dirname "${DOCKER_HOST#unix://}")/users.lock"
+exec {users}>"$users_lock"
+flock --shared "$users"
+stop_daemon() {
+  exec {users}>&-
+  if $started; then docker/daemon.sh stop; fi
+}
 trap stop_daemon EXIT
 step "daemon at $DOCKER_HOST"
 
@@ -52,10 +59,9 @@ step "building the CPU image from $base"
 image=$(BASE_IMAGE=$base docker/build.sh cpu 2>"$work/build.log" | tail -n 1) \
   || { tail -n 40 "$work/build.log" >&2; exit 1; }
 step "built $image"
-# The daemon's state outlives the run (layer cache): keep it bounded. Older CPU images go; the
-# build cache keeps what a rebuild of the same dependencies needs.
-"$DOCKER" images --format '{{.Repository}}:{{.Tag}}' anonbench-cpu | grep -vxF "$image" | xargs -r "$DOCKER" rmi >/dev/null
-"$DOCKER" image prune -f >/dev/null
+# The daemon's state outlives the run (layer cache): keep it bounded. CPU images unused for a day
+# go (not newer ones: a concurrent run may be using its own), as does build cache beyond 6 GB.
+"$DOCKER" image prune -af --filter label=org.opencontainers.image.title=anonbench-cpu --filter until=24h >/dev/null
 "$DOCKER" builder prune -f --keep-storage 6GB >/dev/null
 
 step "a run without the data mount"

@@ -3,19 +3,25 @@
 #
 #   docker/daemon.sh start   start it (or reuse a running one); prints DOCKER_HOST=unix://...
 #                            installs Debian's docker.io and debootstrap first if missing
-#   docker/daemon.sh stop    stop it by its pid file and wait until it has exited
+#   docker/daemon.sh stop    stop it by its pid file and wait until it has exited, unless
+#                            another run still uses it (holds a shared flock on USERS, below)
 #   docker/daemon.sh host    print DOCKER_HOST=... if it answers, else exit 1
 #
 # No registry and no bridge network are needed: builds use --network host, stage runs use
 # --network none. Its data and exec roots live in ANONBENCH_DOCKER_STATE (default
 # /var/tmp/anonbench-docker), outside any build context; the data root survives a stop, so
 # the base image and build cache are reused by the next run on the same machine.
+#
+# Runs that share the daemon (CI scripts, test sessions) hold a shared flock on
+# $ANONBENCH_DOCKER_STATE/users.lock while they use it, and release it before calling stop;
+# stop leaves a daemon that someone still uses running.
 set -euo pipefail
 
 STATE=${ANONBENCH_DOCKER_STATE:-/var/tmp/anonbench-docker}
 SOCK="$STATE/docker.sock"
 PIDFILE="$STATE/dockerd.pid"
 LOG="$STATE/dockerd.log"
+USERS="$STATE/users.lock"
 DOCKER=${DOCKER:-/usr/bin/docker}
 
 answers() { "$DOCKER" -H "unix://$SOCK" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
@@ -57,7 +63,12 @@ start() {
 
 stop() {
   [[ -f $PIDFILE ]] || return 0
-  local pid
+  local pid lock
+  exec {lock}>"$USERS"
+  if ! flock --exclusive --nonblock "$lock"; then
+    echo "daemon.sh: another run still uses the daemon ($USERS); left running" >&2
+    return 0
+  fi
   pid=$(cat "$PIDFILE")
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 60); do

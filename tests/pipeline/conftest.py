@@ -6,6 +6,7 @@ A daemon needs root (docker/daemon.sh installs Debian's docker.io when it is mis
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
@@ -46,7 +47,10 @@ def docker_host() -> Iterator[str]:
     host = started.stdout.strip().removeprefix("DOCKER_HOST=")
     previous = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = host  # for the Docker SDK that KFP's DockerRunner uses
-    yield host
+    # A shared lock while the session uses it: docker/daemon.sh stop spares a daemon in use.
+    with (Path(host.removeprefix("unix://")).parent / "users.lock").open("w") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        yield host
     if previous is None:
         os.environ.pop("DOCKER_HOST")
     else:
