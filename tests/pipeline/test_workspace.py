@@ -56,7 +56,8 @@ def test_grid_fans_out_the_configured_study() -> None:
     assert len(evaluations) == 4 * len(cfg.evaluate.variants)
     assert {"model": "mask-s", "on": "blur"} in evaluations
     assert grid(cfg, "evaluate_finetuned")[0] == {"model": f"ft-{next(iter(cfg.finetune.freeze))}", "on": "org"}
-    assert "org" not in grid(cfg, "relabel")
+    assert grid(cfg, "export") == ["org", *cfg.anonymize.methods]
+    assert grid(cfg, "relabel") == grid(cfg, "drift") == cfg.anonymize.methods
     with pytest.raises(KeyError, match="unknown grid axis"):
         grid(cfg, "sizes")
 
@@ -92,7 +93,15 @@ def test_kfp_grid_and_dvc_matrix_agree_on_the_default_study() -> None:
         check=True,
         env={"DVC_NO_ANALYTICS": "1", "PATH": "/usr/bin:/bin"},
     ).stdout.split()
-    stages = set(listed)
+    kfp = ["fetch", "prepare"]
+    kfp += [f"{stage}@{m}" for stage in ("anonymize", "ssim") for m in grid(cfg, "anonymize_classic")]
+    kfp += [f"export@{v}" if v != "org" else "export-org" for v in grid(cfg, "export")]
+    kfp += [f"train@{c['variant']}-{c['size']}" for c in grid(cfg, "train")]
+    kfp += [f"finetune@{name}" for name in grid(cfg, "finetune")]
+    kfp += [f"evaluate@{c['model']}-{c['on']}" for c in grid(cfg, "evaluate_trained")]
+    kfp += [f"evaluate-ft@{c['model'].removeprefix('ft-')}-{c['on']}" for c in grid(cfg, "evaluate_finetuned")]
+    kfp += [f"{stage}@{m}" for stage in ("relabel", "drift") for m in grid(cfg, stage)]
+    kfp += ["report"]
 
-    for method in grid(cfg, "anonymize_classic") + grid(cfg, "anonymize_dp2"):
-        assert f"anonymize@{method}" in stages
+    assert grid(cfg, "anonymize_dp2") == []
+    assert sorted(listed) == sorted(kfp)
