@@ -85,6 +85,28 @@ def prepare(params: ParamsOption = Path("params.yaml"), profile: ProfileOption =
     wrote(stage.run(cfg))
 
 
+@app.command()
+def anonymize(
+    method: Annotated[str, typer.Option("--method", help="blur, pixelate, mask, dp2_fullbody or dp2_face.")],
+    split: Annotated[list[str] | None, typer.Option("--split", help="Split to do (repeatable; default both).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Only shard i/n (0-based), e.g. 0/4.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Anonymize the persons of each split into data/variants/<method>/ (resumes where a run stopped)."""
+    from anonbench.anonymizers.dp2 import Dp2Unavailable
+    from anonbench.parallel import parse_shard
+    from anonbench.stages import anonymize as stage
+
+    cfg = load(params, profile, set_)
+    try:
+        wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
+    except (ValueError, Dp2Unavailable, stage.AnonymizeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 VariantOption = Annotated[str, typer.Option("--variant", help="'org' or an anonymization method.")]
 
 
@@ -156,28 +178,6 @@ def evaluate(
 
     cfg = load(params, profile, set_)
     wrote(stage.run(cfg, model, on))
-
-
-@app.command()
-def anonymize(
-    method: Annotated[str, typer.Option("--method", help="blur, pixelate, mask, dp2_fullbody or dp2_face.")],
-    split: Annotated[list[str] | None, typer.Option("--split", help="Split to do (repeatable; default both).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="Only shard i/n (0-based), e.g. 0/4.")] = None,
-    params: ParamsOption = Path("params.yaml"),
-    profile: ProfileOption = None,
-    set_: SetOption = None,
-) -> None:
-    """Anonymize the persons of each split into data/variants/<method>/ (resumes where a run stopped)."""
-    from anonbench.anonymizers.dp2 import Dp2Unavailable
-    from anonbench.parallel import parse_shard
-    from anonbench.stages import anonymize as stage
-
-    cfg = load(params, profile, set_)
-    try:
-        wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
-    except (ValueError, Dp2Unavailable, stage.AnonymizeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 MethodOption = Annotated[str, typer.Option("--variant", help="An anonymized variant (an anonymize --method).")]
