@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from anonbench.config import Config, load_config
-from anonbench.offline import go_offline
+from anonbench.offline import configure_ultralytics, go_offline
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SPLITS = ("train2017", "val2017")
 
 go_offline()
+configure_ultralytics()
 
 
 @pytest.fixture(scope="session")

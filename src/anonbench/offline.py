@@ -63,7 +63,12 @@ def go_offline() -> None:
 
 def configure_ultralytics() -> None:
     """Turn off every Ultralytics integration and sync; call after :func:`go_offline`."""
-    from ultralytics.utils import SETTINGS
+    from PIL import Image
+    from ultralytics.utils import SETTINGS, patches
 
     # Integrations differ between Ultralytics releases and an unknown key raises: set the ones this release has.
     SETTINGS.update({key: value for key, value in ULTRALYTICS_SETTINGS.items() if key in SETTINGS})
+    # Importing Ultralytics replaces PIL.Image.open, process-wide, with a wrapper that tries to pip-install
+    # pi-heif whenever a file is not a known image: a network attempt, and corrupt files stop reading as
+    # corrupt. COCO has no HEIF images, so PIL's own opener goes back.
+    Image.open = patches._image_open

@@ -55,8 +55,10 @@ def test_layer_cka_on_yolov10n(tmp_path: Path) -> None:
     from anonbench.offline import configure_ultralytics
 
     configure_ultralytics()
+    import torch
     from ultralytics import YOLO
 
+    torch.manual_seed(0)  # the random initialization decides the activations
     model = YOLO("yolov10n.yaml").model.eval()
     images = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
     same = layer_cka(model, images, images.copy())

@@ -69,6 +69,12 @@ def served(coco_mini: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:
     server.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _no_local_copy_in_environment(monkeypatch: pytest.MonkeyPatch, coco_mini: Path) -> None:
+    """make test exports ANONBENCH_COCO_MINI; these tests choose their source explicitly."""
+    monkeypatch.delenv("ANONBENCH_COCO_MINI", raising=False)
+
+
 def _download_config(make_config: Callable[..., Config], base: str) -> Config:
     mirrors = (
         f"data.mirrors={{'{COCO128_BASE}': '{base}', '{TINY_COCO_BASE}': '{base}', '{COCO_IMAGES_BASE}': '{base}'}}"
@@ -111,10 +117,8 @@ def test_corrupt_local_copy_is_rejected_naming_the_file(
 def test_no_local_copy_and_no_download_says_what_to_do(make_config: Callable[..., Config]) -> None:
     cfg = make_config("data.local_copy=null")
     cfg.source_root.unlink()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("ANONBENCH_COCO_MINI", raising=False)
-        with pytest.raises(FetchError, match="ANONBENCH_COCO_MINI"):
-            fetch.run(cfg)
+    with pytest.raises(FetchError, match="ANONBENCH_COCO_MINI"):
+        fetch.run(cfg)
 
 
 def test_missing_local_copy_is_named_once(make_config: Callable[..., Config], tmp_path: Path) -> None:
