@@ -107,6 +107,28 @@ def anonymize(
         raise typer.Exit(1) from None
 
 
+MethodOption = Annotated[str, typer.Option("--variant", help="An anonymized variant (an anonymize --method).")]
+
+
+@app.command()
+def ssim(
+    variant: MethodOption,
+    split: Annotated[list[str] | None, typer.Option("--split", help="Split to measure (repeatable).")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """SSIM, luminance, contrast and structure of every image and ground-truth box into data/ssim/<variant>/."""
+    from anonbench.stages import ssim as stage
+
+    cfg = load(params, profile, set_)
+    try:
+        wrote(stage.run(cfg, variant, splits=split))
+    except ValueError as err:  # bad input (strict policy), a missing variant, an unreadable annotation file
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 VariantOption = Annotated[str, typer.Option("--variant", help="'org' or an anonymization method.")]
 
 
@@ -178,28 +200,6 @@ def evaluate(
 
     cfg = load(params, profile, set_)
     wrote(stage.run(cfg, model, on))
-
-
-MethodOption = Annotated[str, typer.Option("--variant", help="An anonymized variant (an anonymize --method).")]
-
-
-@app.command()
-def ssim(
-    variant: MethodOption,
-    split: Annotated[list[str] | None, typer.Option("--split", help="Split to measure (repeatable).")] = None,
-    params: ParamsOption = Path("params.yaml"),
-    profile: ProfileOption = None,
-    set_: SetOption = None,
-) -> None:
-    """SSIM, luminance, contrast and structure of every image and ground-truth box into data/ssim/<variant>/."""
-    from anonbench.stages import ssim as stage
-
-    cfg = load(params, profile, set_)
-    try:
-        wrote(stage.run(cfg, variant, splits=split))
-    except ValueError as err:  # bad input (strict policy), a missing variant, an unreadable annotation file
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
