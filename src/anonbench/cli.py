@@ -9,6 +9,8 @@ stays fast and the CPU image needs no torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +46,22 @@ def load(params: Path, profile: str | None, overrides: list[str] | None) -> Conf
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def stage_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Show a stage's expected failures (bad input, a missing earlier output) as one line, exit status 1.
+
+    Args:
+        kinds: Exception types beyond ``ValueError`` and ``FileNotFoundError`` that the stage raises for
+            such failures; anything else is a bug and keeps its traceback.
+    """
+    expected: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, *kinds)
+    try:
+        yield
+    except expected as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 def wrote(paths: list[Path]) -> None:
     """Tell the user where a stage wrote its outputs."""
     for path in paths:
@@ -73,7 +91,8 @@ def fetch(
     from anonbench.stages import fetch as stage
 
     cfg = load(params, profile, set_)
-    wrote(stage.run(cfg, download=download))
+    with stage_errors(stage.FetchError, OSError):  # no source, a file that failed its checksum
+        wrote(stage.run(cfg, download=download))
 
 
 @app.command()
@@ -82,7 +101,8 @@ def prepare(params: ParamsOption = Path("params.yaml"), profile: ProfileOption =
     from anonbench.stages import prepare as stage
 
     cfg = load(params, profile, set_)
-    wrote(stage.run(cfg))
+    with stage_errors():  # bad input under the strict policy, an unreadable annotation file
+        wrote(stage.run(cfg))
 
 
 @app.command()
@@ -100,11 +120,8 @@ def anonymize(
     from anonbench.stages import anonymize as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors(Dp2Unavailable, stage.AnonymizeError):
         wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
-    except (ValueError, Dp2Unavailable, stage.AnonymizeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 MethodOption = Annotated[str, typer.Option("--variant", help="An anonymized variant (an anonymize --method).")]
@@ -122,11 +139,8 @@ def ssim(
     from anonbench.stages import ssim as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors():  # bad input (strict policy), a missing variant, an unreadable annotation file
         wrote(stage.run(cfg, variant, splits=split))
-    except ValueError as err:  # bad input (strict policy), a missing variant, an unreadable annotation file
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 VariantOption = Annotated[str, typer.Option("--variant", help="'org' or an anonymization method.")]
@@ -143,11 +157,8 @@ def export(
     from anonbench.stages import export as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors():  # bad input (strict policy), a variant not made yet
         wrote(stage.run(cfg, variant))
-    except (ValueError, FileNotFoundError) as err:  # bad input (strict policy), a variant not made yet
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -162,11 +173,8 @@ def train(
     from anonbench.stages import train as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors():  # an unknown variant or size, a variant not exported yet
         wrote(stage.run(cfg, variant, size))
-    except (ValueError, FileNotFoundError) as err:  # an unknown variant or size, a variant not exported yet
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -180,11 +188,8 @@ def finetune(
     from anonbench.stages import finetune as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors():  # an unknown config, a missing layer, no base model yet
         wrote(stage.run(cfg, freeze))
-    except (ValueError, FileNotFoundError) as err:  # an unknown config, a missing layer, no base model yet
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -199,7 +204,8 @@ def evaluate(
     from anonbench.stages import evaluate as stage
 
     cfg = load(params, profile, set_)
-    wrote(stage.run(cfg, model, on))
+    with stage_errors():  # no such model or variant yet, bad input under the strict policy
+        wrote(stage.run(cfg, model, on))
 
 
 @app.command()
@@ -217,11 +223,8 @@ def relabel(
     from anonbench.stages import relabel as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors():  # no ssim table yet, a review that does not fit
         wrote(stage.run(cfg, variant, reviewed=reviewed))
-    except (ValueError, FileNotFoundError) as err:  # no ssim table yet, a review that does not fit
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -235,11 +238,8 @@ def drift(
     from anonbench.stages import drift as stage
 
     cfg = load(params, profile, set_)
-    try:
+    with stage_errors():  # no Org model yet, too few anonymized images
         wrote(stage.run(cfg, variant))
-    except (ValueError, FileNotFoundError) as err:  # no Org model yet, too few anonymized images
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
