@@ -12,10 +12,7 @@ machine. Target: every method at most 1.5x the floor's time per image.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+from common import REPO, arguments, machine, write_results
 
 from anonbench.coco import annotations_by_image, person_category_id, read_instances
 from anonbench.config import CLASSIC_METHODS, ORIGINAL, Config, load_config
@@ -31,8 +29,6 @@ from anonbench.io import atomic_write_bytes
 from anonbench.offline import go_offline
 from anonbench.stages.anonymize import Context, process_image
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "anonymize_speed.json"
 TARGET = 1.5
 
 
@@ -43,9 +39,7 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = os.environ.get("ANONBENCH_COCO_MINI") or str(REPO.parent / "shared" / "data" / "coco-mini")
-    parser.add_argument("--coco-mini", type=Path, default=Path(default))
+    parser = arguments(__doc__ or "")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     go_offline()
@@ -101,20 +95,16 @@ def main() -> None:
         "methods": methods,
         "target_ratio": TARGET,
         "rounds": args.rounds,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "opencv": cv2.__version__,
-            "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-            "note": (
-                "shared 2-core machine; other engineers' jobs ran at the same time (best of the rounds counts); "
-                "under such load a method's ratio moved by about 0.2 between runs"
+        "machine": machine(
+            opencv=cv2.__version__,
+            loadavg_1min_before_after=[round(load_before[0], 2), round(load_after[0], 2)],
+            note=(
+                "best of the rounds counts; loadavg shows how busy the 2-core machine was: under a load of about 8 "
+                "(other jobs running) a method's ratio moved by about 0.2 between runs"
             ),
-        },
+        ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("anonymize_speed", result)
 
 
 if __name__ == "__main__":

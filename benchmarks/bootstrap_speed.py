@@ -12,27 +12,20 @@ Run: ``.venv/bin/python benchmarks/bootstrap_speed.py [--copies 10 --samples 40]
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 from cocoeval_speed import detections, replicate
+from common import arguments, machine, write_results
 
 from anonbench.bootstrap import accumulate, evaluate, resample_counts
 from anonbench.cocoeval import evaluate_images, rescore
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "bootstrap_speed.json"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--coco-mini", type=Path, default=Path(os.environ.get("ANONBENCH_COCO_MINI", "")))
+    parser = arguments(__doc__ or "")
     parser.add_argument("--copies", type=int, default=10)
     parser.add_argument("--samples", type=int, default=40)
     args = parser.parse_args()
@@ -78,11 +71,9 @@ def main() -> None:
         "max_abs_difference_AP": difference,
         "equal_within_1e-12": difference <= 1e-12,
         "versions": {pkg: version(pkg) for pkg in ("faster-coco-eval", "pycocotools", "numpy")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("bootstrap_speed", result)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,16 @@ Run: ``.venv/bin/python benchmarks/cocoeval_speed.py [--copies 40]``; writes
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import arguments, machine, write_results
 
 from anonbench.cocoeval import BACKENDS, STAT_NAMES, CocoScores, evaluate_images, rescore, score
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "cocoeval_speed.json"
 FALSE_POSITIVES_PER_IMAGE = 35
 
 
@@ -93,8 +88,7 @@ def max_difference(a: CocoScores, b: CocoScores) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--coco-mini", type=Path, default=Path(os.environ.get("ANONBENCH_COCO_MINI", "")))
+    parser = arguments(__doc__ or "")
     parser.add_argument("--copies", type=int, default=40)
     args = parser.parse_args()
     source = json.loads((args.coco_mini / "annotations" / "instances_val2017.json").read_text())
@@ -130,11 +124,9 @@ def main() -> None:
         "equal_within_1e-12": difference <= 1e-12,
         "AP": scores["pycocotools"].stats["AP"],
         "versions": {pkg: version(pkg) for pkg in ("faster-coco-eval", "pycocotools", "numpy")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("cocoeval_speed", result)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ variant written as PNG. Target: at least 10x on the blurred variant.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 import skimage
+from common import REPO, arguments, machine, write_results
 from pycocotools import mask as mask_utils
 from skimage.metrics import structural_similarity
 
@@ -43,8 +42,6 @@ from anonbench.offline import go_offline
 from anonbench.ssim_fast import SsimIndex, crop_bounds
 from anonbench.stages.ssim import measure_split
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "ssim_speed.json"
 SPLIT = "val2017"
 TARGET = 10.0
 Pair = tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]
@@ -109,9 +106,7 @@ def compare(pairs: list[Pair], rounds: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = os.environ.get("ANONBENCH_COCO_MINI") or str(REPO.parent / "shared" / "data" / "coco-mini")
-    parser.add_argument("--coco-mini", type=Path, default=Path(default))
+    parser = arguments(__doc__ or "")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     go_offline()
@@ -170,19 +165,15 @@ def main() -> None:
             "images_per_s": round(len(instances["images"]) / stage_seconds, 2),
         },
         "rounds": args.rounds,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "opencv": cv2.__version__,
-            "scikit_image": skimage.__version__,
-            "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-            "note": "shared 2-core machine; other engineers' jobs ran at the same time (best of the rounds counts)",
-        },
+        "machine": machine(
+            numpy=np.__version__,
+            opencv=cv2.__version__,
+            scikit_image=skimage.__version__,
+            loadavg_1min_before_after=[round(load_before[0], 2), round(load_after[0], 2)],
+            note="best of the rounds counts; loadavg shows how busy the 2-core machine was",
+        ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("ssim_speed", result)
 
 
 if __name__ == "__main__":
