@@ -184,3 +184,35 @@ def test_cli_fetch_downloads_only_when_asked(make_config: Callable[..., Config],
     done = runner.invoke(app, [*args, "--download"], env={"ANONBENCH_COCO_MINI": ""})
     assert done.exit_code == 0, done.output
     assert f"wrote {cfg.source_root}" in done.output
+
+
+def test_coco2017_archives_extract_into_the_coco_layout(tmp_path: Path) -> None:
+    """The official archives' member layout (names as in train2017.zip etc.), with tiny stand-in contents."""
+    import zipfile
+
+    members = {
+        "train2017.zip": {"train2017/000000000009.jpg": b"jpeg-a"},
+        "val2017.zip": {"val2017/000000000139.jpg": b"jpeg-b"},
+        "annotations_trainval2017.zip": {
+            "annotations/instances_train2017.json": b"{}",
+            "annotations/instances_val2017.json": b"{}",
+            "annotations/captions_train2017.json": b"{}",
+            "annotations/person_keypoints_val2017.json": b"{}",
+        },
+    }
+    archives = []
+    for name, files in members.items():
+        archives.append(tmp_path / name)
+        with zipfile.ZipFile(archives[-1], "w") as zipped:
+            for member, data in files.items():
+                zipped.writestr(member, data)
+    target = tmp_path / "coco2017"
+    fetch.extract_coco2017(archives, target, ("train2017", "val2017"))
+    extracted = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert extracted == [
+        "annotations/instances_train2017.json",
+        "annotations/instances_val2017.json",
+        "train2017/000000000009.jpg",
+        "val2017/000000000139.jpg",
+    ]
+    assert (target / "val2017" / "000000000139.jpg").read_bytes() == b"jpeg-b"

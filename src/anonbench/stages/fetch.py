@@ -50,7 +50,7 @@ def _obtain(cfg: Config, spec: RemoteFile, dest: Path, local: Path | None, allow
     return download_any(with_mirrors(spec.urls, cfg.data.mirrors), dest, spec.digest, spec.algorithm)
 
 
-def _extract_coco2017(archives: list[Path], target: Path, splits: tuple[str, str]) -> None:
+def extract_coco2017(archives: list[Path], target: Path, splits: tuple[str, str]) -> None:
     """Extract the split folders and the instances JSON files into the COCO layout."""
     wanted = tuple(f"{split}/" for split in splits) + tuple(f"annotations/instances_{s}.json" for s in splits)
     with atomic_dir(target) as tmp:
@@ -97,7 +97,7 @@ def run(cfg: Config, download: bool = False) -> list[Path]:
     else:
         archive_dir = cfg.paths.data / "raw" / "downloads"
         archives = [_obtain(cfg, spec, archive_dir / spec.path, local, download) for spec in files]
-        _extract_coco2017(archives, target, cfg.data.splits)
+        extract_coco2017(archives, target, cfg.data.splits)
         if local is None:
             shutil.rmtree(archive_dir, ignore_errors=True)
     atomic_write_json(target / STAMP, expected)
