@@ -405,11 +405,17 @@ def apply_review(
 
     Returns:
         The corrected instances and a summary: each proposal's decision and the other edits.
+
+    Raises:
+        CocoError: If a reviewed image is not in the ground truth or a reviewed label is not a category.
     """
     by_name = {name: cid for cid, name in _category_names(instances).items()}
-    anns_of: dict[int, list[Annotation]] = {}
+    anns_of: dict[int, list[Annotation]] = {im["id"]: [] for im in instances["images"]}
     for ann in instances["annotations"]:
         anns_of.setdefault(ann["image_id"], []).append(ann)
+    unknown = sorted(set(reviewed) - set(anns_of))
+    if unknown:
+        raise CocoError(f"reviewed image {unknown[0]} (and {len(unknown) - 1} more) is not in the ground truth")
     proposal_of = {p.ann_id: p for p in proposals}
     next_id = max((a["id"] for a in instances["annotations"]), default=0) + 1
     kept: dict[int, list[float]] = {}

@@ -118,3 +118,16 @@ def test_reviewer_edits_are_matched_by_box_when_ids_are_lost() -> None:
 def test_unknown_label_is_refused() -> None:
     with pytest.raises(ValueError, match="'zebra' is not a category"):
         apply_review(instances(), PROPOSALS, {1: [ReviewedBox("zebra", (1, 1, 2, 2))]})
+
+
+def test_reviewed_image_without_annotations_keeps_the_added_boxes() -> None:
+    truth = instances()
+    truth["images"].append({"id": 3, "file_name": "c.png", "width": 100, "height": 100})
+    corrected, summary = apply_review(truth, PROPOSALS, {3: [ReviewedBox("car", (1.0, 2.0, 3.0, 4.0))]})
+    added = [a for a in corrected["annotations"] if a["image_id"] == 3]
+    assert [a["bbox"] for a in added] == [[1.0, 2.0, 3.0, 4.0]] and summary["added"] == [added[0]["id"]]
+
+
+def test_reviewed_image_not_in_the_ground_truth_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"reviewed image 9 .* not in the ground truth"):
+        apply_review(instances(), PROPOSALS, {9: [ReviewedBox("car", (1, 1, 2, 2))]})
