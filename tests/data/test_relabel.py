@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from anonbench.coco import CocoError
 from anonbench.config import Config, load_config
 from anonbench.stages import anonymize, relabel, ssim
 from tests.conftest import PARAMS
@@ -154,6 +155,16 @@ def test_cvat_coco_round_trip_equals_accepting_everything(cfg: Config, tmp_path:
     reviewed.write_text(json.dumps(cvat))
     relabel.run(cfg, VARIANT, reviewed=reviewed)
     assert relabel.corrected_file(cfg, VARIANT, val).read_bytes() == automatic
+
+
+def test_review_that_does_not_fit_is_not_kept(cfg: Config, tmp_path: Path) -> None:
+    kept = relabel.review_file(cfg, VARIANT, cfg.data.val_split)
+    bad = tmp_path / "export.json"
+    bad.write_text(json.dumps([{"data": {}, "annotations": []}]))
+    with pytest.raises(CocoError, match=r"no data\.image_id"):
+        relabel.run(cfg, VARIANT, reviewed=bad)
+    assert not kept.exists(), "a later run without --reviewed must not read the bad review"
+    relabel.run(cfg, VARIANT)
 
 
 def fake_evaluation(cfg: Config, model_id: str, truth: dict[str, Any]) -> None:

@@ -308,14 +308,25 @@ def run(cfg: Config, variant: str, reviewed: Path | None = None) -> list[Path]:
     Raises:
         ValueError: If ``variant`` is not an anonymization method of the configuration.
         FileNotFoundError: If the ssim stage has not measured the validation split.
+        CocoError: If the ssim table or the review does not fit the variant (a review that does not
+            fit is not kept).
     """
     if variant not in cfg.anonymize.methods:
         raise ValueError(f"relabel: {variant!r} is not one of anonymize.methods {cfg.anonymize.methods}")
+    target = review_file(cfg, variant, cfg.data.val_split)
+    kept = target.read_bytes() if reviewed is not None and target.is_file() else None
     if reviewed is not None:
-        target = review_file(cfg, variant, cfg.data.val_split)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(reviewed, target)
-    written = relabel_split(cfg, variant, cfg.data.val_split)
+    try:
+        written = relabel_split(cfg, variant, cfg.data.val_split)
+    except CocoError:
+        if reviewed is not None:  # a review that does not fit is not kept for later runs
+            if kept is None:
+                target.unlink()
+            else:
+                target.write_bytes(kept)
+        raise
     train = cfg.data.train_split
     if boxes_table(cfg, variant, train).is_file():
         written += relabel_split(cfg, variant, train)
