@@ -119,7 +119,10 @@ def layer_activations(model: Any, images: np.ndarray, layers: Sequence[int], bat
 
 def _layer_groups(model: Any, sample: np.ndarray, n_images: int) -> Iterable[list[int]]:
     """Layers grouped so that one group's activations for both image sets fit the budget."""
-    sizes = {i: a.shape[1] * 4 * 2 * n_images for i, a in layer_activations(model, sample, range(24)).items()}
+    sizes = {
+        i: a.shape[1] * 4 * 2 * n_images
+        for i, a in layer_activations(model, sample, range(YOLOV10_LAST_LAYER + 1)).items()
+    }
     group: list[int] = []
     used = 0
     for layer in range(YOLOV10_LAST_LAYER + 1):

@@ -370,17 +370,20 @@ def parse_coco_review(data: Instances, instances: Instances, source: str) -> dic
     ids = {im["file_name"]: im["id"] for im in instances["images"]}
     names = _category_names(data)
     own: dict[int, int] = {}
-    for image in data["images"]:
-        if image["file_name"] not in ids:
-            raise CocoError(f"{source}: image {image['file_name']!r} is not in the variant's ground truth")
-        own[image["id"]] = ids[image["file_name"]]
-    reviewed: dict[int, list[ReviewedBox]] = {own_id: [] for own_id in own.values()}
-    for ann in data["annotations"]:
-        if ann["image_id"] not in own or ann["category_id"] not in names:
-            raise CocoError(f"{source}: annotation {ann.get('id')} names an unknown image or category")
-        if not ann.get("iscrowd"):
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            reviewed[own[ann["image_id"]]].append(ReviewedBox(names[ann["category_id"]], (x, y, w, h)))
+    try:
+        for image in data["images"]:
+            if image["file_name"] not in ids:
+                raise CocoError(f"{source}: image {image['file_name']!r} is not in the variant's ground truth")
+            own[image["id"]] = ids[image["file_name"]]
+        reviewed: dict[int, list[ReviewedBox]] = {own_id: [] for own_id in own.values()}
+        for ann in data["annotations"]:
+            if ann["image_id"] not in own or ann["category_id"] not in names:
+                raise CocoError(f"{source}: annotation {ann.get('id')} names an unknown image or category")
+            if not ann.get("iscrowd"):
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                reviewed[own[ann["image_id"]]].append(ReviewedBox(names[ann["category_id"]], (x, y, w, h)))
+    except (KeyError, TypeError, ValueError) as exc:  # a record without file_name, id, image_id or a 4-number bbox
+        raise CocoError(f"{source}: not a COCO export this review can read ({exc!r})") from None
     return reviewed
 
 

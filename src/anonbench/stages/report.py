@@ -12,6 +12,7 @@ stored predictions and tables only: no torch, no inference.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -467,7 +468,7 @@ def drift_section(doc: Document, ctx: Context) -> None:
     rows = []
     for variant, result in drift.items():
         scores = {layer["layer"]: layer["cka"] for layer in result["layers"]}
-        lowest = min(scores, key=lambda i: scores[i])
+        lowest = min(scores, key=lambda i: (math.isnan(scores[i]), scores[i]))  # a constant layer's NaN is no drop
         means = [
             sum(scores[i] for i in range(first, last + 1)) / (last - first + 1) for _, first, last in YOLOV10_PARTS
         ]
