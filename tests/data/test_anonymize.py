@@ -187,3 +187,6 @@ def test_bad_input_gets_a_status_and_a_count(make_config: Callable[..., Config],
     assert len(variant["images"]) == len(records) - 1  # the unreadable image is left out, and listed
     crowd_mask = cv2.imread(str(root / "masks" / VAL / f"{Path(crowd).stem}.png"), cv2.IMREAD_UNCHANGED) > 0
     assert crowd_mask[40:-40, 40:-40].all() and not np.isnan(records[crowd]["details"]["coverage"])
+    # A failed image is not "done": a strict rerun over the same records stops on it again.
+    with pytest.raises(anonymize.AnonymizeError, match=unreadable):
+        anonymize.run(cfg.model_copy(update={"policy": "strict"}), "blur", splits=[VAL])

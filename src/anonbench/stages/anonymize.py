@@ -260,6 +260,12 @@ def _start_fresh_if_settings_changed(ctx: Context) -> None:
     atomic_write_json(stamp, settings)
 
 
+def _done(ctx: Context, file_name: str) -> bool:
+    """An image with a record is done, except one that failed: it is tried again (a repaired file, a strict rerun)."""
+    path = ctx.record_path(file_name)
+    return path.exists() and json.loads(path.read_text())["status"] != "error"
+
+
 def anonymize_split(
     cfg: Config, method: str, split: str, shard: tuple[int, int] | None, workers: int
 ) -> tuple[list[Path], dict[str, Any] | None]:
@@ -275,7 +281,7 @@ def anonymize_split(
     by_image = annotations_by_image(instances)
     images = sorted(instances["images"], key=lambda im: im["id"])
     mine = take_shard(images, shard) if shard else images
-    jobs = [(im, by_image[im["id"]]) for im in mine if not ctx.record_path(im["file_name"]).exists()]
+    jobs = [(im, by_image[im["id"]]) for im in mine if not _done(ctx, im["file_name"])]
     log.info("%s %s: %d of %d images to do", method, split, len(jobs), len(mine))
     for _ in map_with_progress(functools.partial(process_image, ctx), jobs, workers, f"anonymize {method} {split}"):
         pass
