@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from anonbench.coco_classes import COCO_NAMES
 
 ORIGINAL = "org"
+# Model ids: "<variant>-<size>" for trained models, "ft-<freeze config>" for their fine-tunes.
+FINETUNE_PREFIX = "ft-"
 CLASSIC_METHODS = ("blur", "pixelate", "mask")
 DP2_METHODS = ("dp2_fullbody", "dp2_face")
 Method = Literal["blur", "pixelate", "mask", "dp2_fullbody", "dp2_face"]
@@ -374,6 +376,11 @@ class Config(_Section):
     def annotation_file(self, variant: str, split: str) -> Path:
         """Instances JSON of one split of a variant (COCO layout)."""
         return self.variant_root(variant) / "annotations" / f"instances_{split}.json"
+
+
+def finetune_model_id(freeze: str) -> str:
+    """Model id of the fine-tune with freeze config ``freeze`` (its folder under ``paths.models``)."""
+    return f"{FINETUNE_PREFIX}{freeze}"
 
 
 def deep_merge(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from anonbench.config import ORIGINAL, Config, load_config, resolve
+from anonbench.config import ORIGINAL, Config, finetune_model_id, load_config, resolve
 from anonbench.io import atomic_write_text
 from anonbench.stages.anonymize import uses_dp2
 from anonbench.tracking import ensure_experiment
@@ -99,7 +99,7 @@ def grid(cfg: Config, axis: str) -> list[Any]:
     """
     methods = cfg.anonymize.methods
     trained = [f"{variant}-{size}" for variant in cfg.train.variants for size in cfg.train.sizes]
-    finetuned = [f"ft-{name}" for name in cfg.finetune.freeze]
+    finetuned = [finetune_model_id(name) for name in cfg.finetune.freeze]
     axes: dict[str, list[Any]] = {
         "anonymize": list(methods),
         "anonymize_classic": [m for m in methods if not uses_dp2(cfg, m)],

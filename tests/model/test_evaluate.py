@@ -21,6 +21,7 @@ from anonbench.config import Config
 from anonbench.offline import configure_ultralytics
 from anonbench.predict import sort_results
 from anonbench.stages import evaluate as stage
+from anonbench.yolo import best_weights
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 MODEL_ID = "org-n"
@@ -68,7 +69,7 @@ def evaluation_config(
 
     def _make(*overrides: str, source: Path = tiny_coco) -> Config:
         cfg = make_config("train.imgsz=64", *overrides, source=source)
-        weights = stage.weights_file(cfg, MODEL_ID)
+        weights = best_weights(cfg, MODEL_ID)
         weights.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(checkpoint, weights)
         return cfg

@@ -24,6 +24,7 @@ from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json
 from anonbench.offline import configure_ultralytics
 from anonbench.tracking import mlflow_run
+from anonbench.yolo import best_weights
 
 MIN_IMAGES = 3  # CKA of two examples is always 1: centring leaves one direction
 
@@ -83,7 +84,7 @@ def run(cfg: Config, variant: str) -> list[Path]:
     if variant not in cfg.anonymize.methods:
         raise ValueError(f"drift: {variant!r} is not one of anonymize.methods {cfg.anonymize.methods}")
     model_id = base_model_id(cfg)
-    weights = cfg.paths.models / model_id / "weights" / "best.pt"
+    weights = best_weights(cfg, model_id)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained Org model (run `anonbench train` first)")
     json_path, png_path = outputs(cfg, variant)

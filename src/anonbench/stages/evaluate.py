@@ -11,7 +11,6 @@ with the same weights, ground truth and settings does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from typing import Any, get_args
 
 from anonbench.coco import CocoError, read_instances
 from anonbench.cocoeval import CocoScores, score
-from anonbench.config import ORIGINAL, Config, ModelSize
+from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize
+from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
 from anonbench.predict import PredictSettings, predict, split_images
 from anonbench.tracking import mlflow_run
+from anonbench.yolo import best_weights
 
-FINETUNE_PREFIX = "ft-"
 # MLflow metric names allow letters, digits, _ - . / and spaces; anything else in a class name becomes _.
 _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- ]")
 
@@ -77,11 +77,6 @@ def parse_model_id(cfg: Config, model_id: str) -> ModelInfo:
     return ModelInfo(model_id, variant, size)
 
 
-def weights_file(cfg: Config, model_id: str) -> Path:
-    """The checkpoint train and finetune leave for evaluation."""
-    return cfg.paths.models / model_id / "weights" / "best.pt"
-
-
 def output_dir(cfg: Config, model_id: str, eval_variant: str) -> Path:
     """Folder of one evaluation's outputs."""
     return cfg.paths.metrics / "eval" / f"{model_id}_on_{eval_variant}"
@@ -98,11 +93,6 @@ def mlflow_metrics(scores: CocoScores) -> dict[str, float]:
     for name, values in scores.per_class.items():
         metrics |= {metric_key(key, name): value for key, value in values.items()}
     return {key: value for key, value in metrics.items() if value is not None}
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _usable_images(
@@ -150,7 +140,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     info = parse_model_id(cfg, model_id)
     if eval_variant not in (known := [ORIGINAL, *cfg.anonymize.methods]):
         raise ValueError(f"evaluation variant {eval_variant!r} is not one of {known}")
-    weights = weights_file(cfg, model_id)
+    weights = best_weights(cfg, model_id)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained weights for model {model_id!r} (run train or finetune first)")
     split = cfg.data.val_split
@@ -165,8 +155,8 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         "max_det": ev.max_det,
         "imgsz": cfg.train.imgsz,
         "backend": ev.backend,
-        "weights_sha256": _sha256(weights),
-        "annotations_sha256": _sha256(annotation_file),
+        "weights_sha256": file_digest(weights, "sha256"),
+        "annotations_sha256": file_digest(annotation_file, "sha256"),
     }
     if _up_to_date(outputs, settings):
         return outputs

@@ -32,7 +32,7 @@ import pandas as pd
 
 from anonbench.coco import annotations_by_image, read_instances
 from anonbench.coco_classes import PERSON
-from anonbench.config import Config
+from anonbench.config import Config, finetune_model_id
 from anonbench.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from anonbench.stages.export import dataset_text, image_job, write_images
 from anonbench.yolo import (
@@ -241,7 +241,7 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
     }
     stats = {k: summary[k] for k in ("eligible_images", "subset_images", "max_abs_share_diff", "chi2", "chi2_p")}
     job = TrainJob(
-        out_dir=model_dir(cfg, f"ft-{freeze_name}"),
+        out_dir=model_dir(cfg, finetune_model_id(freeze_name)),
         start=str(base),
         args=args,
         stage="finetune",

@@ -20,14 +20,13 @@ from typing import Any, Literal
 
 from anonbench import report_figures as charts
 from anonbench.cka import YOLOV10_PARTS, plot_cka
-from anonbench.config import ORIGINAL, Config
+from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, finetune_model_id
 from anonbench.io import atomic_write_text
 from anonbench.reportdoc import Document
 from anonbench.study import Delta, EvalRecord, RunLinks, Study, load_study
 from anonbench.tracking import mlflow_run
 
 TITLE = "anonbench study report"
-FT_PREFIX = "ft-"
 SIZE_ORDER = "nsmlx"
 FREQUENCIES: tuple[Literal["low", "medium", "high"], ...] = ("low", "medium", "high")
 
@@ -78,7 +77,7 @@ class Context:
 
 def trained(study: Study) -> list[EvalRecord]:
     """Evaluations of models trained from scratch (not fine-tuned)."""
-    return [e for e in study.evaluations if not e.model_id.startswith(FT_PREFIX)]
+    return [e for e in study.evaluations if not e.model_id.startswith(FINETUNE_PREFIX)]
 
 
 def sizes_of(records: list[EvalRecord]) -> list[str]:
@@ -410,7 +409,7 @@ def q6_q7_freeze(doc: Document, ctx: Context) -> None:
     ft = cfg.finetune
     base = study.find(f"{ft.base.variant}-{ft.base.size}", ORIGINAL)
     base_anon = study.find(f"{ft.base.variant}-{ft.base.size}", ft.variant)
-    tuned = [e for e in study.evaluations if e.model_id.startswith(FT_PREFIX)]
+    tuned = [e for e in study.evaluations if e.model_id.startswith(FINETUNE_PREFIX)]
     if base is None or not tuned:
         doc.missing(
             "fine-tuned models' evaluations (`metrics/eval/ft-<freeze>_on_<variant>`) or the base model's; run "
@@ -420,7 +419,7 @@ def q6_q7_freeze(doc: Document, ctx: Context) -> None:
         models = [
             ("Org model", f"{ft.base.variant}-{ft.base.size}", "trained on org"),
             ("Anon model", f"{ft.variant}-{ft.base.size}", f"trained on {ft.variant}"),
-            *((f"ft-{name}", f"ft-{name}", _frozen(cfg, name)) for name in ft.freeze),
+            *((finetune_model_id(name), finetune_model_id(name), _frozen(cfg, name)) for name in ft.freeze),
         ]
         rows = []
         series: dict[str, list[float | None]] = {ORIGINAL: [], ft.variant: []}
