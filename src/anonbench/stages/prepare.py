@@ -136,20 +136,27 @@ def _ends_with_jpeg_marker(path: Path) -> bool:
         return b"\xff\xd9" in handle.read()
 
 
+def _admit(state: _Split, record: dict[str, Any], key: str, required: tuple[str, ...], seen: set[int]) -> bool:
+    """Whether a record has its required keys and an id not seen before; reject it otherwise."""
+    missing = [k for k in required if k not in record]
+    if missing:
+        state.reject(key, f"missing required key(s) {missing}")
+        return False
+    if record["id"] in seen:
+        state.reject(key, f"duplicate {key.split()[0]} id")
+        return False
+    seen.add(record["id"])
+    return True
+
+
 def _validate_images(state: _Split, image_dir: Path, deep: bool, workers: int) -> None:
     """Keep images with sane records and readable files; reject the rest."""
     candidates: list[tuple[dict[str, Any], Path]] = []
     seen: set[int] = set()
     for record in _single(state.annotation_file, "images"):
         key = f"image {record.get('id', '?')} ({record.get('file_name', '?')})"
-        missing = [k for k in ("id", "file_name", "width", "height") if k not in record]
-        if missing:
-            state.reject(key, f"missing required key(s) {missing}")
+        if not _admit(state, record, key, ("id", "file_name", "width", "height"), seen):
             continue
-        if record["id"] in seen:
-            state.reject(key, "duplicate image id")
-            continue
-        seen.add(record["id"])
         if (
             not (isinstance(record["width"], int) and isinstance(record["height"], int))
             or min(record["width"], record["height"]) <= 0
@@ -203,14 +210,8 @@ def _validate_annotations(state: _Split) -> None:
     for ann in _stream(state.annotation_file, "annotations.item"):
         count += 1
         key = f"annotation {ann.get('id', '?')}"
-        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
-        if missing:
-            state.reject(key, f"missing required key(s) {missing}")
+        if not _admit(state, ann, key, ("id", "image_id", "category_id", "bbox"), seen):
             continue
-        if ann["id"] in seen:
-            state.reject(key, "duplicate annotation id")
-            continue
-        seen.add(ann["id"])
         if ann["category_id"] not in state.categories:
             state.reject(key, f"category_id {ann['category_id']} does not exist")
             continue
