@@ -28,8 +28,15 @@ Method = Literal["blur", "pixelate", "mask", "dp2_fullbody", "dp2_face"]
 ModelSize = Literal["n", "s", "m", "l", "x"]
 # YOLOv10 layer indices are the same for every size: 0-9 backbone, 10 PSA, 11-22 neck, 23 head.
 YOLOV10_LAST_LAYER = 23
+# Data sources: the two COCO releases with committed checksums, and a user's own COCO-format folder.
+DataSource = Literal["coco-mini", "coco2017", "coco-folder"]
+COCO_SOURCES = ("coco-mini", "coco2017")
 # Environment variables that point at an existing local copy of a data source.
-LOCAL_COPY_ENV = {"coco-mini": "ANONBENCH_COCO_MINI", "coco2017": "ANONBENCH_COCO2017"}
+LOCAL_COPY_ENV = {
+    "coco-mini": "ANONBENCH_COCO_MINI",
+    "coco2017": "ANONBENCH_COCO2017",
+    "coco-folder": "ANONBENCH_COCO_FOLDER",
+}
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -41,13 +48,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_class_names(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in COCO_NAMES]
-    if unknown:
-        raise ValueError(f"not a COCO category: {', '.join(repr(n) for n in unknown)}")
-    return names
 
 
 ClassList = Annotated[list[str], Field(min_length=1)]
@@ -63,9 +63,15 @@ class Paths(_Section):
 
 
 class Data(_Section):
-    """Which COCO-format source to use and where a local copy of it lives."""
+    """Which COCO-format source to use and where a local copy of it lives.
 
-    source: Literal["coco-mini", "coco2017"] = "coco-mini"
+    ``coco-folder`` is any COCO-format folder (``<split>/`` image folders and
+    ``annotations/instances_<split>.json``) with its own category table; it has
+    no published checksums and cannot be downloaded, so ``local_copy`` (or
+    ``ANONBENCH_COCO_FOLDER``) must name it.
+    """
+
+    source: DataSource = "coco-mini"
     local_copy: Path | None = None
     mirrors: dict[str, str] = Field(default_factory=dict)
     train_split: str = "train2017"
@@ -98,36 +104,33 @@ class Prepare(_Section):
 
 
 class Classes(_Section):
-    """Class groups of the study (DESIGN.md tables); data, not code."""
+    """Class groups of the study (DESIGN.md tables); data, not code.
+
+    Names are category names of the dataset. For the COCO sources they must be
+    COCO names (checked here, so a typo fails at once); a ``coco-folder``
+    dataset's table is only known once its annotations are read, so there a
+    name the table lacks is a recorded absence in the stages that use the lists
+    (docs/data.md), not an error.
+    """
 
     size_frequency: dict[Literal["small", "medium", "large"], dict[Literal["low", "medium", "high"], ClassList]]
     use_case_groups: dict[str, ClassList]
     comparison: ClassList
 
-    @field_validator("size_frequency")
-    @classmethod
-    def _grid_names(cls, grid: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
-        for row in grid.values():
-            for names in row.values():
-                _check_class_names(names)
-        return grid
-
-    @field_validator("use_case_groups")
-    @classmethod
-    def _group_names(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
-        for names in groups.values():
-            _check_class_names(names)
-        return groups
-
-    @field_validator("comparison")
-    @classmethod
-    def _comparison_names(cls, names: list[str]) -> list[str]:
-        return _check_class_names(names)
-
     @property
     def size_frequency_classes(self) -> list[str]:
         """Every class of the size x frequency grid, row by row."""
         return [n for row in self.size_frequency.values() for names in row.values() for n in names]
+
+    def lists(self) -> dict[str, list[str]]:
+        """Every class list by its dotted key, e.g. ``classes.size_frequency.small.low``."""
+        lists = {
+            f"classes.size_frequency.{size}.{freq}": names
+            for size, row in self.size_frequency.items()
+            for freq, names in row.items()
+        }
+        lists |= {f"classes.use_case_groups.{group}": names for group, names in self.use_case_groups.items()}
+        return lists | {"classes.comparison": self.comparison}
 
 
 class Blur(_Section):
@@ -215,13 +218,29 @@ class Train(_Section):
     device: str = "cpu"
     amp: bool = True
     workers: Annotated[int, Field(ge=0)] = 8
+    val: bool = True
+    checkpoint: Literal["last", "best"] = "last"
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _checkpoint_needs_validation(self) -> Train:
+        if self.checkpoint == "best" and not self.val:
+            raise ValueError("checkpoint: 'best' is chosen by validation fitness, so it needs val: true")
+        owned = sorted(set(self.extra) & {"val", "epochs", "imgsz", "batch", "optimizer", "seed", "data", "device"})
+        if owned:
+            raise ValueError(f"extra: {owned} have their own train keys; set those instead")
+        return self
 
 
 class Evaluate(_Section):
-    """COCO protocol: all detections down to conf 0.001, at most 100 per image."""
+    """How detections are made and scored: the COCO protocol, or the study authors' (``protocol: authors``).
+
+    ``conf``, ``max_det`` and ``batch`` belong to the COCO protocol; the authors'
+    protocol fixes its own (conf 0.25, 300 detections, batch 1, integer boxes).
+    """
 
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
+    protocol: Literal["coco", "authors"] = "coco"
     conf: Fraction = 0.001
     iou: Fraction = 0.7
     max_det: PositiveInt = 100
@@ -242,6 +261,7 @@ class Finetune(_Section):
     base: FinetuneBase = FinetuneBase()
     variant: str = "dp2_fullbody"
     fraction: Fraction = 0.2
+    fraction_of: Literal["train", "eligible"] = "eligible"
     epochs: PositiveInt = 30
     batch: PositiveInt = 40
     lr0: Annotated[float, Field(gt=0.0)] = 0.001
@@ -294,7 +314,7 @@ class Report(_Section):
 
     bootstrap_samples: PositiveInt = 1000
     confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    cka_images: Annotated[int, Field(ge=3)] = 16
+    cka_images: Annotated[int, Field(ge=4)] = 16  # the debiased CKA estimator needs at least 4 examples
     tracking_ui: str = "http://127.0.0.1:5000"
 
 
@@ -330,6 +350,16 @@ class Config(_Section):
     relabel: Relabel = Relabel()
     report: Report = Report()
     tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _class_names(self) -> Config:
+        if self.data.source not in COCO_SOURCES:
+            return self  # checked against the dataset's own table where the lists are used
+        for key, names in self.classes.lists().items():
+            unknown = [n for n in names if n not in COCO_NAMES]
+            if unknown:
+                raise ValueError(f"{key}: not a COCO category: {', '.join(repr(n) for n in unknown)}")
+        return self
 
     @model_validator(mode="after")
     def _variants_exist(self) -> Config:
