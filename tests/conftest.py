@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,37 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlflow_db(tmp_path: Path, mlflow_template: Path) -> Path:
     """The store make_config points at (tmp_path/mlflow.db), copied from the template: request it to save time."""
     return Path(shutil.copyfile(mlflow_template, tmp_path / "mlflow.db"))
+
+
+# A dataset's own category table, as a user's COCO-format folder may have it: ids renumbered (not COCO's
+# 1..90; ascending id runs in reverse COCO order), one category missing, one named differently, listed by name.
+DROPPED, RENAMED = "toothbrush", ("umbrella", "parasol")
+
+
+def own_categories(categories: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """COCO's category records turned into such a table, and the map from COCO ids to the new ids."""
+    new_id = {c["id"]: 1000 - 10 * k for k, c in enumerate(categories)}
+    table = [
+        {**c, "id": new_id[c["id"]], "name": RENAMED[1] if c["name"] == RENAMED[0] else c["name"]}
+        for c in categories
+        if c["name"] != DROPPED
+    ]
+    return sorted(table, key=lambda c: c["name"]), {c["id"]: new_id[c["id"]] for c in categories}
+
+
+def renumber_folder(source: Path, target: Path, splits: dict[str, str]) -> Path:
+    """Copy a COCO-layout folder under new split names with :func:`own_categories` (annotations of the
+    dropped category are dropped too: a dataset that never had the class)."""
+    for old, new in splits.items():
+        instances = json.loads((source / "annotations" / f"instances_{old}.json").read_text())
+        dropped = {c["id"] for c in instances["categories"] if c["name"] == DROPPED}
+        instances["categories"], new_id = own_categories(instances["categories"])
+        instances["annotations"] = [
+            {**a, "category_id": new_id[a["category_id"]]}
+            for a in instances["annotations"]
+            if a["category_id"] not in dropped
+        ]
+        shutil.copytree(source / old, target / new)
+        (target / "annotations").mkdir(parents=True, exist_ok=True)
+        (target / "annotations" / f"instances_{new}.json").write_text(json.dumps(instances))
+    return target

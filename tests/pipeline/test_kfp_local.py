@@ -30,7 +30,7 @@ def tiny_study(tmp_path: Path) -> Path:
     params["train"].update(variants=["org"], epochs=1, imgsz=64)
     params["evaluate"]["variants"] = list(VARIANTS)
     params["finetune"].update(variant="mask", epochs=1, freeze={"neck": [11, 22]})
-    params["report"].update(bootstrap_samples=20, cka_images=3)
+    params["report"].update(bootstrap_samples=20, cka_images=4)  # the debiased CKA needs at least 4
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
