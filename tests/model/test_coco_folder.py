@@ -55,6 +55,7 @@ def study(
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # MLflow's sqlite store keeps artifacts in ./mlruns
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier test's store would win over tracking.uri
         for command in (["fetch"], ["prepare"], ["export", "--variant", "org"], ["train", "--variant", "org",
                         "--size", "n"], ["evaluate", "--model", "org-n", "--on", "org"]):  # fmt: skip
             invoke(*command, sets=sets)

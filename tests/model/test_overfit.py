@@ -51,6 +51,7 @@ def memorized(
     cfg.source_root.symlink_to(folder, target_is_directory=True)  # what fetch materializes, here 8 images
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # MLflow's sqlite store keeps artifacts in ./mlruns
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier test's store would win over tracking.uri
         invoke("export", "--variant", "org", sets=sets)
         invoke("train", "--variant", "org", "--size", "n", sets=sets)
         invoke("evaluate", "--model", "org-n", "--on", "org", sets=sets)
