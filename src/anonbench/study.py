@@ -27,7 +27,6 @@ from anonbench.bootstrap import Resampled, accumulate, evaluate, interval, resam
 from anonbench.coco import read_instances
 from anonbench.config import Config
 from anonbench.parallel import map_with_progress
-from anonbench.ssim_summary import read_tables
 
 
 @dataclass(frozen=True)
@@ -235,7 +234,8 @@ def ssim_boxes(folder: Path, split: str) -> pd.DataFrame:
     """
     if not (folder / f"{split}_boxes.parquet").is_file():
         return pd.DataFrame({"category": pd.Series(dtype=str), "ssim": pd.Series(dtype=float)})
-    images, boxes = read_tables(folder, split)
+    images = pd.read_parquet(folder / f"{split}_images.parquet", columns=["image_id", "has_person"])
+    boxes = pd.read_parquet(folder / f"{split}_boxes.parquet", columns=["image_id", "category", "ssim"])
     chosen = boxes[boxes["image_id"].isin(images.loc[images["has_person"], "image_id"]) & boxes["ssim"].notna()]
     return chosen[["category", "ssim"]].reset_index(drop=True)
 
