@@ -109,3 +109,13 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlflow_db(tmp_path: Path, mlflow_template: Path) -> Path:
     """The store make_config points at (tmp_path/mlflow.db), copied from the template: request it to save time."""
     return Path(shutil.copyfile(mlflow_template, tmp_path / "mlflow.db"))
+
+
+@pytest.fixture(scope="session")
+def built_report(
+    tmp_path_factory: pytest.TempPathFactory, coco_mini: Path, tiny_coco: Path, mlflow_template: Path
+) -> tuple[Config, list[Path]]:
+    """The study report of tests/report_study.py's synthetic outputs, built once for the tests that only read it."""
+    from tests.report_study import build_report
+
+    return build_report(tmp_path_factory.mktemp("report"), coco_mini, tiny_coco, mlflow_template)

@@ -194,16 +194,20 @@ GRID = ("workers=1", "report.bootstrap_samples=40", "anonymize.methods=[mask, bl
 
 @pytest.fixture
 def report_cfg(make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path) -> Config:
-    """The shrunk grid's configuration with outputs under the test's own folder (for tests that change them)."""
+    """The shrunk grid's configuration with no stage output yet, under the test's own folder."""
     return make_config(*GRID, source=tiny_coco)
 
 
-@pytest.fixture(scope="session")
-def built_report(
-    tmp_path_factory: pytest.TempPathFactory, coco_mini: Path, tiny_coco: Path, mlflow_template: Path
-) -> tuple[Config, list[Path]]:
-    """The synthetic study and its report, built once for every test that only reads them."""
-    root = tmp_path_factory.mktemp("report")
+@pytest.fixture
+def report_copy(built_report: tuple[Config, list[Path]], tmp_path: Path, coco_mini: Path, tiny_coco: Path) -> Config:
+    """A copy of the built synthetic study (outputs, MLflow store) for a test that changes it."""
+    root = built_report[0].paths.reports.parent
+    shutil.copytree(root, tmp_path / "study", symlinks=True)
+    return config_under(tmp_path / "study", coco_mini, *GRID, source=tiny_coco)
+
+
+def build_report(root: Path, coco_mini: Path, tiny_coco: Path, mlflow_template: Path) -> tuple[Config, list[Path]]:
+    """The synthetic study and its report under ``root`` (the session fixture ``built_report`` in conftest)."""
     shutil.copyfile(mlflow_template, root / "mlflow.db")
     cfg = config_under(root, coco_mini, *GRID, source=tiny_coco)
     synthetic_study(cfg)

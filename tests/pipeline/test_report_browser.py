@@ -25,9 +25,6 @@ import pytest
 from PIL import Image
 
 from anonbench.config import Config
-from tests.report_study import built_report
-
-__all__ = ["built_report"]  # the fixture, imported for pytest
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH = 1400
