@@ -61,11 +61,16 @@ def grouped_bars(
     for name, level in (levels or {}).items():
         ax.axhline(level, color="#777", linestyle="--", linewidth=0.8)
         ax.text(len(labels) - 0.5, level, name, ha="right", va="bottom", fontsize=7, color="#555")
-    ax.set_xticks(positions, labels, rotation=35, ha="right")
     ax.axhline(0.0, color="#444", linewidth=0.6)
+    return _finish(fig, ax, labels, title, ylabel, path, len(series) > 1)
+
+
+def _finish(fig: Any, ax: Any, labels: Sequence[str], title: str, ylabel: str, path: Path, legend: bool) -> Path:
+    """Label the groups of a bar or box chart, title it, write it."""
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if len(series) > 1:
+    if legend:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
@@ -216,11 +221,5 @@ def grouped_boxes(
             box.set_facecolor(colours[k])
             box.set_alpha(0.6)
         ax.plot([], [], color=colours[k], linewidth=6, alpha=0.6, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return _finish(fig, ax, labels, title, ylabel, path, len(series) > 1)
