@@ -653,16 +653,21 @@ def figure6(doc: Document, ctx: Context) -> None:
         "Images with a person holding the class", "images", ctx.figures / "figure6_cooccurrence.png",
         colors=FIGURE6_COLOURS, levels={"high": borders.high, "medium": borders.medium},
     )  # fmt: skip
-    share = summary.get("fraction", summary.get("settings", {}).get("fraction"))
-    of = summary.get("fraction_of", "eligible images")
     doc.paragraph(
         f"Per Table 5 class, the {cfg.data.train_split} images that hold it and a person (blue; prepare's "
-        f"class_stats.csv), beside the fine-tune subset's (green; data/finetune_subset/class_counts.csv). The subset: "
-        f"{summary.get('subset_images')} of {summary.get('eligible_images')} eligible images (a person and a Table 5 "
-        f"class) out of {summary.get('train_images')} training images, fraction {share} of {of}; its per-class "
-        f"shares follow the full set's within {_fmt(summary.get('max_abs_share_diff'))} (chi-square p "
-        f"{_fmt(summary.get('chi2_p'))}). Dashed lines: the frequency group borders."
+        "class_stats.csv), beside the fine-tune subset's (green; data/finetune_subset/class_counts.csv). Eligible: "
+        "training images with a person and a Table 5 class; the subset is a seeded random share of them whose "
+        "per-class shares should follow the full set's. Dashed lines: the frequency group borders."
     )
+    run = ctx.links.find("finetune")
+    fraction = summary.get("fraction")
+    counted = [ctx.links.number(summary.get(k), run, 0) for k in ("train_images", "eligible_images", "subset_images")]
+    doc.table(
+        ["training images", "eligible", "subset", "fraction", "largest share difference", "chi-square p"],
+        [[*counted, f"{fraction} of {summary.get('fraction_of', '?')}" if fraction is not None else "not recorded",
+          ctx.links.number(summary.get("max_abs_share_diff"), run), ctx.links.number(summary.get("chi2_p"), run)]],
+        left=0,
+    )  # fmt: skip
     ctx.figure(doc, path, "Figure 6: images per class co-occurring with a person, full training set (blue) and "
                           "fine-tune subset (green).")  # fmt: skip
 
