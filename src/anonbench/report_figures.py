@@ -52,7 +52,7 @@ def grouped_bars(
     Returns:
         ``path``.
     """
-    fig, ax = _subplots(figsize=(max(6.0, 0.55 * len(labels) * max(1, len(series)) ** 0.5 + 2), 4.2))
+    fig, ax = _subplots(figsize=(_width(labels, series, 0.55), 4.2))
     positions = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
@@ -65,13 +65,19 @@ def grouped_bars(
     return _finish(fig, ax, labels, title, ylabel, path, len(series) > 1)
 
 
+def _width(labels: Sequence[str], series: Mapping[str, Any], per_group: float) -> float:
+    """Figure width in inches for grouped bars or boxes: grows with the groups, at most a report page (14 in)."""
+    return min(14.0, max(6.0, per_group * len(labels) * max(1, len(series)) ** 0.5 + 2.5))
+
+
 def _finish(fig: Any, ax: Any, labels: Sequence[str], title: str, ylabel: str, path: Path, legend: bool) -> Path:
-    """Label the groups of a bar or box chart, title it, write it."""
-    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+    """Label the groups of a bar or box chart (upright when there are many), title it, legend beside it, write it."""
+    many = len(labels) > 16
+    ax.set_xticks(range(len(labels)), labels, rotation=90 if many else 35, ha="center" if many else "right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if legend:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -88,6 +94,8 @@ class Panel:
 
 def heatmaps(panels: Mapping[str, Panel], title: str, path: Path, digits: int = 1) -> Path:
     """Annotated heatmaps side by side, one per panel; panels of one kind (absolute, difference) share a scale.
+
+    Values are percentages or percentage points: a colour scale spans at least 1.
 
     Args:
         panels: Panel title -> panel.
@@ -110,10 +118,10 @@ def heatmaps(panels: Mapping[str, Panel], title: str, path: Path, digits: int = 
     for kind in (False, True):
         chosen = [grids[n][np.isfinite(grids[n])] for n, p in panels.items() if p.diverging == kind]
         finite = np.concatenate(chosen) if chosen else np.array([])
-        bounds[kind] = float(np.abs(finite).max()) if finite.size else 1.0
+        bounds[kind] = max(float(np.abs(finite).max()), 1.0) if finite.size else 1.0  # percent: at least 1
     for ax, (name, panel) in zip(axes.flat, panels.items(), strict=False):
         grid, bound = grids[name], bounds[panel.diverging]
-        limits = (-bound, bound) if panel.diverging else (0.0, max(bound, 1e-9))
+        limits = (-bound, bound) if panel.diverging else (0.0, bound)
         image = ax.imshow(grid, cmap="RdBu" if panel.diverging else "viridis", vmin=limits[0], vmax=limits[1])
         ax.set_xticks(range(len(panel.columns)), panel.columns, rotation=30, ha="right")
         ax.set_yticks(range(len(panel.rows)), panel.rows)
@@ -149,7 +157,7 @@ def lines(
     Returns:
         ``path``.
     """
-    fig, ax = _subplots(figsize=(7.5, 4.4))
+    fig, ax = _subplots(figsize=(9.5, 4.4))
     for name, points in series.items():
         ax.plot([x for x, _ in points], _nan([y for _, y in points]), marker="o", label=name)
     if logx:
@@ -157,7 +165,7 @@ def lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -205,7 +213,7 @@ def grouped_boxes(
     Returns:
         ``path``.
     """
-    fig, ax = _subplots(figsize=(max(6.0, 0.5 * len(labels) * max(1, len(series)) ** 0.5 + 2.5), 4.4))
+    fig, ax = _subplots(figsize=(_width(labels, series, 0.5), 4.4))
     width = 0.8 / max(1, len(series))
     colours = [f"C{k}" for k in range(len(series))]
     for k, (name, groups) in enumerate(series.items()):

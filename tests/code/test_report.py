@@ -148,7 +148,7 @@ def test_void_evaluations_show_their_reason_and_take_part_in_no_difference(repor
     assert re.match(INTERVAL, cited(row[header.index("Org on Anon") + 1])[0][0]), "the others still have theirs"
     assert (
         "1 of 27 evaluations are void (no detections); some are void in: Q1 (1 of 7), Q2 (1 of 7), Q3 (1 of 9), "
-        "Q5 (1 of 7), Q6 and Q7 (1 of 8)" in md
+        "Q5 (1 of 7), Q6 and Q7 (1 of 8), Q8 (1 of 2)" in md
     ), "the header counts evaluations (the void relabel result is not one) and names the sections"
     assert "mask: Anon on Anon void" in md, "Q8 names the void relabel result"
     assert "All void" not in md
@@ -156,8 +156,9 @@ def test_void_evaluations_show_their_reason_and_take_part_in_no_difference(repor
     make_void(cfg, "*")
     report.run(cfg)
     md = (cfg.paths.reports / "study.md").read_text()
-    assert md.count("**All void:**") == 5, "Q1, Q2, Q3, Q5 and Q6/Q7 each say so"
-    assert "every evaluation is void in: Q1, Q2, Q3, Q5, Q6 and Q7" in md
+    assert md.count("**All void:**") == 7, "Q1, Q2, Q3, Q4's Δ AP, Q5, Q6/Q7 and Q8 each say so"
+    every = "every result is void in: Q1, Q2, Q3, Q4 (Δ AP), Q5, Q6 and Q7, Q8"
+    assert f"27 of 27 evaluations are void (no detections); {every}" in md
     detections = md[md.index("## Q1") : md.index("## Q4")] + md[md.index("## Q5") : md.index("### Frequency")]
     assert not re.search(INTERVAL, md) and not re.search(r"\[\d+\.\d\]\(", detections), "no number for a void one"
     for figure in ("q1_comparison_classes.png", "q5_grid_ap.png", "q6_q7_freeze.png"):

@@ -104,24 +104,28 @@ class Context:
         data = ORIGINAL if evaluated_on == "Org" else method
         return self.study.find(f"{model}-{size}", data)
 
-    def check_void(self, doc: Document, section: str, records: Iterable[EvalRecord | None]) -> bool:
-        """Say plainly when every evaluation a section uses is void; remember the count for the header.
+    def check_void(
+        self, doc: Document, section: str, records: Iterable[EvalRecord | None], what: str = "this section"
+    ) -> bool:
+        """Say plainly when every evaluation a section (or ``what`` part of it) uses is void; count it for the header.
 
         Returns:
-            True when all of them are void (the section has no number to show).
+            True when all of them are void (there is no number to show).
         """
         found = list({r.key: r for r in records if r is not None}.values())
-        void = sum(r.void for r in found)
-        if void:
-            self.void_sections[section] = (void, len(found))
-        if found and void == len(found):
-            reasons = sorted({str(r.void_reason) for r in found})
-            doc.note(
-                f"**All void:** every evaluation this section uses ({len(found)}) is void "
-                f"({', '.join(reasons)}): it has no AP and no difference to show."
-            )
-            return True
-        return False
+        return self.count_void(doc, section, [str(r.void_reason) for r in found if r.void], len(found), what)
+
+    def count_void(self, doc: Document, section: str, reasons: list[str], total: int, what: str) -> bool:
+        """:meth:`check_void` for results given as their void reasons (one per void result) out of ``total``."""
+        if reasons:
+            self.void_sections[section] = (len(reasons), total)
+        if not total or len(reasons) < total:
+            return False
+        doc.note(
+            f"**All void:** every result {what} uses ({total}) is void ({', '.join(sorted(set(reasons)))}): "
+            "there is no AP and no difference to show."
+        )
+        return True
 
 
 def trained(study: Study) -> list[EvalRecord]:
@@ -196,6 +200,7 @@ def header(doc: Document, ctx: Context) -> None:
     doc.heading("How to read this")
     rep = cfg.report
     n_val = next(iter({len(ids) for ids, _ in study.resamples.values()}), None)
+    n_val = n_val or max((int(e.stats.get("images") or 0) for e in study.evaluations), default=0)
     rows = [
         ["profile", f"**{cfg.profile}** (params.yaml; seed {cfg.seed})"],
         ["data", f"`{cfg.data.source}`: {images}"],
@@ -266,17 +271,17 @@ def _anonymization(ctx: Context) -> str:
 
 def _void_summary(ctx: Context) -> str:
     void = [e for e in ctx.study.evaluations if e.void]
-    if not void:
-        return "no evaluation is void"
-    reasons = sorted({str(e.void_reason) for e in void})
     full = [s for s, (n, total) in ctx.void_sections.items() if n == total]
     partly = [f"{s} ({n} of {total})" for s, (n, total) in ctx.void_sections.items() if n < total]
-    text = f"{len(void)} of {len(ctx.study.evaluations)} evaluations are void ({', '.join(reasons)})"
+    parts = []
+    if void:
+        reasons = ", ".join(sorted({str(e.void_reason) for e in void}))
+        parts.append(f"{len(void)} of {len(ctx.study.evaluations)} evaluations are void ({reasons})")
     if full:
-        text += f"; every evaluation is void in: {', '.join(full)}"
+        parts.append(f"every result is void in: {', '.join(full)}")
     if partly:
-        text += f"; some are void in: {', '.join(partly)}"
-    return text
+        parts.append(f"some are void in: {', '.join(partly)}")
+    return "; ".join(parts) or "no evaluation is void"
 
 
 def q1_methods(doc: Document, ctx: Context) -> None:
@@ -303,7 +308,7 @@ def q1_methods(doc: Document, ctx: Context) -> None:
     )
     doc.paragraph("The same as differences from Org on Org, in points:")
     doc.table(
-        ["method", *(f"{name} − Org on Org\n{stat}" for name in ANON_COMBINATIONS for stat in STATS)],
+        ["method", *(f"{name}\nΔ {stat}" for name in ANON_COMBINATIONS for stat in STATS)],
         [[m, *(ctx.linked_delta(found[m][name], base, classes, stat) for name in ANON_COMBINATIONS for stat in STATS)]
          for m in methods],
     )  # fmt: skip
@@ -482,6 +487,7 @@ def _q4_classes(doc: Document, ctx: Context, measured: dict[str, Any], runs: dic
     size, base = ctx.org_on_org()
     classes = [(group, c) for group, names in cfg.classes.use_case_groups.items() for c in names]
     afters = {v: ctx.combination(v, size, name) if size else None for v in measured}
+    ctx.check_void(doc, "Q4 (Δ AP)", [base, *afters.values()], "the Δ AP columns")
     doc.paragraph(
         f"Per class of the use-case groups ({cfg.data.val_split}): mean box SSIM (boxes with defined SSIM) and the "
         f"class's AP change {name} − Org on Org (size {size}, points; params report.per_class_combination)."
@@ -786,6 +792,8 @@ def q8_relabel(doc: Document, ctx: Context) -> None:
         "and against the corrected one (objects likely removed dropped, person boxes grown to the anonymized region; "
         "`data/relabel/<method>/`). Corrections: auto-accepted (every proposal taken) or reviewed by a person."
     )
+    void = [str(r.get("void_reason") or "no reason given") for r in shown.values() if r.get("void")]
+    ctx.count_void(doc, "Q8", void, len(shown), "this table")
     rows = []
     for (variant, name), result in shown.items():
         counts = study.proposals.get(variant, {})
