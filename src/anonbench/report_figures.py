@@ -112,7 +112,7 @@ def heatmaps(panels: Mapping[str, Panel], title: str, path: Path, digits: int = 
     shapes = [(len(p.rows), len(p.columns)) for p in panels.values()] or [(1, 1)]
     width = max(4.2, 0.75 * max(c for _, c in shapes) + 2.5)
     height = max(3.6, 0.32 * max(r for r, _ in shapes) + 2.6)
-    fig, axes = _subplots(nrows=rows, ncols=columns, figsize=(width * columns, height * rows), squeeze=False)
+    fig, axes = _subplots(nrows=rows, ncols=columns, figsize=(min(14.0, width * columns), height * rows), squeeze=False)
     grids = {name: np.array([_nan(r) for r in p.values], dtype=float) for name, p in panels.items()}
     bounds = {}
     for kind in (False, True):
