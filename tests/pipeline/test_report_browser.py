@@ -26,6 +26,8 @@ from PIL import Image
 
 from anonbench.config import Config
 
+pytestmark = pytest.mark.browser
+
 REPO = Path(__file__).resolve().parents[2]
 WIDTH = 1400
 ARTIFACTS = REPO / "build" / "test-artifacts" / "report"
