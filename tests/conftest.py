@@ -56,28 +56,35 @@ def tiny_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return subset_coco(coco_mini, tmp_path_factory.mktemp("tiny-coco"), {"train2017": 12, "val2017": 6})
 
 
-@pytest.fixture
-def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
-    """Load the real params.yaml with outputs under tmp_path, plus overrides.
+def config_under(
+    root: Path, coco_mini: Path, *overrides: str, profile: str | None = None, source: Path | None = None
+) -> Config:
+    """The real params.yaml with every output under ``root``, plus overrides.
 
     The original dataset (``cfg.source_root``) is linked to ``source`` (default
     coco-mini), as the fetch stage would have materialized it.
     """
+    base = [
+        f"paths.data={root / 'data'}",
+        f"paths.models={root / 'models'}",
+        f"paths.metrics={root / 'metrics'}",
+        f"paths.reports={root / 'reports'}",
+        f"data.local_copy={coco_mini}",
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+    ]
+    cfg = load_config(PARAMS, profile, [*base, *overrides])
+    if not cfg.source_root.exists():
+        cfg.source_root.parent.mkdir(parents=True, exist_ok=True)
+        cfg.source_root.symlink_to(source or coco_mini, target_is_directory=True)
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
+    """:func:`config_under` ``tmp_path``: load the real params.yaml with outputs under tmp_path, plus overrides."""
 
     def _make(*overrides: str, profile: str | None = None, source: Path | None = None) -> Config:
-        base = [
-            f"paths.data={tmp_path / 'data'}",
-            f"paths.models={tmp_path / 'models'}",
-            f"paths.metrics={tmp_path / 'metrics'}",
-            f"paths.reports={tmp_path / 'reports'}",
-            f"data.local_copy={coco_mini}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        ]
-        cfg = load_config(PARAMS, profile, [*base, *overrides])
-        if not cfg.source_root.exists():
-            cfg.source_root.parent.mkdir(parents=True, exist_ok=True)
-            cfg.source_root.symlink_to(source or coco_mini, target_is_directory=True)
-        return cfg
+        return config_under(tmp_path, coco_mini, *overrides, profile=profile, source=source)
 
     return _make
 
@@ -137,3 +144,13 @@ def renumber_folder(source: Path, target: Path, splits: dict[str, str]) -> Path:
         (target / "annotations").mkdir(parents=True, exist_ok=True)
         (target / "annotations" / f"instances_{new}.json").write_text(json.dumps(instances))
     return target
+
+
+@pytest.fixture(scope="session")
+def built_report(
+    tmp_path_factory: pytest.TempPathFactory, coco_mini: Path, tiny_coco: Path, mlflow_template: Path
+) -> tuple[Config, list[Path]]:
+    """The study report of tests/report_study.py's synthetic outputs, built once for the tests that only read it."""
+    from tests.report_study import build_report
+
+    return build_report(tmp_path_factory.mktemp("report"), coco_mini, tiny_coco, mlflow_template)

@@ -310,12 +310,14 @@ class Relabel(_Section):
 
 
 class Report(_Section):
-    """Bootstrap confidence intervals and layer drift (CKA) for the study report."""
+    """Bootstrap confidence intervals, layer drift (CKA) and the per-class views of the study report."""
 
     bootstrap_samples: PositiveInt = 1000
     confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     cka_images: Annotated[int, Field(ge=4)] = 16  # the debiased CKA estimator needs at least 4 examples
     tracking_ui: str = "http://127.0.0.1:5000"
+    # The combination whose per-class AP change (against Org on Org) Q4 and Q5 show class by class.
+    per_class_combination: Literal["Org on Anon", "Anon on Org", "Anon on Anon"] = "Org on Anon"
 
 
 class Tracking(_Section):
