@@ -133,14 +133,17 @@ def write_subset(cfg: Config) -> None:
     classes = cfg.classes.size_frequency_classes
     instances = json.loads(cfg.annotation_file(ORIGINAL, cfg.data.train_split).read_text())
     eligible = finetune.eligible_images(instances, classes)
-    chosen = finetune.draw(list(eligible), cfg.finetune.fraction, cfg.seed)
+    ft = cfg.finetune
+    of = len(instances["images"]) if ft.fraction_of == "train" else len(eligible)
+    size, capped = finetune.subset_size(ft.fraction, of, len(eligible))
+    chosen = finetune.draw(list(eligible), size, cfg.seed)
     table = finetune.class_counts(eligible, chosen, classes)
     root = finetune.subset_root(cfg)
     root.mkdir(parents=True)
     (root / "class_counts.csv").write_text(table.to_csv(index=False, lineterminator="\n"))
-    summary = {"settings": {"fraction": cfg.finetune.fraction}, "train_images": len(instances["images"]),
-               "eligible_images": len(eligible), "subset_images": len(chosen), "fraction": cfg.finetune.fraction,
-               "fraction_of": "eligible images", **finetune.agreement(table)}  # fmt: skip
+    summary = {"settings": {"fraction": ft.fraction}, "train_images": len(instances["images"]),
+               "eligible_images": len(eligible), "subset_images": len(chosen), "fraction": ft.fraction,
+               "fraction_of": ft.fraction_of, "capped": capped, **finetune.agreement(table)}  # fmt: skip
     atomic_write_json(root / finetune.SUMMARY, summary)
 
 
