@@ -38,11 +38,22 @@ def dp2_image(cpu_image: str, docker_host: str) -> str:
     return built.strip().splitlines()[-1]
 
 
-def in_image(image: str, run: Path, coco: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    """A command in the DP2 image as its own user, no network, coco-mini read-only, outputs in ``run``."""
-    mounts = ["-v", f"{run}:/workspace/run", "-v", f"{coco}:/workspace/run/data/raw/coco-mini:ro"]
+def in_image(image: str, run: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """A command in the DP2 image as its own user, no network, in ``run`` (mounted)."""
     return subprocess.run(
-        [DOCKER, "run", "--rm", "--network", "none", *mounts, "-w", "/workspace/run", image, *command],
+        [
+            DOCKER,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            f"{run}:/workspace/run",
+            "-w",
+            "/workspace/run",
+            image,
+            *command,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -54,16 +65,16 @@ def anonbench(*args: str) -> list[str]:
 
 
 def test_dp2_anonymize_then_ssim_and_export_in_the_image(dp2_image: str, coco_mini: Path, tmp_path: Path) -> None:
-    coco = coco_slice(coco_mini, tmp_path / "coco", SLICE)
     run = tmp_path / "run"
-    run.mkdir()
-    run.chmod(0o777)  # the image's user (10001) writes here
+    coco = coco_slice(coco_mini, run / "data" / "raw" / "coco-mini", SLICE)  # as fetch would have left it
+    for folder in (run, *(p for p in run.rglob("*") if p.is_dir())):
+        folder.chmod(0o777)  # the image's user (10001) writes here
     for stage in (
         anonbench("anonymize", "--method", "dp2_fullbody"),
         anonbench("ssim", "--variant", "dp2_fullbody"),
         anonbench("export", "--variant", "dp2_fullbody"),
     ):
-        proc = in_image(dp2_image, run, coco, *stage)
+        proc = in_image(dp2_image, run, *stage)
         assert proc.returncode == 0, f"{' '.join(stage)}:\n{proc.stderr[-4000:]}"
     variant = run / "data" / "variants" / "dp2_fullbody"
     for split, names in SLICE.items():

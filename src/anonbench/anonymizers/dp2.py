@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -242,7 +243,9 @@ class Dp2Anonymizer:
         """
         config = STUDY_CONFIG if method == "detector" else config_path(params, method)
         repo = require_dp2(params)
-        check_present(required(repo, config, generators=method != "detector" and not params.untrained), params.weights)
+        with contextlib.redirect_stdout(sys.stderr):  # DP2 prints while its modules import
+            files = required(repo, config, generators=method != "detector" and not params.untrained)
+        check_present(files, params.weights)
 
         import torch
         from dp2.anonymizer import Anonymizer
@@ -254,18 +257,16 @@ class Dp2Anonymizer:
         scratch = Path(self._scratch.name)
         torch.manual_seed(seed)
         with dp2_process(repo, params.weights, scratch):
-            study = LazyConfig.load(str(repo / STUDY_CONFIG))
-            post = dict(study.detector.cse_post_process_cfg)
-            self.post_process = {
-                k: v for k, v in post.items() if k not in ("iou_combine_threshold", "normalize_embedding")
-            }
+            post = dict(LazyConfig.load(str(repo / STUDY_CONFIG)).detector.cse_post_process_cfg)
+            dropped = ("iou_combine_threshold", "normalize_embedding")  # CSE-only keys
+            self.post_process = {k: v for k, v in post.items() if k not in dropped}
             if method == "detector" or params.mode == "detector":
-                cfg = load_config(config if method != "detector" else STUDY_CONFIG)
+                cfg = load_config(config)
                 for key in GENERATOR_KEYS:
                     generator = cfg.anonymizer.get(key)
-                    if method == "detector" and generator is not None:
+                    if generator is not None and method == "detector":
                         cfg.anonymizer[key] = None  # the detector alone
-                    elif params.untrained and generator is not None:
+                    elif generator is not None and params.untrained:
                         cfg.anonymizer[key] = str(untrained_config(repo, generator, scratch))
                 self.anonymizer = instantiate(cfg.anonymizer, load_cache=False)
             else:
@@ -342,8 +343,8 @@ def install_weights(params: DeepPrivacy2, methods: Sequence[str], source: Path |
 
     configs = [STUDY_CONFIG if m == "detector" else config_path(params, m) for m in methods]
     repo = repo_dir(params)
-    with contextlib.redirect_stdout(sys.stderr):
-        files = [f for config in configs for f in required(repo, config, generators=True)]
+    with contextlib.redirect_stdout(sys.stderr):  # DP2 prints while its modules import
+        files = [f for m, config in zip(methods, configs, strict=True) for f in required(repo, config, m != "detector")]
     if source is None:
         return dp2_weights.download(files, target)
     return dp2_weights.lay_out(files, source, target)
