@@ -192,11 +192,10 @@ class DeepPrivacy2(_Section):
 
     @property
     def weights(self) -> Path:
-        """Folder of DP2's checkpoints: ``weights_dir``, else env ANONBENCH_DP2_WEIGHTS, else the user cache."""
-        if self.weights_dir is not None:
-            return self.weights_dir
+        """DP2's checkpoints, absolute: ``weights_dir``, else env ANONBENCH_DP2_WEIGHTS, else the user cache."""
         env = os.environ.get(DP2_WEIGHTS_ENV)
-        return Path(env) if env else Path.home() / ".cache" / "anonbench" / "dp2-weights"
+        folder = self.weights_dir or (Path(env) if env else Path.home() / ".cache" / "anonbench" / "dp2-weights")
+        return folder.expanduser().absolute()  # DP2 loads from its own tree as working directory
 
 
 class Anonymize(_Section):

@@ -186,6 +186,8 @@ def test_the_weights_folder_comes_from_params_env_or_the_user_cache(monkeypatch:
     monkeypatch.setenv("ANONBENCH_DP2_WEIGHTS", "/mnt/dp2-weights")
     assert load_config(PARAMS).anonymize.dp2.weights == Path("/mnt/dp2-weights")
     assert load_config(PARAMS, None, ["anonymize.dp2.weights_dir=/w"]).anonymize.dp2.weights == Path("/w")
+    relative = load_config(PARAMS, None, ["anonymize.dp2.weights_dir=w"]).anonymize.dp2.weights
+    assert relative == Path.cwd() / "w"  # DP2 loads with its own tree as working directory
     monkeypatch.delenv("ANONBENCH_DP2_WEIGHTS")
     assert load_config(PARAMS).anonymize.dp2.weights == Path.home() / ".cache" / "anonbench" / "dp2-weights"
 
