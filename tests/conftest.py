@@ -17,6 +17,14 @@ from anonbench.offline import configure_ultralytics, go_offline
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SPLITS = ("train2017", "val2017")
+# What a DP2 variant's coverage file records for a run with anonymize.dp2.mode=gt, untrained=true on the CPU.
+DP2_UNTRAINED_GT = {
+    "mode": "gt",
+    "untrained": True,
+    "config": "configs/fdh/styleganL_nocse.py",
+    "device": "cpu",
+    "amp": False,
+}
 
 go_offline()
 if importlib.util.find_spec("ultralytics") is not None:  # not in the DeepPrivacy2 environment (.venv-dp2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from anonbench.anonymizers.dp2_weights import WeightsError, lay_out, required
 from anonbench.config import Config, load_config
 from anonbench.images import read_image
 from anonbench.stages import anonymize
-from tests.conftest import PARAMS, coco_slice
+from tests.conftest import DP2_UNTRAINED_GT, PARAMS, coco_slice
 
 pytestmark = pytest.mark.dp2
 VAL = "val2017"
@@ -204,13 +205,7 @@ def test_dp2_writes_only_inside_its_boxes_and_the_dilated_persons(
 
 def test_coverage_and_mlflow_say_which_dp2_ran(run: Config) -> None:
     coverage = json.loads((run.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
-    assert coverage["dp2"] == {
-        "mode": "gt",
-        "untrained": True,
-        "config": "configs/fdh/styleganL_nocse.py",
-        "device": "cpu",
-        "amp": False,
-    }
+    assert coverage["dp2"] == DP2_UNTRAINED_GT
     assert isinstance(coverage["persons_below_size_filter"], int)
     mlflow.set_tracking_uri(run.tracking.resolved_uri)
     runs = mlflow.search_runs(experiment_names=[run.tracking.experiment], filter_string="tags.stage = 'anonymize'")
@@ -369,7 +364,8 @@ def test_cuda_with_amp_writes_where_the_cpu_does(slice_coco: Path, tmp_path: Pat
     overrides = [arg for item in [*settings(tmp_path), "anonymize.dp2.device=cuda", "anonymize.dp2.amp=true"]
                  for arg in ("--set", item)]  # fmt: skip
     command = [sys.executable, "-m", "anonbench", "anonymize", "--method", METHOD, "--split", VAL, "--params", PARAMS]
-    proc = subprocess.run([*map(str, command), *overrides], capture_output=True, text=True, check=False)
+    env = {k: v for k, v in os.environ.items() if not (k == "CUDA_VISIBLE_DEVICES" and v == "")}  # device=cpu's
+    proc = subprocess.run([*map(str, command), *overrides], capture_output=True, text=True, check=False, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     coverage = json.loads((cfg.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
     assert coverage["dp2"]["device"] == "cuda" and coverage["dp2"]["amp"] is True
