@@ -35,6 +35,9 @@ SETTINGS = [
 def dp2_image(cpu_image: str, docker_host: str) -> str:
     """The DP2 image built from this tree (layers cached between runs)."""
     built = sh(REPO / "docker" / "build.sh", "dp2", DOCKER_HOST=docker_host, BASE_IMAGE="local/debian:bookworm")
+    # Each commit makes a new 7.5 GB image: those unused for a day go, as docker/ci_build_and_run.sh does for CPU ones.
+    sh(DOCKER, "image", "prune", "-af", "--filter", "label=org.opencontainers.image.title=anonbench-dp2",
+       "--filter", "until=24h", DOCKER_HOST=docker_host)  # fmt: skip
     return built.strip().splitlines()[-1]
 
 
