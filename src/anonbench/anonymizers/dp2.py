@@ -239,7 +239,8 @@ class Dp2Anonymizer:
             seed: Seeds torch before the generators are built, so untrained weights are reproducible.
 
         Raises:
-            Dp2Unavailable: Without DP2, its weights or the asked-for device.
+            Dp2Unavailable: Without DP2 or the asked-for device.
+            WeightsError: Naming each checkpoint the setting needs that is not in the weights folder.
         """
         config = STUDY_CONFIG if method == "detector" else config_path(params, method)
         repo = require_dp2(params)
