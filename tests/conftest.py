@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,9 +18,33 @@ from anonbench.offline import configure_ultralytics, go_offline
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SPLITS = ("train2017", "val2017")
+# What a DP2 variant's coverage file records for a run with anonymize.dp2.mode=gt, untrained=true on the CPU.
+DP2_UNTRAINED_GT = {
+    "mode": "gt",
+    "untrained": True,
+    "config": "configs/fdh/styleganL_nocse.py",
+    "device": "cpu",
+    "amp": False,
+}
 
 go_offline()
-configure_ultralytics()
+if importlib.util.find_spec("ultralytics") is not None:  # not in the DeepPrivacy2 environment (.venv-dp2)
+    configure_ultralytics()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``dp2`` tests need DeepPrivacy2 (``make dp2-env``): in CI its absence fails them, elsewhere skips them.
+    ``gpu`` tests need a CUDA device and skip without one."""
+    if item.get_closest_marker("dp2") and importlib.util.find_spec("dp2") is None:
+        reason = "DeepPrivacy2 is not importable here: run `make dp2-env`, then .venv-dp2/bin/pytest -m dp2"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (none here)")
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +57,12 @@ def coco_mini() -> Path:
     return folder
 
 
-def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
-    """Copy the first images of each split (persons first) with their annotations, COCO layout."""
-    for split, count in counts.items():
+def coco_slice(source: Path, target: Path, names: dict[str, list[str]]) -> Path:
+    """Copy the named images of each split with their annotations into ``target``, COCO layout."""
+    for split, wanted in names.items():
         instances = json.loads((source / "annotations" / f"instances_{split}.json").read_text())
-        person_images = {a["image_id"] for a in instances["annotations"] if a["category_id"] == 1}
-        ordered = sorted(instances["images"], key=lambda im: (im["id"] not in person_images, im["file_name"]))
-        images = sorted(ordered[:count], key=lambda im: im["file_name"])
+        images = sorted((im for im in instances["images"] if im["file_name"] in wanted), key=lambda im: im["file_name"])
+        assert len(images) == len(set(wanted)), f"not all of {wanted} are in {split}"
         keep = {im["id"] for im in images}
         instances["images"] = images
         instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] in keep]
@@ -48,6 +72,17 @@ def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
         (target / "annotations").mkdir(parents=True, exist_ok=True)
         (target / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
     return target
+
+
+def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
+    """Copy the first images of each split (persons first) with their annotations, COCO layout."""
+    names = {}
+    for split, count in counts.items():
+        instances = json.loads((source / "annotations" / f"instances_{split}.json").read_text())
+        person_images = {a["image_id"] for a in instances["annotations"] if a["category_id"] == 1}
+        ordered = sorted(instances["images"], key=lambda im: (im["id"] not in person_images, im["file_name"]))
+        names[split] = [im["file_name"] for im in ordered[:count]]
+    return coco_slice(source, target, names)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,8 @@ LOCAL_COPY_ENV = {
     "coco2017": "ANONBENCH_COCO2017",
     "coco-folder": "ANONBENCH_COCO_FOLDER",
 }
+# Environment variable naming the folder of DeepPrivacy2's checkpoints (the DP2 image sets it).
+DP2_WEIGHTS_ENV = "ANONBENCH_DP2_WEIGHTS"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -161,14 +163,42 @@ class Mask(_Section):
 
 
 class DeepPrivacy2(_Section):
-    """DeepPrivacy2 adapter settings; it runs only in the DP2 image (docker/dp2)."""
+    """DeepPrivacy2 (DP2) settings; it runs in the DP2 environment (``make dp2-env``) or image (docker/dp2).
 
-    repo_dir: Path = Path("/opt/deep_privacy2")
-    fullbody_config: str = "configs/anonymizers/FB_cse.py"
-    face_config: str = "configs/anonymizers/face.py"
-    mask_source: Literal["gt", "detector"] = "detector"
+    ``mode`` names what a run reproduces: ``detector`` is the seed study (DP2's ``FB_cse.py``,
+    Mask R-CNN + CSE DensePose detections, all defaults); ``gt`` fills the ground-truth person
+    masks with DP2's generator without CSE embeddings (comparable to neither that study nor DP2's
+    own COCO script). ``untrained`` builds DP2's real generators from their configs with random
+    weights (noise in the persons' place): a smoke switch for tests and a cluster's plumbing,
+    refused where ``allow_untrained`` is false (the paper profile). ``weights_dir`` holds the
+    checkpoints laid out by ``anonbench dp2-weights`` (default: env ANONBENCH_DP2_WEIGHTS, else
+    ~/.cache/anonbench/dp2-weights); ``repo_dir`` a DP2 source tree (default: the one installed).
+    """
+
+    mode: Literal["detector", "gt"] = "detector"
+    untrained: bool = False
+    allow_untrained: bool = True
+    device: Literal["cpu", "cuda"] = "cpu"
+    amp: bool = False
     truncation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    amp: bool = True
+    weights_dir: Path | None = None
+    repo_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _untrained_allowed(self) -> DeepPrivacy2:
+        if self.untrained and not self.allow_untrained:
+            raise ValueError(
+                "untrained: refused here (allow_untrained is false, as in the paper profile): an untrained "
+                "DP2 paints noise, not a study variant; set anonymize.dp2.allow_untrained=true to check plumbing"
+            )
+        return self
+
+    @property
+    def weights(self) -> Path:
+        """DP2's checkpoints, absolute: ``weights_dir``, else env ANONBENCH_DP2_WEIGHTS, else the user cache."""
+        env = os.environ.get(DP2_WEIGHTS_ENV)
+        folder = self.weights_dir or (Path(env) if env else Path.home() / ".cache" / "anonbench" / "dp2-weights")
+        return folder.expanduser().absolute()  # DP2 loads from its own tree as working directory
 
 
 class Anonymize(_Section):
