@@ -468,8 +468,15 @@ def stage_metrics(workspace: Path | str, stage: str, *args: str) -> dict[str, fl
     numbers: dict[str, float] = {}
     for path in files:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.suffix == ".dvc" else _read_json(path)
-        numbers.update(_flatten(path.stem, doc))
+        numbers.update(_flatten(path.stem, _without_void_scores(doc)))
     return numbers
+
+
+def _without_void_scores(doc: Any) -> Any:
+    """An evaluation of a model that detected nothing has no AP or AR: its scores are left out, not shown as 0."""
+    if isinstance(doc, dict) and doc.get("predictions") == 0:
+        return {k: v for k, v in doc.items() if not k.startswith(("AP", "AR")) and k != "per_class"}
+    return doc
 
 
 def _read_json(path: Path) -> Any:
@@ -513,7 +520,8 @@ def run_task(workspace: Path | str, stage: str, *args: str, metrics: MetricsSink
 def evaluation_matrix(workspace: Path | str) -> str:
     """The study's evaluation matrix as Markdown: AP of every model (rows) on every variant (columns).
 
-    An evaluation with no detection has no AP: its cell says ``void``; a pair never evaluated is empty.
+    An evaluation with no detection has no AP: its cell says ``void`` (whatever AP its file holds);
+    a pair never evaluated is empty.
     """
     from anonbench.study import load_evaluations
 
@@ -522,7 +530,7 @@ def evaluation_matrix(workspace: Path | str) -> str:
         evaluations = load_evaluations(cfg)
     variants = list(cfg.evaluate.variants)
     models = sorted({e.model_id for e in evaluations})
-    found = {e.key: e.stats.get("AP") for e in evaluations}
+    found = {e.key: None if e.stats.get("predictions") == 0 else e.stats.get("AP") for e in evaluations}
     lines = [
         f"COCO AP (0.50:0.95) of each model on each variant's validation split; profile `{cfg.profile}`.",
         "",
