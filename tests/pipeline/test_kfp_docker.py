@@ -17,6 +17,7 @@ No ``from __future__ import annotations`` here: KFP reads the pipeline function'
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import kfp.local
@@ -39,35 +40,43 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE_UID = 10001  # the images' user (docker/cpu/Dockerfile)
 
 
-@dsl.pipeline(name="anonbench-cpu-stages")
-def cpu_stages(workspace: str, overrides: list) -> None:
+def cpu_stages() -> Callable[..., None]:
     """The study's CPU stages, wired as in pipelines/study.py, each task told its image (``lineage``).
 
-    Tasks take the ``workspace`` parameter ordered after ``plan``, as the study does: KFP
-    2.17's local runner hands a loop task its loop item in place of an upstream task's output.
+    Defined when called, after the image is built: KFP runs a pipeline function's body (and so
+    ``lineage``, which reads the digest docker/build.sh recorded) when it is decorated. Tasks take the
+    ``workspace`` parameter ordered after ``plan``, as the study does: KFP 2.17's local runner hands a
+    loop task its loop item in place of an upstream task's output.
     """
-    branches = ["anonymize_classic", "finetune"]
-    planned = lineage(
-        plan(
-            workspace=workspace,
-            params_file="params.yaml",
-            profile="mini",
-            overrides=overrides,
-            branches=branches,
-            publish=True,
+
+    @dsl.pipeline(name="anonbench-cpu-stages")
+    def pipeline(workspace: str, overrides: list) -> None:
+        branches = ["anonymize_classic", "finetune"]
+        planned = lineage(
+            plan(
+                workspace=workspace,
+                params_file="params.yaml",
+                profile="mini",
+                overrides=overrides,
+                branches=branches,
+                publish=True,
+            )
         )
-    )
-    fetched = lineage(fetch(workspace=workspace, download=False).after(planned))
-    sourced = lineage(publish(workspace=workspace, target="source").after(fetched))
-    prepared = lineage(prepare(workspace=workspace).after(fetched))
-    methods = lineage(grid(workspace=workspace, axis="anonymize_classic", shards=1).after(planned))
-    with dsl.ParallelFor(methods.output) as method:
-        anonymized = lineage(anonymize(workspace=workspace, method=method).after(prepared, sourced))
-        published = lineage(publish(workspace=workspace, target=method).after(anonymized))
-        measured = lineage(ssim(workspace=workspace, variant=method).after(published))
-    joined = lineage(gather(refs=dsl.Collected(measured.outputs["Output"])))
-    with dsl.ParallelFor(lineage(grid(workspace=workspace, axis="export", shards=1).after(planned)).output) as variant:
-        lineage(export(workspace=workspace, variant=variant).after(joined))
+        fetched = lineage(fetch(workspace=workspace, download=False).after(planned))
+        sourced = lineage(publish(workspace=workspace, target="source").after(fetched))
+        prepared = lineage(prepare(workspace=workspace).after(fetched))
+        methods = lineage(grid(workspace=workspace, axis="anonymize_classic", shards=1).after(planned))
+        with dsl.ParallelFor(methods.output) as method:
+            anonymized = lineage(anonymize(workspace=workspace, method=method).after(prepared, sourced))
+            published = lineage(publish(workspace=workspace, target=method).after(anonymized))
+            measured = lineage(ssim(workspace=workspace, variant=method).after(published))
+        joined = lineage(gather(refs=dsl.Collected(measured.outputs["Output"])))
+        with dsl.ParallelFor(
+            lineage(grid(workspace=workspace, axis="export", shards=1).after(planned)).output
+        ) as variant:
+            lineage(export(workspace=workspace, variant=variant).after(joined))
+
+    return pipeline
 
 
 def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: Path) -> None:
@@ -93,7 +102,7 @@ def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: 
         "train.variants=[org,mask]",
         "evaluate.variants=[org,mask]",
     ]
-    cpu_stages(workspace=str(ws), overrides=overrides)
+    cpu_stages()(workspace=str(ws), overrides=overrides)
 
     data = ws / "data"
     for rel in (
