@@ -23,6 +23,7 @@ pipeline function's real annotations.
 """
 
 import argparse
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,32 @@ def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings
     return task
 
 
+def _if_not_done(component: Any, configure: Callable[[dsl.PipelineTask], dsl.PipelineTask]) -> Any:
+    """An inner pipeline that runs ``component`` only when its cell is not done: ``dsl.If(todo == "run")``.
+
+    It takes the component's inputs plus ``todo``, all strings. The condition reads a parameter of
+    this inner pipeline, not a field of the loop item: the KFP local runner cannot resolve the
+    latter (kfp 2.17).
+
+    Args:
+        component: A GPU stage's component (train, evaluate, ...).
+        configure: Applies the cluster settings of its kind of task.
+
+    Returns:
+        The inner pipeline, used like a component inside the fan-out.
+    """
+    names = [*component.component_spec.inputs, "todo"]
+
+    def cell(*values: str) -> None:
+        inputs = dict(zip(names, values, strict=True))
+        with dsl.If(inputs.pop("todo") == RUN, name="not-done"):
+            configure(component(**inputs))
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    cell.__signature__ = inspect.Signature([inspect.Parameter(n, kind, annotation=str) for n in names])  # type: ignore[attr-defined]
+    return dsl.pipeline(name=f"{component.name}-if-not-done")(cell)
+
+
 def build(
     settings: ClusterSettings, branches: Sequence[str], profile: str = "mini", overrides: Sequence[str] = ()
 ) -> Callable[..., Any]:
@@ -118,32 +145,11 @@ def build(
     def on(kind: TaskKind, task: dsl.PipelineTask) -> dsl.PipelineTask:
         return _configure(task, kind, settings)
 
-    # The GPU tasks, each behind its cell's `todo`. The condition reads a parameter of the inner
-    # pipeline, not a field of the loop item: the KFP local runner cannot resolve the latter (kfp 2.17).
-    @dsl.pipeline(name="dp2-shard-if-not-done")
-    def dp2_shard(workspace: str, method: str, shard: str, todo: str) -> None:
-        with dsl.If(todo == RUN, name="not-done"):
-            on("dp2", anonymize_shard(workspace=workspace, method=method, shard=shard))
-
-    @dsl.pipeline(name="train-if-not-done")
-    def train_cell(workspace: str, variant: str, size: str, todo: str) -> None:
-        with dsl.If(todo == RUN, name="not-done"):
-            on("train", train(workspace=workspace, variant=variant, size=size))
-
-    @dsl.pipeline(name="finetune-if-not-done")
-    def finetune_cell(workspace: str, freeze: str, todo: str) -> None:
-        with dsl.If(todo == RUN, name="not-done"):
-            on("train", finetune(workspace=workspace, freeze=freeze))
-
-    @dsl.pipeline(name="evaluate-if-not-done")
-    def evaluate_cell(workspace: str, model: str, on_variant: str, todo: str) -> None:
-        with dsl.If(todo == RUN, name="not-done"):
-            on("evaluate", evaluate(workspace=workspace, model=model, on=on_variant))
-
-    @dsl.pipeline(name="drift-if-not-done")
-    def drift_cell(workspace: str, variant: str, todo: str) -> None:
-        with dsl.If(todo == RUN, name="not-done"):
-            on("evaluate", drift(workspace=workspace, variant=variant))
+    dp2_shard = _if_not_done(anonymize_shard, lambda task: on("dp2", task))
+    train_cell = _if_not_done(train, lambda task: on("train", task))
+    finetune_cell = _if_not_done(finetune, lambda task: on("train", task))
+    evaluate_cell = _if_not_done(evaluate, lambda task: on("evaluate", task))
+    drift_cell = _if_not_done(drift, lambda task: on("evaluate", task))
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Anonymize COCO persons, train and cross-evaluate YOLOv10, report.")
     def study(
@@ -206,14 +212,14 @@ def build(
             trained = train_cell(workspace=ws, variant=cell.variant, size=cell.size, todo=cell.todo)
         models = [trained]
         with dsl.ParallelFor(items("evaluate_trained", trained), parallelism=width) as cell:
-            scored = evaluate_cell(workspace=ws, model=cell.model, on_variant=cell.on, todo=cell.todo)
+            scored = evaluate_cell(workspace=ws, model=cell.model, on=cell.on, todo=cell.todo)
         evaluations = [scored]
         if "finetune" in branches:
             with dsl.ParallelFor(items("finetune", trained), parallelism=width) as cell:
                 tuned = finetune_cell(workspace=ws, freeze=cell.freeze, todo=cell.todo)
             models.append(tuned)
             with dsl.ParallelFor(items("evaluate_finetuned", tuned), parallelism=width) as cell:
-                scored_ft = evaluate_cell(workspace=ws, model=cell.model, on_variant=cell.on, todo=cell.todo)
+                scored_ft = evaluate_cell(workspace=ws, model=cell.model, on=cell.on, todo=cell.todo)
             evaluations.append(scored_ft)
         published("models", *models)
 

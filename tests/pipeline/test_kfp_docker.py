@@ -137,7 +137,8 @@ def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: 
     revision = subprocess.run([*inspect, labels, cpu_image], capture_output=True, text=True).stdout.strip()
     image_id = subprocess.run([*inspect, "{{.Id}}", cpu_image], capture_output=True, text=True).stdout.strip()
     assert f"ANONBENCH_CPU_IMAGE_DIGEST={image_id}" in BUILT_IMAGES.read_text().splitlines()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    short_sha = revision.split("-")[1]  # <version>-<git short sha>[-dirty.<hash>], docker/build.sh
+    commit = subprocess.run(["git", "rev-parse", short_sha], cwd=REPO, capture_output=True, text=True).stdout.strip()
     source = yaml.safe_load((ws / "data/raw/coco-mini.dvc").read_text())["outs"][0]["md5"]
     variant = yaml.safe_load((ws / "data/variants/mask.dvc").read_text())["outs"][0]["md5"]
     for run in runs:
