@@ -22,6 +22,7 @@ retry of a deterministic failure stops at once instead of repeating the work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -233,8 +234,8 @@ def pending(workspace: Path | str, axis: str, cells: list[dict[str, Any]]) -> li
     Computed after the fan-out's inputs are complete, so a resubmitted run schedules no GPU pod
     for work that is already done (the KFP task sits inside ``dsl.If(todo == "run")``).
     """
-    stage = GATED_AXES[axis]
-    return [{**cell, "todo": DONE if is_current(workspace, stage, *options(cell)) else RUN} for cell in cells]
+    stage, stamps = GATED_AXES[axis], _Stamps(Path(workspace))
+    return [{**cell, "todo": DONE if stamps.current(stage, _parse(options(cell))) else RUN} for cell in cells]
 
 
 def _parse(args: Iterable[str]) -> dict[str, str]:
@@ -313,7 +314,11 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
 
 
 class _Stamps:
-    """The stamps of one workspace and the questions asked of them."""
+    """The stamps of one workspace and the questions asked of them.
+
+    The parameters, the code revision and the stamps are read once per instance: use a new
+    instance after stamps change (each :func:`run_stage` and :func:`pending` call does).
+    """
 
     def __init__(self, workspace: Path) -> None:
         self.workspace = workspace
@@ -322,25 +327,36 @@ class _Stamps:
     def path(self, stage: str, opts: dict[str, str]) -> Path:
         return self.folder / _cell_name(stage, opts)
 
+    @functools.cached_property
+    def _basis(self) -> dict[str, str]:
+        """What every cell's key shares: the resolved parameters and the code revision."""
+        return {"params": hashlib.sha256((self.workspace / PARAMS).read_bytes()).hexdigest(), "code": code_revision()}
+
+    @functools.cached_property
+    def _cfg(self) -> Config:
+        return load_config(self.workspace / PARAMS)
+
+    @functools.cached_property
+    def _all(self) -> list[tuple[str, dict[str, Any], str]]:
+        """Every stamp: file name, content, digest."""
+        paths = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
+        return [(p.name, json.loads(p.read_bytes()), hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
+
     def key(self, stage: str, opts: dict[str, str]) -> str:
         """What the work of a cell is determined by: stage, options, resolved parameters, code."""
-        params = hashlib.sha256((self.workspace / PARAMS).read_bytes()).hexdigest()
-        text = json.dumps({"stage": stage, "options": opts, "params": params, "code": code_revision()}, sort_keys=True)
+        text = json.dumps({"stage": stage, "options": opts, **self._basis}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def inputs(self, stage: str, opts: dict[str, str]) -> dict[str, str]:
         """Digest of every stamp the cell reads (by :func:`upstream`), by file name."""
-        if not self.folder.is_dir():
+        if not self._all:
             return {}
-        cfg = load_config(self.workspace / PARAMS)
-        found = {}
-        for path in sorted(self.folder.glob("*.json")):
-            stamp = json.loads(path.read_text(encoding="utf-8"))
-            for other, wanted in upstream(cfg, stage, opts):
-                if stamp["stage"] == other and wanted.items() <= stamp["options"].items():
-                    found[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-                    break
-        return found
+        patterns = upstream(self._cfg, stage, opts)
+        return {
+            name: digest
+            for name, stamp, digest in self._all
+            if any(stamp["stage"] == other and wanted.items() <= stamp["options"].items() for other, wanted in patterns)
+        }
 
     def outputs(self, written: list[str]) -> dict[str, Any]:
         """What a stage wrote: a file by size and modification time, a folder by its presence."""
