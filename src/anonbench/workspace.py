@@ -309,7 +309,9 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
             every = ("prepare", "anonymize", "ssim", "train", "finetune", "evaluate", "relabel", "drift")
             return [(name, {}) for name in every]
         case "publish":
-            return [("fetch", {})] if opts["target"] == "source" else made(opts["target"])
+            producers = {"source": [("fetch", {})], "prepared": [("prepare", {})]}
+            producers["models"] = [("train", {}), ("finetune", {})]
+            return producers.get(opts["target"]) or made(opts["target"])
     return []
 
 

@@ -236,3 +236,13 @@ def test_mlflow_server_dockerfile_lints_clean() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cluster_settings_and_manifests_name_files_that_exist() -> None:
+    for path in (REPO / "pipelines" / "cluster.yaml", *INFRA.rglob("*.yaml")):
+        named = re.findall(
+            r"\b((?:infra|docker|docs|pipelines|benchmarks)/[\w./-]+\.(?:yaml|md|py|json))", path.read_text()
+        )
+        assert all((REPO / name).is_file() for name in named), (
+            f"{path}: {[n for n in named if not (REPO / n).is_file()]}"
+        )
