@@ -62,9 +62,6 @@ GATED_AXES = {
     "drift": "drift",
 }
 RUN, DONE = "run", "done"
-# Stages run even when their stamp is current: publishing is cheap when nothing changed (DVC uploads only what
-# the remote lacks), and its remote comes from the environment, which the stamp's key does not see.
-ALWAYS_RUN = frozenset({"publish"})
 # Options that do not change what a stage writes, so they are not part of its stamp.
 NEUTRAL_OPTIONS = frozenset({"download"})
 # Stage outputs whose numbers the KFP UI shows (dsl.Metrics): a file name pattern per stage.
@@ -309,8 +306,11 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
             every = ("prepare", "anonymize", "ssim", "train", "finetune", "evaluate", "relabel", "drift")
             return [(name, {}) for name in every]
         case "publish":
-            producers = {"source": [("fetch", {})], "prepared": [("prepare", {})]}
-            producers["models"] = [("train", {}), ("finetune", {})]
+            producers: dict[str, list[tuple[str, dict[str, str]]]] = {
+                "source": [("fetch", {})],
+                "prepared": [("prepare", {})],
+                "models": [("train", {}), ("finetune", {})],
+            }
             return producers.get(opts["target"]) or made(opts["target"])
     return []
 
@@ -345,8 +345,13 @@ class _Stamps:
         return [(p.name, json.loads(p.read_bytes()), hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
 
     def key(self, stage: str, opts: dict[str, str]) -> str:
-        """What the work of a cell is determined by: stage, options, resolved parameters, code."""
-        text = json.dumps({"stage": stage, "options": opts, **self._basis}, sort_keys=True)
+        """What the work of a cell is determined by: stage, options, resolved parameters, code.
+
+        A publish also by its remote, which may come from the environment (``ANONBENCH_DVC_REMOTE``):
+        publishing to another store is other work.
+        """
+        remote = {"remote": self._cfg.publish.resolved_remote} if stage == "publish" else {}
+        text = json.dumps({"stage": stage, "options": opts, **self._basis, **remote}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def inputs(self, stage: str, opts: dict[str, str]) -> dict[str, str]:
@@ -435,7 +440,7 @@ def run_stage(workspace: Path | str, stage: str, *args: str) -> str:
     folder = Path(workspace)
     stamps, opts = _Stamps(folder), _parse(args)
     described = " ".join(["anonbench", stage, *args])
-    done = None if stage in ALWAYS_RUN else stamps.current(stage, opts)
+    done = stamps.current(stage, opts)
     if done is not None:
         print(f"= {described}: up to date (finished earlier, nothing it reads changed)", flush=True)
         return str(done["reference"])

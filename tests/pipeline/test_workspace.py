@@ -213,10 +213,14 @@ def test_stamps_follow_the_study_data_order_cell_by_cell(tmp_path: Path, fake_st
     assert pending(tmp_path, "train", cells)[0] == {"variant": "mask", "size": "n", "todo": RUN}
 
 
-def test_another_code_revision_or_other_parameters_make_work_stale(
+def test_another_code_revision_or_another_remote_make_work_stale(
     tmp_path: Path, fake_stage: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_stage(tmp_path, "fetch")
+    run_stage(tmp_path, "publish", "--target", "source")
+    assert is_current(tmp_path, "fetch") and is_current(tmp_path, "publish", "--target", "source")
+    monkeypatch.setenv("ANONBENCH_DVC_REMOTE", "s3://another-store/anonbench")  # publishing elsewhere is new work
+    assert is_current(tmp_path, "fetch") and not is_current(tmp_path, "publish", "--target", "source")
     monkeypatch.setenv("ANONBENCH_IMAGE_REVISION", "0.1.0-abcdef1")  # a task in an image of other code
     assert not is_current(tmp_path, "fetch")
 
