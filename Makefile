@@ -54,9 +54,11 @@ dp2-env: $(DP2_STAMP)
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# Compile the KFP study pipeline (pipelines/study.py) with pipelines/cluster.yaml; a build product.
+# Compile the KFP study pipeline (pipelines/study.py) with pipelines/cluster.yaml for a profile
+# (`make pipeline PROFILE=paper`; the profile decides which fan-outs exist); a build product.
+PROFILE ?= mini
 pipeline: install
-	$(BIN)/python -m pipelines.study --output pipelines/compiled/study.yaml
+	$(BIN)/python -m pipelines.study --profile $(PROFILE) --output pipelines/compiled/study.yaml
 
 # Browse the demo's MLflow runs (the local store mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT).
 MLFLOW_PORT ?= 5000

@@ -82,7 +82,7 @@ if [[ -n $(git status --porcelain -- "${context[@]}") ]]; then
     git ls-files -z --others --exclude-standard -- "${context[@]}" | xargs -0 -r cat) | sha256sum)
   tag+="-dirty.${changes:0:8}"
 fi
-if $push && [[ $tag == *-dirty ]]; then
+if $push && [[ $tag == *-dirty.* ]]; then
   echo "build.sh: uncommitted changes; commit before pushing (tag would be $tag)" >&2
   exit 1
 fi
@@ -126,15 +126,22 @@ for name in "${names[@]}"; do
   echo "build.sh: building $image (base $base)" >&2
   "$DOCKER" build --network host -f "docker/$name/Dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "CPU_IMAGE=$cpu" --build-arg "REVISION=$tag" \
+    --build-arg "GIT_COMMIT=$(git rev-parse HEAD)" \
     "${secret_args[@]}" -t "$image" .
+  # The digest the pipeline tags MLflow runs with: the registry's after a push, else the local image id.
   if $push; then
     "$DOCKER" push "$image"
-    "$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image" >&2
+    digest=$("$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image")
+    echo "$digest" >&2
+    digest=${digest#*@}
+  else
+    digest=$("$DOCKER" image inspect --format '{{.Id}}' "$image")
   fi
   key="ANONBENCH_$(tr '[:lower:]' '[:upper:]' <<<"$name")_IMAGE"
   touch build/images.env
-  grep -v "^$key=" build/images.env >build/images.env.tmp || true
+  grep -v -e "^$key=" -e "^${key}_DIGEST=" build/images.env >build/images.env.tmp || true
   echo "$key=$image" >>build/images.env.tmp
+  echo "${key}_DIGEST=$digest" >>build/images.env.tmp
   mv build/images.env.tmp build/images.env
   echo "$image"
 done

@@ -282,6 +282,39 @@ def report(params: ParamsOption = Path("params.yaml"), profile: ProfileOption = 
     wrote(stage.run(cfg))
 
 
+@app.command()
+def publish(
+    target: Annotated[
+        str, typer.Option("--target", help="source, prepared, models or an anonymization method (its variant).")
+    ],
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """In a KFP study workspace: version a dataset with DVC, push it to publish.remote, store its pointer there."""
+    from anonbench.stages import publish as stage
+
+    cfg = load(params, profile, set_)
+    with stage_errors(stage.PublishError):
+        wrote(stage.run(cfg, target))
+
+
+@app.command()
+def pull(
+    run: Annotated[str, typer.Argument(help="The published run: its workspace folder's name (or publish.run).")],
+    names: Annotated[
+        list[str] | None, typer.Argument(help="What to fetch (dp2_fullbody, blur, models, ...); default all.")
+    ] = None,
+    remote: Annotated[str, typer.Option("--remote", help="This repository's DVC remote the run pushed to.")] = "s3",
+) -> None:
+    """Fetch a published run's anonymized datasets into published/<run>/ of this clone (dvc pull of its pointers)."""
+    from anonbench.stages import publish as stage
+
+    go_offline()
+    with stage_errors(stage.PublishError):
+        wrote(stage.pull(run, names or [], remote))
+
+
 def main() -> None:
     """Entry point for ``python -m anonbench``."""
     app()

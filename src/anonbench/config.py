@@ -362,6 +362,22 @@ class Tracking(_Section):
         return os.environ.get("MLFLOW_TRACKING_URI") or self.uri
 
 
+class Publish(_Section):
+    """Where the publish stage versions a KFP workspace's datasets; ANONBENCH_DVC_REMOTE wins over `remote`.
+
+    ``run`` names the folder the run's pointers go to in the remote (``runs/<run>/``); by default the
+    workspace folder's name.
+    """
+
+    remote: str | None = None
+    run: str | None = None
+
+    @property
+    def resolved_remote(self) -> str | None:
+        """The DVC remote URL in force: the environment's (the cluster's Secret), else the configured one."""
+        return os.environ.get("ANONBENCH_DVC_REMOTE") or self.remote
+
+
 class Config(_Section):
     """The whole, validated parameter set of one run."""
 
@@ -369,6 +385,7 @@ class Config(_Section):
     seed: Annotated[int, Field(ge=0)] = 0
     policy: Literal["strict", "skip"] = "strict"
     workers: Annotated[int, Field(ge=0)] = 0
+    worker_memory_gb: Annotated[float, Field(gt=0.0)] = 1.0
     paths: Paths = Paths()
     data: Data = Data()
     prepare: Prepare = Prepare()
@@ -382,6 +399,7 @@ class Config(_Section):
     relabel: Relabel = Relabel()
     report: Report = Report()
     tracking: Tracking = Tracking()
+    publish: Publish = Publish()
 
     @model_validator(mode="after")
     def _class_names(self) -> Config:
@@ -410,8 +428,15 @@ class Config(_Section):
 
     @property
     def n_workers(self) -> int:
-        """Worker processes for per-image stages: `workers`, or every core when 0."""
-        return self.workers or os.cpu_count() or 1
+        """Worker processes for per-image stages: `workers`, or (when 0) what this process's CPUs and memory allow.
+
+        A pod sees every core of its node in ``os.cpu_count()``; the count here is bounded by the CPU
+        affinity, the cgroup CPU quota and the memory limit at ``worker_memory_gb`` per worker
+        (:func:`anonbench.parallel.available_workers`).
+        """
+        from anonbench.parallel import available_workers
+
+        return self.workers or available_workers(int(self.worker_memory_gb * 2**30))
 
     @property
     def source_root(self) -> Path:
