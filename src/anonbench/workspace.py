@@ -496,8 +496,8 @@ def stage_metrics(workspace: Path | str, stage: str, *args: str) -> dict[str, fl
 
 
 def _without_void_scores(doc: Any) -> Any:
-    """An evaluation of a model that detected nothing has no AP or AR: its scores are left out, not shown as 0."""
-    if isinstance(doc, dict) and doc.get("predictions") == 0:
+    """A void evaluation (the model detected nothing) has no AP or AR: its scores are left out, not shown as 0."""
+    if isinstance(doc, dict) and doc.get("void"):
         return {k: v for k, v in doc.items() if not k.startswith(("AP", "AR")) and k != "per_class"}
     return doc
 
@@ -543,8 +543,7 @@ def run_task(workspace: Path | str, stage: str, *args: str, metrics: MetricsSink
 def evaluation_matrix(workspace: Path | str) -> str:
     """The study's evaluation matrix as Markdown: AP of every model (rows) on every variant (columns).
 
-    An evaluation with no detection has no AP: its cell says ``void`` (whatever AP its file holds);
-    a pair never evaluated is empty.
+    A void evaluation (no detection) has no AP: its cell says ``void``; a pair never evaluated is empty.
     """
     from anonbench.study import load_evaluations
 
@@ -553,7 +552,7 @@ def evaluation_matrix(workspace: Path | str) -> str:
         evaluations = load_evaluations(cfg)
     variants = list(cfg.evaluate.variants)
     models = sorted({e.model_id for e in evaluations})
-    found = {e.key: None if e.stats.get("predictions") == 0 else e.stats.get("AP") for e in evaluations}
+    found = {e.key: None if e.stats.get("void") else e.stats.get("AP") for e in evaluations}
     lines = [
         f"COCO AP (0.50:0.95) of each model on each variant's validation split; profile `{cfg.profile}`.",
         "",

@@ -267,7 +267,8 @@ def test_stage_metrics_are_the_finite_numbers_of_its_metric_files(tmp_path: Path
     found = stage_metrics(tmp_path, "evaluate", "--model", "m", "--on", "org")
     assert found == {"metrics/AP": 0.25, "metrics/images": 50.0, "metrics/predictions": 9.0}
 
-    doc.update(predictions=0, AP=0.0)  # no detection: no AP at all, not 0
+    # A void evaluation (no detection) shows no AP at all, not 0, whatever number its file might hold.
+    doc.update(predictions=0, void=True, void_reason="no detections", AP=0.0)
     (tmp_path / "metrics/eval/m_on_org/metrics.json").write_text(json.dumps(doc))
     found = stage_metrics(tmp_path, "evaluate", "--model", "m", "--on", "org")
     assert found == {"metrics/images": 50.0, "metrics/predictions": 0.0}
