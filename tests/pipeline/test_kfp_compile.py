@@ -219,7 +219,9 @@ def test_deepprivacy2_finds_its_weights_and_can_mount_a_weights_volume(
 ) -> None:
     (label,) = Compiled(compile_study(settings, tmp_path / "a.yaml", profile="paper")).executor_of("anonymize-shard")
     env = {e["name"]: e.get("value") for e in Compiled(tmp_path / "a.yaml").executors[label]["container"]["env"]}
-    assert env["TORCH_HOME"] == "/opt/dp2-weights" and env["FVCORE_CACHE"].startswith(env["TORCH_HOME"])
+    # The DP2 image's layout (docker/dp2/Dockerfile; anonbench dp2-weights writes torch/ and fvcore/).
+    assert env["ANONBENCH_DP2_WEIGHTS"] == "/opt/dp2-weights"
+    assert env["TORCH_HOME"] == "/opt/dp2-weights/torch" and env["FVCORE_CACHE"] == "/opt/dp2-weights/fvcore"
     weights = Volume(pvc="anonbench-dp2-weights", mount_path="/opt/dp2-weights")
     dp2 = settings.resources("dp2").model_copy(update={"volumes": [weights]})
     custom = Compiled(
