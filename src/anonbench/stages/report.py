@@ -618,7 +618,9 @@ def _frequency_check(doc: Document, ctx: Context) -> None:
         doc.missing(f"no class statistics (`data/prepared/{split}/class_stats.csv`); run `anonbench prepare`.")
         return
     borders = cfg.prepare.frequency_borders
-    placed = [(o, f, c) for o in OBJECT_SIZES for f in FREQUENCIES for c in cfg.classes.size_frequency[o][f]]
+    table5 = [(o, f, c) for o in OBJECT_SIZES for f in FREQUENCIES for c in cfg.classes.size_frequency[o][f]]
+    placed = [(o, f, c) for o, f, c in table5 if c in stats.index]
+    _note_absent(doc, [c for _, _, c in table5 if c not in stats.index])
     disagree = [
         [c, o, f, str(stats.loc[c, "frequency_group"]), str(int(stats.loc[c, "images_with_person"]))]
         for o, f, c in placed
@@ -638,6 +640,15 @@ def _frequency_check(doc: Document, ctx: Context) -> None:
     doc.table(["class", "object size", "paper's group", "group here", "images with a person"], disagree, left=4)
 
 
+def _note_absent(doc: Document, classes: list[str]) -> None:
+    """Say which Table 5 classes this dataset's category table lacks (prepare lists them in stats.json)."""
+    if classes:
+        doc.note(
+            f"Not among this dataset's categories, so left out: {', '.join(classes)} "
+            "(prepare's stats.json, classes_absent)."
+        )
+
+
 def figure6(doc: Document, ctx: Context) -> None:
     """The paper's Figure 6: images per Table 5 class with a person, full training set beside the fine-tune subset."""
     doc.heading("Figure 6: images per class with a person, training set and fine-tune subset")
@@ -649,7 +660,9 @@ def figure6(doc: Document, ctx: Context) -> None:
         )
         return
     counts, chosen = study.class_stats["images_with_person"], study.subset_counts["subset_images"]
-    classes = sorted(cfg.classes.size_frequency_classes, key=lambda c: (-counts[c], c))
+    present = [c for c in cfg.classes.size_frequency_classes if c in counts.index]
+    _note_absent(doc, [c for c in cfg.classes.size_frequency_classes if c not in counts.index])
+    classes = sorted(present, key=lambda c: (-counts[c], c))
     full = [float(counts[c]) for c in classes]
     subset = [float(chosen[c]) if c in chosen.index else None for c in classes]
     summary = study.subset
