@@ -72,8 +72,8 @@ images:
 	docker/build.sh cpu train
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks components pipelines
-	$(BIN)/ruff format --check src tests benchmarks components pipelines
+	$(BIN)/ruff check src tests benchmarks components pipelines docker
+	$(BIN)/ruff format --check src tests benchmarks components pipelines docker
 	$(BIN)/mypy
 
 # Everything but the tests that need DeepPrivacy2, then those (marker dp2, files tests/*/test_dp2*.py)

@@ -170,14 +170,13 @@ def unpack(archive: Path, target: Path) -> None:
         if len(tops) != 1:
             raise SourceError(f"{archive}: expected one top folder, found {sorted(tops)[:5]}")
         for member in members:
-            if (
-                not _inside(member.name)
-                or ((member.issym() or member.islnk())
+            if not _inside(member.name) or (
+                (member.issym() or member.islnk())
                 and not _inside(
                     posixpath.join(posixpath.dirname(member.name), member.linkname)
                     if member.issym()
                     else member.linkname
-                ))
+                )
             ):
                 raise SourceError(f"{archive}: member {member.name!r} would land outside the tree")
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
