@@ -13,7 +13,20 @@ SHARED_COCO_MINI := $(abspath ../shared/data/coco-mini)
 ANONBENCH_COCO_MINI ?= $(if $(wildcard $(SHARED_COCO_MINI)/SHA256SUMS),$(SHARED_COCO_MINI),)
 export ANONBENCH_COCO_MINI
 
-.PHONY: install demo test lint pipeline mlflow-ui
+.PHONY: install demo test lint pipeline mlflow-ui dp2-env
+
+# The DeepPrivacy2 environment (docker/dp2/install.sh, the same definition the DP2 image uses):
+# anonbench plus torch, DP2 and detectron2/DensePose built from the pinned source archives, from
+# ../shared/sources where that copy exists, else (DP2_SOURCES=download) from GitHub at the same
+# commits. detectron2 is compiled into DP2_WHEELHOUSE, where the image build finds it again.
+DP2_VENV := .venv-dp2
+DP2_STAMP := $(DP2_VENV)/.installed
+SHARED_DP2_SOURCES := $(abspath ../shared/sources)
+DP2_SOURCES ?= $(if $(wildcard $(SHARED_DP2_SOURCES)/SHA256SUMS),$(SHARED_DP2_SOURCES),download)
+export DP2_SOURCES
+DP2_WHEELHOUSE := build/dp2-inputs/wheels
+DP2_INPUTS := requirements/dp2-requirements.txt requirements/dp2-constraints.txt requirements/dp2-sources.txt \
+	docker/dp2/install.sh docker/dp2/sources.py
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,13 +41,24 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+$(DP2_STAMP): pyproject.toml $(CONSTRAINTS) $(DP2_INPUTS)
+	test -x $(DP2_VENV)/bin/python || $(PYTHON) -m venv $(DP2_VENV)
+	$(DP2_VENV)/bin/pip install -q --upgrade pip
+	$(DP2_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c requirements/dp2-constraints.txt -e '.[dev]'
+	DP2_WHEELHOUSE=$(DP2_WHEELHOUSE) docker/dp2/install.sh $(DP2_VENV)/bin/python $(DP2_VENV)/src
+	touch $@
+
+dp2-env: $(DP2_STAMP)
+
 # The study as `dvc repro` (dvc.yaml): a second run with nothing changed is a no-op.
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# Compile the KFP study pipeline (pipelines/study.py) with pipelines/cluster.yaml; a build product.
+# Compile the KFP study pipeline (pipelines/study.py) with pipelines/cluster.yaml for a profile
+# (`make pipeline PROFILE=paper`; the profile decides which fan-outs exist); a build product.
+PROFILE ?= mini
 pipeline: install
-	$(BIN)/python -m pipelines.study --output pipelines/compiled/study.yaml
+	$(BIN)/python -m pipelines.study --profile $(PROFILE) --output pipelines/compiled/study.yaml
 
 # Browse the demo's MLflow runs (the local store mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT).
 MLFLOW_PORT ?= 5000
@@ -48,9 +72,12 @@ images:
 	docker/build.sh cpu train
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks components pipelines
-	$(BIN)/ruff format --check src tests benchmarks components pipelines
+	$(BIN)/ruff check src tests benchmarks components pipelines docker
+	$(BIN)/ruff format --check src tests benchmarks components pipelines docker
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/pytest
+# Everything but the tests that need DeepPrivacy2, then those (marker dp2, files tests/*/test_dp2*.py)
+# in its environment, which has neither Ultralytics nor KFP to collect the rest with.
+test: lint dp2-env
+	$(BIN)/pytest -m "not dp2"
+	$(DP2_VENV)/bin/pytest -m dp2 tests/*/test_dp2*.py

@@ -1,11 +1,13 @@
 """KFP component: score one model on one variant with the COCO protocol (``anonbench evaluate``)."""
 
+from kfp.dsl import Metrics, Output
+
 from components.images import train_component
 
 
 @train_component
-def evaluate(workspace: str, model: str, on: str) -> str:
+def evaluate(workspace: str, model: str, on: str, metrics: Output[Metrics]) -> str:
     """Write predictions and COCO metrics to ``metrics/eval/<model>_on_<on>/``."""
-    from anonbench.workspace import run_stage
+    from anonbench.workspace import run_task
 
-    return run_stage(workspace, "evaluate", "--model", model, "--on", on)
+    return run_task(workspace, "evaluate", "--model", model, "--on", on, metrics=metrics)

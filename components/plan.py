@@ -4,24 +4,37 @@ from components.images import cpu_component
 
 
 @cpu_component
-def plan(workspace: str, params_file: str, profile: str, overrides: list) -> str:
-    """Resolve the parameters once into ``<workspace>/params.yaml``; returns the workspace."""
-    from anonbench.workspace import prepare
+def plan(workspace: str, params_file: str, profile: str, overrides: list, branches: list, publish: bool) -> str:
+    """Resolve the parameters once into ``<workspace>/params.yaml``; returns the workspace.
 
-    prepare(workspace, params_file, profile, overrides)
+    Fails at once when the run needs other fan-outs than ``branches`` (those compiled in) or when
+    ``publish`` is on and no DVC remote is configured.
+    """
+    from anonbench.config import load_config
+    from anonbench.workspace import check_branches, check_publish, prepare
+
+    cfg = load_config(prepare(workspace, params_file, profile, overrides))
+    check_branches(cfg, branches)
+    if publish:
+        check_publish(cfg)
     return workspace
 
 
 @cpu_component
-def grid(workspace: str, axis: str) -> list:
-    """The items of one fan-out (methods, variants, sizes x variants, ...) from the run's parameters."""
+def grid(workspace: str, axis: str, shards: int) -> list:
+    """The items of one fan-out (methods, variants, sizes x variants, ...) from the run's parameters.
+
+    A GPU fan-out's items carry ``todo``: ``done`` for work the workspace already holds, so the
+    pipeline schedules no pod for it; such a grid runs after the fan-out's inputs are complete.
+    """
     from pathlib import Path
 
     from anonbench.config import load_config
-    from anonbench.workspace import PARAMS
+    from anonbench.workspace import GATED_AXES, PARAMS, pending
     from anonbench.workspace import grid as items
 
-    return items(load_config(Path(workspace) / PARAMS), axis)
+    found = items(load_config(Path(workspace) / PARAMS), axis, shards)
+    return pending(workspace, axis, found) if axis in GATED_AXES else found
 
 
 @cpu_component

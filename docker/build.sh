@@ -15,6 +15,13 @@
 #                 CAs (a TLS-intercepting network); "none" to pass nothing
 #   IMAGE_PREFIX  registry/namespace/ to prepend, e.g. registry.example.com/vision/
 #   DOCKER        docker client (default: one whose build supports BuildKit secrets)
+#   DP2_SOURCES   (dp2) folder of the pinned source archives (requirements/dp2-sources.txt); default
+#                 ../shared/sources when it holds them; "download": the image build takes them
+#                 from GitHub at the same commits
+#   DP2_WEIGHTS   (dp2) folder of DeepPrivacy2's checkpoints to bake in (checked by md5); default none
+# The dp2 build reads build/dp2-inputs/ (git-ignored): the archives, the detectron2 wheel that
+# `make dp2-env` built (so it is compiled once), torch's wheels fetched once by this host's pip
+# (wheels/pypi, kept between builds) and the weights (docker/dp2/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,32 +82,66 @@ if [[ -n $(git status --porcelain -- "${context[@]}") ]]; then
     git ls-files -z --others --exclude-standard -- "${context[@]}" | xargs -0 -r cat) | sha256sum)
   tag+="-dirty.${changes:0:8}"
 fi
-if $push && [[ $tag == *-dirty ]]; then
+if $push && [[ $tag == *-dirty.* ]]; then
   echo "build.sh: uncommitted changes; commit before pushing (tag would be $tag)" >&2
   exit 1
 fi
 
+# build/dp2-inputs/ for the dp2 image: what is there is used, the rest is fetched in the build.
+dp2_inputs() {
+  local inputs=build/dp2-inputs sources=${DP2_SOURCES:-}
+  [[ -n $sources || ! -f ../shared/sources/SHA256SUMS ]] || sources=../shared/sources
+  rm -rf "$inputs/sources" "$inputs/weights"
+  mkdir -p "$inputs/sources" "$inputs/weights" "$inputs/wheels/pypi"
+  if [[ -n $sources && $sources != download ]]; then
+    [[ -d $sources ]] || { echo "build.sh: DP2_SOURCES=$sources is not a folder" >&2; exit 1; }
+    awk '!/^#/ && NF == 3 {print $1 "-" substr($3, 1, 12) ".tar.gz"}' requirements/dp2-sources.txt \
+      | while read -r archive; do
+          [[ -f $sources/$archive ]] || { echo "build.sh: DP2 source folder $sources: $archive is missing" >&2; exit 1; }
+          cp "$sources/$archive" "$inputs/sources/"
+        done
+  fi
+  # torch and its CUDA libraries (about 3 GB): once per host, not once per cold Docker cache.
+  python3 -m pip download -q --disable-pip-version-check -c requirements/constraints.txt \
+    -d "$inputs/wheels/pypi" "$(grep '^torch==' requirements/dp2-requirements.txt)" \
+    "$(grep '^torchvision==' requirements/dp2-requirements.txt)" 2>&1 | grep -v 'is ignored' >&2 || true
+  if [[ -n ${DP2_WEIGHTS:-} ]]; then
+    [[ -d $DP2_WEIGHTS ]] || { echo "build.sh: DP2_WEIGHTS=$DP2_WEIGHTS is not a folder" >&2; exit 1; }
+    cp -rL "$DP2_WEIGHTS/." "$inputs/weights/"
+  fi
+}
+
 base=$(pick_base)
 cpu="${IMAGE_PREFIX:-}anonbench-cpu:$tag"
-# The training image starts from the CPU image of the same commit.
-if [[ " ${names[*]} " == *" train "* && " ${names[*]} " != *" cpu "* ]] && ! "$DOCKER" image inspect "$cpu" >/dev/null 2>&1; then
+# The training and DP2 images start from the CPU image of the same commit.
+if [[ " ${names[*]} " =~ " "(train|dp2)" " && " ${names[*]} " != *" cpu "* ]] && ! "$DOCKER" image inspect "$cpu" >/dev/null 2>&1; then
   names=(cpu "${names[@]}")
 fi
 mkdir -p build
 for name in "${names[@]}"; do
   image="${IMAGE_PREFIX:-}anonbench-$name:$tag"
+  if [[ $name == dp2 ]]; then
+    dp2_inputs
+  fi
   echo "build.sh: building $image (base $base)" >&2
   "$DOCKER" build --network host -f "docker/$name/Dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "CPU_IMAGE=$cpu" --build-arg "REVISION=$tag" \
+    --build-arg "GIT_COMMIT=$(git rev-parse HEAD)" \
     "${secret_args[@]}" -t "$image" .
+  # The digest the pipeline tags MLflow runs with: the registry's after a push, else the local image id.
   if $push; then
     "$DOCKER" push "$image"
-    "$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image" >&2
+    digest=$("$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image")
+    echo "$digest" >&2
+    digest=${digest#*@}
+  else
+    digest=$("$DOCKER" image inspect --format '{{.Id}}' "$image")
   fi
   key="ANONBENCH_$(tr '[:lower:]' '[:upper:]' <<<"$name")_IMAGE"
   touch build/images.env
-  grep -v "^$key=" build/images.env >build/images.env.tmp || true
+  grep -v -e "^$key=" -e "^${key}_DIGEST=" build/images.env >build/images.env.tmp || true
   echo "$key=$image" >>build/images.env.tmp
+  echo "${key}_DIGEST=$digest" >>build/images.env.tmp
   mv build/images.env.tmp build/images.env
   echo "$image"
 done

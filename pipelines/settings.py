@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_SETTINGS = Path(__file__).with_name("cluster.yaml")
 TaskKind = Literal["cpu", "dp2", "train", "evaluate"]
+DURATION = re.compile(r"^(\d+)([smhd])$")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(duration: str) -> int:
+    """``90s``, ``30m``, ``12h`` or ``7d`` in seconds.
+
+    Raises:
+        ValueError: For anything else.
+    """
+    found = DURATION.match(duration)
+    if not found:
+        raise ValueError(f"{duration!r}: expected a number with s, m, h or d, e.g. 12h")
+    return int(found[1]) * SECONDS[found[2]]
 
 
 class _Strict(BaseModel):
@@ -25,39 +40,63 @@ class Toleration(_Strict):
     effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
 
 
+class Volume(_Strict):
+    """A PersistentVolumeClaim mounted into one kind of task (e.g. DeepPrivacy2's weights cache)."""
+
+    pvc: str
+    mount_path: str
+
+
 class TaskResources(_Strict):
-    """What one kind of task asks the scheduler for."""
+    """What one kind of task asks the scheduler for, and how long it may run."""
 
     accelerator: str | None = None
     gpus: Annotated[int, Field(ge=0)] = 0
     cpu: str | None = None
     memory: str | None = None
     shm: str | None = None
+    timeout: str = "24h"
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    volumes: list[Volume] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, timeout: str) -> str:
+        seconds(timeout)
+        return timeout
 
 
 class Retries(_Strict):
-    """Retries of a failed task, with exponential backoff."""
+    """Retries of a failed task, with exponential backoff.
+
+    KFP retries every failure (its compiler gives Argo no retry condition); a stage that failed
+    with an exit status is recorded in the workspace, so a retry of it stops at once
+    (``anonbench.workspace.run_stage``), and only a task killed from outside (OOM, node loss) runs again.
+    """
 
     count: Annotated[int, Field(ge=0)] = 2
     backoff: str = "60s"
     factor: Annotated[float, Field(ge=1.0)] = 2.0
+    max_backoff: str = "1h"
 
 
 class ClusterSettings(_Strict):
     """Volumes, secrets, fan-out width, retries and resources of the compiled pipeline.
 
-    ``deepprivacy2`` compiles the DP2 fan-out (its own image, a GPU). Without it every method
-    runs in the CPU image's fan-out, where a DP2 method stops at once naming the image it needs;
-    the KFP local runner needs it off, since it cannot join a fan-out with no items (kfp 2.17).
+    ``dp2_shards`` splits each DeepPrivacy2 method into that many tasks, one GPU each
+    (``anonbench anonymize --shard i/n``). ``publish`` adds the publish tasks (DVC push of
+    each variant to ``ANONBENCH_DVC_REMOTE``); off, a run leaves its data in the workspace only.
     """
 
     workspace_pvc: str = "anonbench-workspace"
     mount_path: str = "/mnt/anonbench"
-    deepprivacy2: bool = True
     parallelism: Annotated[int, Field(ge=1)] = 4
+    dp2_shards: Annotated[int, Field(ge=1)] = 1
+    publish: bool = True
     retries: Retries = Retries()
+    image_pull_secrets: list[str] = Field(default_factory=list)
     secrets: dict[str, list[str]] = Field(default_factory=dict)
     tasks: dict[TaskKind, TaskResources] = Field(default_factory=dict)
 

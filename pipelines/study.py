@@ -1,60 +1,84 @@
 """The study as a Kubeflow pipeline: the stages of dvc.yaml as tasks over one shared workspace.
 
-Data order: plan -> fetch -> prepare -> anonymize (classic | DP2) -> ssim ->
-export -> train (sizes x variants) -> finetune (freeze configs) -> evaluate
-(models x eval variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
-list the run's own parameters produce (``grid``), so a profile or an override
-changes the grid at run time; ``gather`` joins a fan-out before the next.
-Tasks hand on workspace folders, not datasets (docs/orchestration.md).
+Data order: plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
+export -> train (sizes x variants) -> finetune (freeze configs) -> evaluate (models x eval
+variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
+list the run's own parameters produce (``grid``), so an override changes the grid at run
+time; ``gather`` joins a fan-out before the next. Tasks hand on workspace folders, not
+datasets (docs/orchestration.md).
 
-Compile: ``python -m pipelines.study [--settings FILE] [--output FILE]``
+Two things are fixed when the pipeline is compiled, from the profile and overrides it is
+compiled with: which optional fan-outs exist (a profile without DeepPrivacy2 has no DP2
+branch at all: the KFP backend cannot run a fan-out over an empty list), and the cluster
+settings. ``plan`` refuses a run whose parameters need other fan-outs.
+
+GPU work (DP2 shards, training, fine-tuning, evaluation, drift) sits inside
+``dsl.If(todo == "run")``: the fan-out's grid marks each cell ``done`` when the workspace
+already holds its finished, still valid result (``anonbench.workspace``), so a resubmitted
+run schedules no GPU pod for it.
+
+Compile: ``python -m pipelines.study [--settings FILE] [--profile P] [--set k=v] [--output FILE]``
 (``make pipeline``). No ``from __future__ import annotations`` here: KFP reads the
 pipeline function's real annotations.
 """
 
 import argparse
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
-from components.anonymize import anonymize, anonymize_dp2
+from anonbench.config import load_config
+from anonbench.workspace import RUN, needed_branches
+from components.anonymize import anonymize, anonymize_shard
 from components.drift import drift
 from components.evaluate import evaluate
 from components.export import export
 from components.fetch import fetch
 from components.finetune import finetune
+from components.images import lineage
 from components.plan import gather, grid, plan
 from components.prepare import prepare
+from components.publish import publish
 from components.relabel import relabel
 from components.report import report
 from components.ssim import ssim
 from components.train import train
-from pipelines.settings import DEFAULT_SETTINGS, ClusterSettings, TaskKind, load_settings
+from pipelines.settings import DEFAULT_SETTINGS, ClusterSettings, TaskKind, load_settings, seconds
 
 PIPELINE_NAME = "anonbench-study"
+REPO = Path(__file__).resolve().parents[1]
 COMPILED = Path(__file__).with_name("compiled") / "study.yaml"
+PARAMS_FILE = REPO / "params.yaml"
 
 
 def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings) -> dsl.PipelineTask:
-    """Apply the cluster settings to one task: workspace volume, secrets, retries, resources.
+    """Apply the cluster settings to one task: image lineage, volumes, secrets, retries, time limit, resources.
 
-    Caching is off for every task: a task's real inputs live in the workspace,
-    which KFP's cache key cannot see, so a cached evaluation could outlive the
-    model it scored. The stages themselves skip finished work, which is the
-    cache that knows the data.
+    KFP's own cache is off for every task: a task's real inputs live in the workspace,
+    which KFP's cache key (component, image and input strings) cannot see, so a cached
+    evaluation could outlive the model it scored. The workspace's stamps are the cache that
+    knows the data: a stage that is current is not run again, and GPU tasks that are current
+    are not even scheduled (their fan-out's ``todo``).
     """
+    lineage(task)
     kubernetes.mount_pvc(task, pvc_name=settings.workspace_pvc, mount_path=settings.mount_path)
     for secret, keys in settings.secrets.items():
         kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: key for key in keys})
+    if settings.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
     task.set_caching_options(False)
+    retries = settings.retries
     task.set_retry(
-        num_retries=settings.retries.count,
-        backoff_duration=settings.retries.backoff,
-        backoff_factor=settings.retries.factor,
+        num_retries=retries.count,
+        backoff_duration=f"{seconds(retries.backoff)}s",
+        backoff_factor=retries.factor,
+        backoff_max_duration=f"{seconds(retries.max_backoff)}s",
     )
     res = settings.resources(kind)
+    kubernetes.set_timeout(task, seconds(res.timeout))
     if res.accelerator and res.gpus:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
     if res.cpu:
@@ -63,6 +87,10 @@ def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings
         task.set_memory_request(res.memory).set_memory_limit(res.memory)
     if res.shm:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=res.shm)
+    for volume in res.volumes:
+        kubernetes.mount_pvc(task, pvc_name=volume.pvc, mount_path=volume.mount_path)
+    for name, value in res.env.items():
+        task.set_env_variable(name, value)
     for key, value in res.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for toleration in res.tolerations:
@@ -70,104 +98,175 @@ def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings
     return task
 
 
-def build(settings: ClusterSettings) -> Callable[..., Any]:
-    """The study pipeline with ``settings`` compiled in.
+def _if_not_done(component: Any, configure: Callable[[dsl.PipelineTask], dsl.PipelineTask]) -> Any:
+    """An inner pipeline that runs ``component`` only when its cell is not done: ``dsl.If(todo == "run")``.
+
+    It takes the component's inputs plus ``todo``, all strings. The condition reads a parameter of
+    this inner pipeline, not a field of the loop item: the KFP local runner cannot resolve the
+    latter (kfp 2.17).
 
     Args:
-        settings: Volumes, secrets, fan-out width, retries and resources.
+        component: A GPU stage's component (train, evaluate, ...).
+        configure: Applies the cluster settings of its kind of task.
+
+    Returns:
+        The inner pipeline, used like a component inside the fan-out.
+    """
+    names = [*component.component_spec.inputs, "todo"]
+
+    def cell(*values: str) -> None:
+        inputs = dict(zip(names, values, strict=True))
+        with dsl.If(inputs.pop("todo") == RUN, name="not-done"):
+            configure(component(**inputs))
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    cell.__signature__ = inspect.Signature([inspect.Parameter(n, kind, annotation=str) for n in names])  # type: ignore[attr-defined]
+    return dsl.pipeline(name=f"{component.name}-if-not-done")(cell)
+
+
+def build(
+    settings: ClusterSettings, branches: Sequence[str], profile: str = "mini", overrides: Sequence[str] = ()
+) -> Callable[..., Any]:
+    """The study pipeline with ``settings`` and the optional fan-outs ``branches`` compiled in.
+
+    Args:
+        settings: Volumes, secrets, fan-out width, shards, retries, time limits and resources.
+        branches: Optional fan-outs to include (``anonbench.workspace.OPTIONAL_AXES``), as
+            :func:`anonbench.workspace.needed_branches` finds them for the run's parameters.
+        profile: Default of the pipeline's ``profile`` parameter.
+        overrides: Default of its ``overrides`` parameter.
 
     Returns:
         The ``@dsl.pipeline`` function, to compile or to run with the KFP local runner.
     """
     width = settings.parallelism
+    default_overrides = list(overrides)
 
     def on(kind: TaskKind, task: dsl.PipelineTask) -> dsl.PipelineTask:
         return _configure(task, kind, settings)
 
+    dp2_shard = _if_not_done(anonymize_shard, lambda task: on("dp2", task))
+    train_cell = _if_not_done(train, lambda task: on("train", task))
+    finetune_cell = _if_not_done(finetune, lambda task: on("train", task))
+    evaluate_cell = _if_not_done(evaluate, lambda task: on("evaluate", task))
+    drift_cell = _if_not_done(drift, lambda task: on("evaluate", task))
+
     @dsl.pipeline(name=PIPELINE_NAME, description="Anonymize COCO persons, train and cross-evaluate YOLOv10, report.")
     def study(
         workspace: str = f"{settings.mount_path}/study",
-        profile: str = "mini",
-        overrides: list = [],  # noqa: B006 (KFP needs a literal default)
+        profile: str = profile,
+        overrides: list = default_overrides,
         params_file: str = "params.yaml",
         download: bool = False,
     ) -> None:
         """Run the whole study in ``workspace`` with ``params_file``, ``profile`` and ``overrides``."""
-        planned = on("cpu", plan(workspace=workspace, params_file=params_file, profile=profile, overrides=overrides))
+        planned = on(
+            "cpu",
+            plan(
+                workspace=workspace,
+                params_file=params_file,
+                profile=profile,
+                overrides=overrides,
+                branches=list(branches),
+                publish=settings.publish,
+            ),
+        )
         # Tasks take the pipeline parameter, ordered after `plan`: the KFP local runner hands a loop
         # task its loop item in place of an upstream task's output (kfp 2.17).
         ws = workspace
 
-        def items(axis: str) -> Any:
-            return on("cpu", grid(workspace=ws, axis=axis)).after(planned).output
+        def items(axis: str, *after: dsl.PipelineTask) -> Any:
+            return on("cpu", grid(workspace=ws, axis=axis, shards=settings.dp2_shards)).after(planned, *after).output
 
         def join(refs: Any) -> dsl.PipelineTask:
             return on("cpu", gather(refs=dsl.Collected(refs)))
 
-        fetched = on("cpu", fetch(workspace=ws, download=download)).after(planned)
-        prepared = on("cpu", prepare(workspace=ws)).after(fetched)
+        def published(target: Any, *after: dsl.PipelineTask) -> list[dsl.PipelineTask]:
+            if not settings.publish:
+                return []
+            return [on("cpu", publish(workspace=ws, target=target)).after(*after)]
 
-        cpu_methods = "anonymize_classic" if settings.deepprivacy2 else "anonymize"
-        with dsl.ParallelFor(items(cpu_methods), parallelism=width) as method:
-            classic = on("cpu", anonymize(workspace=ws, method=method)).after(prepared)
-            classic_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(classic)
-        anonymized, measured = [join(classic.output)], [join(classic_ssim.output)]
-        if settings.deepprivacy2:
-            with dsl.ParallelFor(items("anonymize_dp2"), parallelism=width) as method:
-                dp2 = on("dp2", anonymize_dp2(workspace=ws, method=method)).after(prepared)
-                dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(dp2)
-            anonymized.append(join(dp2.output))
-            measured.append(join(dp2_ssim.output))
+        fetched = on("cpu", fetch(workspace=ws, download=download)).after(planned)
+        sourced = published("source", fetched)  # its hash tags every later MLflow run
+        prepared = on("cpu", prepare(workspace=ws)).after(fetched)
+        published("prepared", prepared)
+
+        measured = []  # each variant anonymized, published and measured
+        if "anonymize_classic" in branches:
+            with dsl.ParallelFor(items("anonymize_classic"), parallelism=width) as method:
+                classic = on("cpu", anonymize(workspace=ws, method=method)).after(prepared, *sourced)
+                classic_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(classic, *published(method, classic))
+            measured.append(join(classic_ssim.outputs["Output"]))
+        if "anonymize_dp2" in branches:
+            with dsl.ParallelFor(items("dp2_shards", prepared, *sourced), parallelism=width) as cell:
+                shards = dp2_shard(workspace=ws, method=cell.method, shard=cell.shard, todo=cell.todo)
+            with dsl.ParallelFor(items("anonymize_dp2", shards), parallelism=width) as method:
+                dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(*published(method))
+            measured.append(join(dp2_ssim.outputs["Output"]))
 
         with dsl.ParallelFor(items("export"), parallelism=width) as variant:
-            exported = on("cpu", export(workspace=ws, variant=variant)).after(*anonymized)
+            exported = on("cpu", export(workspace=ws, variant=variant)).after(prepared, *measured)
         exports = join(exported.output)
 
-        with dsl.ParallelFor(items("train"), parallelism=width) as cell:
-            trained = on("train", train(workspace=ws, variant=cell.variant, size=cell.size)).after(exports)
-        models = join(trained.output)
+        with dsl.ParallelFor(items("train", exports), parallelism=width) as cell:
+            trained = train_cell(workspace=ws, variant=cell.variant, size=cell.size, todo=cell.todo)
+        models = [trained]
+        with dsl.ParallelFor(items("evaluate_trained", trained), parallelism=width) as cell:
+            scored = evaluate_cell(workspace=ws, model=cell.model, on=cell.on, todo=cell.todo)
+        evaluations = [scored]
+        if "finetune" in branches:
+            with dsl.ParallelFor(items("finetune", trained), parallelism=width) as cell:
+                tuned = finetune_cell(workspace=ws, freeze=cell.freeze, todo=cell.todo)
+            models.append(tuned)
+            with dsl.ParallelFor(items("evaluate_finetuned", tuned), parallelism=width) as cell:
+                scored_ft = evaluate_cell(workspace=ws, model=cell.model, on=cell.on, todo=cell.todo)
+            evaluations.append(scored_ft)
+        published("models", *models)
 
-        with dsl.ParallelFor(items("finetune"), parallelism=width) as freeze:
-            tuned = on("train", finetune(workspace=ws, freeze=freeze)).after(models)
-        tuned_models = join(tuned.output)
-
-        with dsl.ParallelFor(items("evaluate_trained"), parallelism=width) as cell:
-            scored = on("evaluate", evaluate(workspace=ws, model=cell.model, on=cell.on)).after(models)
-        with dsl.ParallelFor(items("evaluate_finetuned"), parallelism=width) as cell:
-            scored_ft = on("evaluate", evaluate(workspace=ws, model=cell.model, on=cell.on)).after(tuned_models)
-        evaluations = [join(scored.output), join(scored_ft.output)]
-
-        with dsl.ParallelFor(items("relabel"), parallelism=width) as variant:
-            relabeled = on("cpu", relabel(workspace=ws, variant=variant)).after(*measured, *evaluations)
-        with dsl.ParallelFor(items("drift"), parallelism=width) as variant:
-            drifted = on("evaluate", drift(workspace=ws, variant=variant)).after(models)
-        on("cpu", report(workspace=ws)).after(join(relabeled.output), join(drifted.output))
+        with dsl.ParallelFor(items("relabel", *measured, *evaluations), parallelism=width) as variant:
+            relabeled = on("cpu", relabel(workspace=ws, variant=variant))
+        with dsl.ParallelFor(items("drift", trained), parallelism=width) as cell:
+            drifted = drift_cell(workspace=ws, variant=cell.variant, todo=cell.todo)
+        on("cpu", report(workspace=ws)).after(join(relabeled.output), drifted)
 
     return study
 
 
-def compile_study(settings: ClusterSettings, output: Path) -> Path:
-    """Compile the study pipeline to a KFP YAML package.
+def compile_study(
+    settings: ClusterSettings,
+    output: Path,
+    params_file: Path = PARAMS_FILE,
+    profile: str = "mini",
+    overrides: Sequence[str] = (),
+) -> Path:
+    """Compile the study pipeline for a profile and overrides to a KFP YAML package.
 
     Args:
         settings: Cluster settings to compile in.
         output: The YAML file to write (folders are created).
+        params_file: The parameters the runs will use (decides which optional fan-outs exist).
+        profile: Profile of the runs (also the pipeline's default).
+        overrides: ``dotted.key=value`` overrides of the runs (also the default).
 
     Returns:
         ``output``.
     """
+    branches = needed_branches(load_config(params_file, profile, list(overrides)))
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(settings), str(output))
+    compiler.Compiler().compile(build(settings, branches, profile, overrides), str(output))
     return output
 
 
 def main() -> None:
-    """Command line: compile with a settings file."""
+    """Command line: compile with a settings file, for a profile and overrides."""
     parser = argparse.ArgumentParser(description="Compile the anonbench study pipeline to KFP YAML.")
     parser.add_argument("--settings", type=Path, default=DEFAULT_SETTINGS, help="cluster settings YAML")
+    parser.add_argument("--profile", default="mini", help="params.yaml profile the runs use (default: mini)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value, repeatable")
     parser.add_argument("--output", type=Path, default=COMPILED, help="compiled pipeline YAML")
     args = parser.parse_args()
-    print(f"wrote {compile_study(load_settings(args.settings), args.output)}")
+    output = compile_study(load_settings(args.settings), args.output, profile=args.profile, overrides=args.overrides)
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from anonbench.config import ConfigError
 from anonbench.tracking import git_commit
 from pipelines.settings import DEFAULT_SETTINGS, load_settings
 from pipelines.study import PIPELINE_NAME, compile_study
@@ -54,7 +56,15 @@ def submit(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     client = kfp.Client(host=host, existing_token=token, namespace=namespace)
     with tempfile.TemporaryDirectory() as tmp:
-        package = str(compile_study(load_settings(settings), Path(tmp) / "study.yaml"))
+        # Compiled for this run's profile and overrides: they decide which fan-outs exist (no empty one).
+        package = str(
+            compile_study(
+                load_settings(settings),
+                Path(tmp) / "study.yaml",
+                profile=arguments.get("profile", "mini"),
+                overrides=arguments.get("overrides", []),
+            )
+        )
         pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
         if pipeline_id is None:  # first upload: the pipeline and its first version
             pipeline_id = client.upload_pipeline(package, pipeline_name=PIPELINE_NAME).pipeline_id
@@ -97,16 +107,20 @@ def main() -> None:
         arguments["workspace"] = args.workspace
     if args.params_file:
         arguments["params_file"] = args.params_file
-    url = submit(
-        args.host,
-        arguments,
-        settings=args.settings,
-        experiment=args.experiment,
-        run_name=args.run_name,
-        token=os.environ.get(args.token_env) or None,
-        namespace=args.namespace,
-        service_account=args.service_account,
-    )
+    try:
+        url = submit(
+            args.host,
+            arguments,
+            settings=args.settings,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            token=os.environ.get(args.token_env) or None,
+            namespace=args.namespace,
+            service_account=args.service_account,
+        )
+    except ConfigError as err:  # the run's parameters, checked when the pipeline is compiled for them
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"run: {url}")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +18,33 @@ from anonbench.offline import configure_ultralytics, go_offline
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SPLITS = ("train2017", "val2017")
+# What a DP2 variant's coverage file records for a run with anonymize.dp2.mode=gt, untrained=true on the CPU.
+DP2_UNTRAINED_GT = {
+    "mode": "gt",
+    "untrained": True,
+    "config": "configs/fdh/styleganL_nocse.py",
+    "device": "cpu",
+    "amp": False,
+}
 
 go_offline()
-configure_ultralytics()
+if importlib.util.find_spec("ultralytics") is not None:  # not in the DeepPrivacy2 environment (.venv-dp2)
+    configure_ultralytics()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``dp2`` tests need DeepPrivacy2 (``make dp2-env``): in CI its absence fails them, elsewhere skips them.
+    ``gpu`` tests need a CUDA device and skip without one."""
+    if item.get_closest_marker("dp2") and importlib.util.find_spec("dp2") is None:
+        reason = "DeepPrivacy2 is not importable here: run `make dp2-env`, then .venv-dp2/bin/pytest -m dp2"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (none here)")
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +57,12 @@ def coco_mini() -> Path:
     return folder
 
 
-def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
-    """Copy the first images of each split (persons first) with their annotations, COCO layout."""
-    for split, count in counts.items():
+def coco_slice(source: Path, target: Path, names: dict[str, list[str]]) -> Path:
+    """Copy the named images of each split with their annotations into ``target``, COCO layout."""
+    for split, wanted in names.items():
         instances = json.loads((source / "annotations" / f"instances_{split}.json").read_text())
-        person_images = {a["image_id"] for a in instances["annotations"] if a["category_id"] == 1}
-        ordered = sorted(instances["images"], key=lambda im: (im["id"] not in person_images, im["file_name"]))
-        images = sorted(ordered[:count], key=lambda im: im["file_name"])
+        images = sorted((im for im in instances["images"] if im["file_name"] in wanted), key=lambda im: im["file_name"])
+        assert len(images) == len(set(wanted)), f"not all of {wanted} are in {split}"
         keep = {im["id"] for im in images}
         instances["images"] = images
         instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] in keep]
@@ -49,34 +74,52 @@ def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
     return target
 
 
+def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
+    """Copy the first images of each split (persons first) with their annotations, COCO layout."""
+    names = {}
+    for split, count in counts.items():
+        instances = json.loads((source / "annotations" / f"instances_{split}.json").read_text())
+        person_images = {a["image_id"] for a in instances["annotations"] if a["category_id"] == 1}
+        ordered = sorted(instances["images"], key=lambda im: (im["id"] not in person_images, im["file_name"]))
+        names[split] = [im["file_name"] for im in ordered[:count]]
+    return coco_slice(source, target, names)
+
+
 @pytest.fixture(scope="session")
 def tiny_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-train / 6-val slice of coco-mini (mostly images with persons) for fast tests."""
     return subset_coco(coco_mini, tmp_path_factory.mktemp("tiny-coco"), {"train2017": 12, "val2017": 6})
 
 
-@pytest.fixture
-def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
-    """Load the real params.yaml with outputs under tmp_path, plus overrides.
+def config_under(
+    root: Path, coco_mini: Path, *overrides: str, profile: str | None = None, source: Path | None = None
+) -> Config:
+    """The real params.yaml with every output under ``root``, plus overrides.
 
     The original dataset (``cfg.source_root``) is linked to ``source`` (default
     coco-mini), as the fetch stage would have materialized it.
     """
+    base = [
+        f"paths.data={root / 'data'}",
+        f"paths.models={root / 'models'}",
+        f"paths.metrics={root / 'metrics'}",
+        f"paths.reports={root / 'reports'}",
+        f"data.local_copy={coco_mini}",
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+    ]
+    cfg = load_config(PARAMS, profile, [*base, *overrides])
+    if not cfg.source_root.exists():
+        cfg.source_root.parent.mkdir(parents=True, exist_ok=True)
+        cfg.source_root.symlink_to(source or coco_mini, target_is_directory=True)
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
+    """:func:`config_under` ``tmp_path``: load the real params.yaml with outputs under tmp_path, plus overrides."""
 
     def _make(*overrides: str, profile: str | None = None, source: Path | None = None) -> Config:
-        base = [
-            f"paths.data={tmp_path / 'data'}",
-            f"paths.models={tmp_path / 'models'}",
-            f"paths.metrics={tmp_path / 'metrics'}",
-            f"paths.reports={tmp_path / 'reports'}",
-            f"data.local_copy={coco_mini}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        ]
-        cfg = load_config(PARAMS, profile, [*base, *overrides])
-        if not cfg.source_root.exists():
-            cfg.source_root.parent.mkdir(parents=True, exist_ok=True)
-            cfg.source_root.symlink_to(source or coco_mini, target_is_directory=True)
-        return cfg
+        return config_under(tmp_path, coco_mini, *overrides, profile=profile, source=source)
 
     return _make
 
@@ -102,3 +145,47 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlflow_db(tmp_path: Path, mlflow_template: Path) -> Path:
     """The store make_config points at (tmp_path/mlflow.db), copied from the template: request it to save time."""
     return Path(shutil.copyfile(mlflow_template, tmp_path / "mlflow.db"))
+
+
+# A dataset's own category table, as a user's COCO-format folder may have it: ids renumbered (not COCO's
+# 1..90; ascending id runs in reverse COCO order), one category missing, one named differently, listed by name.
+DROPPED, RENAMED = "toothbrush", ("umbrella", "parasol")
+
+
+def own_categories(categories: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """COCO's category records turned into such a table, and the map from COCO ids to the new ids."""
+    new_id = {c["id"]: 1000 - 10 * k for k, c in enumerate(categories)}
+    table = [
+        {**c, "id": new_id[c["id"]], "name": RENAMED[1] if c["name"] == RENAMED[0] else c["name"]}
+        for c in categories
+        if c["name"] != DROPPED
+    ]
+    return sorted(table, key=lambda c: c["name"]), {c["id"]: new_id[c["id"]] for c in categories}
+
+
+def renumber_folder(source: Path, target: Path, splits: dict[str, str]) -> Path:
+    """Copy a COCO-layout folder under new split names with :func:`own_categories` (annotations of the
+    dropped category are dropped too: a dataset that never had the class)."""
+    for old, new in splits.items():
+        instances = json.loads((source / "annotations" / f"instances_{old}.json").read_text())
+        dropped = {c["id"] for c in instances["categories"] if c["name"] == DROPPED}
+        instances["categories"], new_id = own_categories(instances["categories"])
+        instances["annotations"] = [
+            {**a, "category_id": new_id[a["category_id"]]}
+            for a in instances["annotations"]
+            if a["category_id"] not in dropped
+        ]
+        shutil.copytree(source / old, target / new)
+        (target / "annotations").mkdir(parents=True, exist_ok=True)
+        (target / "annotations" / f"instances_{new}.json").write_text(json.dumps(instances))
+    return target
+
+
+@pytest.fixture(scope="session")
+def built_report(
+    tmp_path_factory: pytest.TempPathFactory, coco_mini: Path, tiny_coco: Path, mlflow_template: Path
+) -> tuple[Config, list[Path]]:
+    """The study report of tests/report_study.py's synthetic outputs, built once for the tests that only read it."""
+    from tests.report_study import build_report
+
+    return build_report(tmp_path_factory.mktemp("report"), coco_mini, tiny_coco, mlflow_template)

@@ -124,6 +124,37 @@ def anonymize(
         wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
 
 
+@app.command("dp2-weights")
+def dp2_weights(
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="Folder holding DeepPrivacy2's checkpoint files (searched recursively)."),
+    ] = None,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Weights folder (default: anonymize.dp2's, see docs/anonymize.md).")
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help="dp2_fullbody (default), dp2_face or detector (repeatable).")
+    ] = None,
+    download: Annotated[bool, typer.Option(help="Download the files from DP2's URLs instead of --from.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Check DeepPrivacy2's checkpoints by the md5 sums its configs carry; lay them out for TORCH_HOME/FVCORE_CACHE."""
+    from anonbench.anonymizers.dp2 import Dp2Unavailable, install_weights
+    from anonbench.anonymizers.dp2_weights import environment
+
+    cfg = load(params, profile, set_)
+    if (source is None) == (not download):
+        typer.echo("error: give --from FOLDER, or --download to fetch the files from DP2's URLs", err=True)
+        raise typer.Exit(2)
+    target = to or cfg.anonymize.dp2.weights
+    with stage_errors(Dp2Unavailable, OSError):  # no DP2 here, a missing or corrupt file
+        wrote(install_weights(cfg.anonymize.dp2, method or ["dp2_fullbody"], source, target))
+    typer.echo(" ".join(f"{key}={value}" for key, value in environment(target).items()))
+
+
 MethodOption = Annotated[str, typer.Option("--variant", help="An anonymized variant (an anonymize --method).")]
 
 
@@ -249,6 +280,39 @@ def report(params: ParamsOption = Path("params.yaml"), profile: ProfileOption = 
 
     cfg = load(params, profile, set_)
     wrote(stage.run(cfg))
+
+
+@app.command()
+def publish(
+    target: Annotated[
+        str, typer.Option("--target", help="source, prepared, models or an anonymization method (its variant).")
+    ],
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """In a KFP study workspace: version a dataset with DVC, push it to publish.remote, store its pointer there."""
+    from anonbench.stages import publish as stage
+
+    cfg = load(params, profile, set_)
+    with stage_errors(stage.PublishError):
+        wrote(stage.run(cfg, target))
+
+
+@app.command()
+def pull(
+    run: Annotated[str, typer.Argument(help="The published run: its workspace folder's name (or publish.run).")],
+    names: Annotated[
+        list[str] | None, typer.Argument(help="What to fetch (dp2_fullbody, blur, models, ...); default all.")
+    ] = None,
+    remote: Annotated[str, typer.Option("--remote", help="This repository's DVC remote the run pushed to.")] = "s3",
+) -> None:
+    """Fetch a published run's anonymized datasets into published/<run>/ of this clone (dvc pull of its pointers)."""
+    from anonbench.stages import publish as stage
+
+    go_offline()
+    with stage_errors(stage.PublishError):
+        wrote(stage.pull(run, names or [], remote))
 
 
 def main() -> None:

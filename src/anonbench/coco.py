@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,60 @@ def person_category_id(instances: Instances) -> int:
         if cat["name"] == PERSON:
             return int(cat["id"])
     raise CocoError("no 'person' category in the annotation file")
+
+
+@dataclass(frozen=True)
+class CategoryTable:
+    """A dataset's categories in detector class order: class index ``k`` is ``ids[k]`` named ``names[k]``.
+
+    The order is ascending category id. For COCO that is COCO's own 80-class
+    order (1 person ... 90 toothbrush); a dataset with other ids, fewer
+    categories or other names gets its own table, and its models predict its
+    classes.
+    """
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, instances: Instances, where: Path | str) -> CategoryTable:
+        """The table of an instances mapping.
+
+        Raises:
+            CocoError: Naming ``where`` and the record, for a category without an integer id or a name, a
+                repeated id or name, or no category at all.
+        """
+        table: dict[int, str] = {}
+        for category in instances["categories"]:
+            record = category if isinstance(category, dict) else {}
+            cid, name = record.get("id"), record.get("name")
+            if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str) or not name:
+                raise CocoError(f"{where}: category {category!r} needs an integer 'id' and a non-empty 'name'")
+            if cid in table:
+                raise CocoError(f"{where}: category id {cid} appears twice")
+            if name in table.values():
+                raise CocoError(f"{where}: category name {name!r} appears twice")
+            table[cid] = name
+        if not table:
+            raise CocoError(f"{where}: no categories")
+        ids = tuple(sorted(table))
+        return cls(ids, tuple(table[i] for i in ids))
+
+    @property
+    def index(self) -> dict[int, int]:
+        """Category id -> class index."""
+        return {cid: k for k, cid in enumerate(self.ids)}
+
+    def check_same(self, other: CategoryTable, where: str) -> None:
+        """Refuse a second table (another split or variant) that differs from this one.
+
+        Raises:
+            CocoError: Naming ``where`` and the first difference.
+        """
+        if other != self:
+            mine, theirs = dict(zip(self.ids, self.names, strict=True)), dict(zip(other.ids, other.names, strict=True))
+            first = min(cid for cid in set(mine) | set(theirs) if mine.get(cid) != theirs.get(cid))
+            raise CocoError(
+                f"{where}: its categories differ from the training split's (category id {first}: "
+                f"{theirs.get(first)!r} here, {mine.get(first)!r} there)"
+            )

@@ -224,6 +224,19 @@ def rescore(evaluation: Evaluation, image_indices: Sequence[int] | np.ndarray | 
     return CocoScores(stats, per_class)
 
 
+def void_scores(instances: Instances) -> CocoScores:
+    """The scores of an evaluation that has no number to give (no detections): every value ``None``.
+
+    A model that detects nothing has no precision at any recall, so COCOeval's
+    0.0 would be a measurement it never made; ``None`` keeps it out of every
+    mean and comparison.
+    """
+    return CocoScores(
+        dict.fromkeys(STAT_NAMES),
+        {str(cat["name"]): {"AP": None, "AP50": None} for cat in instances["categories"]},
+    )
+
+
 def score(
     instances: Instances,
     predictions: Sequence[Prediction],

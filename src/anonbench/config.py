@@ -28,8 +28,17 @@ Method = Literal["blur", "pixelate", "mask", "dp2_fullbody", "dp2_face"]
 ModelSize = Literal["n", "s", "m", "l", "x"]
 # YOLOv10 layer indices are the same for every size: 0-9 backbone, 10 PSA, 11-22 neck, 23 head.
 YOLOV10_LAST_LAYER = 23
+# Data sources: the two COCO releases with committed checksums, and a user's own COCO-format folder.
+DataSource = Literal["coco-mini", "coco2017", "coco-folder"]
+COCO_SOURCES = ("coco-mini", "coco2017")
 # Environment variables that point at an existing local copy of a data source.
-LOCAL_COPY_ENV = {"coco-mini": "ANONBENCH_COCO_MINI", "coco2017": "ANONBENCH_COCO2017"}
+LOCAL_COPY_ENV = {
+    "coco-mini": "ANONBENCH_COCO_MINI",
+    "coco2017": "ANONBENCH_COCO2017",
+    "coco-folder": "ANONBENCH_COCO_FOLDER",
+}
+# Environment variable naming the folder of DeepPrivacy2's checkpoints (the DP2 image sets it).
+DP2_WEIGHTS_ENV = "ANONBENCH_DP2_WEIGHTS"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -41,13 +50,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_class_names(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in COCO_NAMES]
-    if unknown:
-        raise ValueError(f"not a COCO category: {', '.join(repr(n) for n in unknown)}")
-    return names
 
 
 ClassList = Annotated[list[str], Field(min_length=1)]
@@ -63,9 +65,15 @@ class Paths(_Section):
 
 
 class Data(_Section):
-    """Which COCO-format source to use and where a local copy of it lives."""
+    """Which COCO-format source to use and where a local copy of it lives.
 
-    source: Literal["coco-mini", "coco2017"] = "coco-mini"
+    ``coco-folder`` is any COCO-format folder (``<split>/`` image folders and
+    ``annotations/instances_<split>.json``) with its own category table; it has
+    no published checksums and cannot be downloaded, so ``local_copy`` (or
+    ``ANONBENCH_COCO_FOLDER``) must name it.
+    """
+
+    source: DataSource = "coco-mini"
     local_copy: Path | None = None
     mirrors: dict[str, str] = Field(default_factory=dict)
     train_split: str = "train2017"
@@ -98,36 +106,33 @@ class Prepare(_Section):
 
 
 class Classes(_Section):
-    """Class groups of the study (DESIGN.md tables); data, not code."""
+    """Class groups of the study (DESIGN.md tables); data, not code.
+
+    Names are category names of the dataset. For the COCO sources they must be
+    COCO names (checked here, so a typo fails at once); a ``coco-folder``
+    dataset's table is only known once its annotations are read, so there a
+    name the table lacks is a recorded absence in the stages that use the lists
+    (docs/data.md), not an error.
+    """
 
     size_frequency: dict[Literal["small", "medium", "large"], dict[Literal["low", "medium", "high"], ClassList]]
     use_case_groups: dict[str, ClassList]
     comparison: ClassList
 
-    @field_validator("size_frequency")
-    @classmethod
-    def _grid_names(cls, grid: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
-        for row in grid.values():
-            for names in row.values():
-                _check_class_names(names)
-        return grid
-
-    @field_validator("use_case_groups")
-    @classmethod
-    def _group_names(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
-        for names in groups.values():
-            _check_class_names(names)
-        return groups
-
-    @field_validator("comparison")
-    @classmethod
-    def _comparison_names(cls, names: list[str]) -> list[str]:
-        return _check_class_names(names)
-
     @property
     def size_frequency_classes(self) -> list[str]:
         """Every class of the size x frequency grid, row by row."""
         return [n for row in self.size_frequency.values() for names in row.values() for n in names]
+
+    def lists(self) -> dict[str, list[str]]:
+        """Every class list by its dotted key, e.g. ``classes.size_frequency.small.low``."""
+        lists = {
+            f"classes.size_frequency.{size}.{freq}": names
+            for size, row in self.size_frequency.items()
+            for freq, names in row.items()
+        }
+        lists |= {f"classes.use_case_groups.{group}": names for group, names in self.use_case_groups.items()}
+        return lists | {"classes.comparison": self.comparison}
 
 
 class Blur(_Section):
@@ -158,14 +163,42 @@ class Mask(_Section):
 
 
 class DeepPrivacy2(_Section):
-    """DeepPrivacy2 adapter settings; it runs only in the DP2 image (docker/dp2)."""
+    """DeepPrivacy2 (DP2) settings; it runs in the DP2 environment (``make dp2-env``) or image (docker/dp2).
 
-    repo_dir: Path = Path("/opt/deep_privacy2")
-    fullbody_config: str = "configs/anonymizers/FB_cse.py"
-    face_config: str = "configs/anonymizers/face.py"
-    mask_source: Literal["gt", "detector"] = "detector"
+    ``mode`` names what a run reproduces: ``detector`` is the seed study (DP2's ``FB_cse.py``,
+    Mask R-CNN + CSE DensePose detections, all defaults); ``gt`` fills the ground-truth person
+    masks with DP2's generator without CSE embeddings (comparable to neither that study nor DP2's
+    own COCO script). ``untrained`` builds DP2's real generators from their configs with random
+    weights (noise in the persons' place): a smoke switch for tests and a cluster's plumbing,
+    refused where ``allow_untrained`` is false (the paper profile). ``weights_dir`` holds the
+    checkpoints laid out by ``anonbench dp2-weights`` (default: env ANONBENCH_DP2_WEIGHTS, else
+    ~/.cache/anonbench/dp2-weights); ``repo_dir`` a DP2 source tree (default: the one installed).
+    """
+
+    mode: Literal["detector", "gt"] = "detector"
+    untrained: bool = False
+    allow_untrained: bool = True
+    device: Literal["cpu", "cuda"] = "cpu"
+    amp: bool = False
     truncation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    amp: bool = True
+    weights_dir: Path | None = None
+    repo_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _untrained_allowed(self) -> DeepPrivacy2:
+        if self.untrained and not self.allow_untrained:
+            raise ValueError(
+                "untrained: refused here (allow_untrained is false, as in the paper profile): an untrained "
+                "DP2 paints noise, not a study variant; set anonymize.dp2.allow_untrained=true to check plumbing"
+            )
+        return self
+
+    @property
+    def weights(self) -> Path:
+        """DP2's checkpoints, absolute: ``weights_dir``, else env ANONBENCH_DP2_WEIGHTS, else the user cache."""
+        env = os.environ.get(DP2_WEIGHTS_ENV)
+        folder = self.weights_dir or (Path(env) if env else Path.home() / ".cache" / "anonbench" / "dp2-weights")
+        return folder.expanduser().absolute()  # DP2 loads from its own tree as working directory
 
 
 class Anonymize(_Section):
@@ -215,13 +248,29 @@ class Train(_Section):
     device: str = "cpu"
     amp: bool = True
     workers: Annotated[int, Field(ge=0)] = 8
+    val: bool = True
+    checkpoint: Literal["last", "best"] = "last"
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _checkpoint_needs_validation(self) -> Train:
+        if self.checkpoint == "best" and not self.val:
+            raise ValueError("checkpoint: 'best' is chosen by validation fitness, so it needs val: true")
+        owned = sorted(set(self.extra) & {"val", "epochs", "imgsz", "batch", "optimizer", "seed", "data", "device"})
+        if owned:
+            raise ValueError(f"extra: {owned} have their own train keys; set those instead")
+        return self
 
 
 class Evaluate(_Section):
-    """COCO protocol: all detections down to conf 0.001, at most 100 per image."""
+    """How detections are made and scored: the COCO protocol, or the study authors' (``protocol: authors``).
+
+    ``conf``, ``max_det`` and ``batch`` belong to the COCO protocol; the authors'
+    protocol fixes its own (conf 0.25, 300 detections, batch 1, integer boxes).
+    """
 
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
+    protocol: Literal["coco", "authors"] = "coco"
     conf: Fraction = 0.001
     iou: Fraction = 0.7
     max_det: PositiveInt = 100
@@ -242,6 +291,7 @@ class Finetune(_Section):
     base: FinetuneBase = FinetuneBase()
     variant: str = "dp2_fullbody"
     fraction: Fraction = 0.2
+    fraction_of: Literal["train", "eligible"] = "eligible"
     epochs: PositiveInt = 30
     batch: PositiveInt = 40
     lr0: Annotated[float, Field(gt=0.0)] = 0.001
@@ -290,12 +340,14 @@ class Relabel(_Section):
 
 
 class Report(_Section):
-    """Bootstrap confidence intervals and layer drift (CKA) for the study report."""
+    """Bootstrap confidence intervals, layer drift (CKA) and the per-class views of the study report."""
 
     bootstrap_samples: PositiveInt = 1000
     confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    cka_images: Annotated[int, Field(ge=3)] = 16
+    cka_images: Annotated[int, Field(ge=4)] = 16  # the debiased CKA estimator needs at least 4 examples
     tracking_ui: str = "http://127.0.0.1:5000"
+    # The combination whose per-class AP change (against Org on Org) Q4 and Q5 show class by class.
+    per_class_combination: Literal["Org on Anon", "Anon on Org", "Anon on Anon"] = "Org on Anon"
 
 
 class Tracking(_Section):
@@ -310,6 +362,22 @@ class Tracking(_Section):
         return os.environ.get("MLFLOW_TRACKING_URI") or self.uri
 
 
+class Publish(_Section):
+    """Where the publish stage versions a KFP workspace's datasets; ANONBENCH_DVC_REMOTE wins over `remote`.
+
+    ``run`` names the folder the run's pointers go to in the remote (``runs/<run>/``); by default the
+    workspace folder's name.
+    """
+
+    remote: str | None = None
+    run: str | None = None
+
+    @property
+    def resolved_remote(self) -> str | None:
+        """The DVC remote URL in force: the environment's (the cluster's Secret), else the configured one."""
+        return os.environ.get("ANONBENCH_DVC_REMOTE") or self.remote
+
+
 class Config(_Section):
     """The whole, validated parameter set of one run."""
 
@@ -317,6 +385,7 @@ class Config(_Section):
     seed: Annotated[int, Field(ge=0)] = 0
     policy: Literal["strict", "skip"] = "strict"
     workers: Annotated[int, Field(ge=0)] = 0
+    worker_memory_gb: Annotated[float, Field(gt=0.0)] = 1.0
     paths: Paths = Paths()
     data: Data = Data()
     prepare: Prepare = Prepare()
@@ -330,6 +399,17 @@ class Config(_Section):
     relabel: Relabel = Relabel()
     report: Report = Report()
     tracking: Tracking = Tracking()
+    publish: Publish = Publish()
+
+    @model_validator(mode="after")
+    def _class_names(self) -> Config:
+        if self.data.source not in COCO_SOURCES:
+            return self  # checked against the dataset's own table where the lists are used
+        for key, names in self.classes.lists().items():
+            unknown = [n for n in names if n not in COCO_NAMES]
+            if unknown:
+                raise ValueError(f"{key}: not a COCO category: {', '.join(repr(n) for n in unknown)}")
+        return self
 
     @model_validator(mode="after")
     def _variants_exist(self) -> Config:
@@ -348,8 +428,15 @@ class Config(_Section):
 
     @property
     def n_workers(self) -> int:
-        """Worker processes for per-image stages: `workers`, or every core when 0."""
-        return self.workers or os.cpu_count() or 1
+        """Worker processes for per-image stages: `workers`, or (when 0) what this process's CPUs and memory allow.
+
+        A pod sees every core of its node in ``os.cpu_count()``; the count here is bounded by the CPU
+        affinity, the cgroup CPU quota and the memory limit at ``worker_memory_gb`` per worker
+        (:func:`anonbench.parallel.available_workers`).
+        """
+        from anonbench.parallel import available_workers
+
+        return self.workers or available_workers(int(self.worker_memory_gb * 2**30))
 
     @property
     def source_root(self) -> Path:

@@ -1,11 +1,15 @@
 """Run a trained YOLO model over a COCO split and write its detections as COCO results.
 
-The COCO protocol keeps every detection down to conf 0.001, at most 100 per
-image, with float boxes, and names images and categories by the ids of the COCO
-JSON. The study's authors scored at conf 0.25 and truncated boxes to integers;
-both lower the numbers, so conf is a parameter that warns when it leaves the
-protocol and boxes stay floats. Ultralytics is imported lazily: scoring alone
-needs no torch.
+Two protocols (``evaluate.protocol``). ``coco``: every detection down to conf
+0.001, at most 100 per image, float boxes; a higher ``evaluate.conf`` drops
+detections COCOeval would rank and warns. ``authors``: what the study's
+released code did (src/eval/helper/YoloHandler.py of the authors' repository),
+so numbers can be put beside the paper's: conf 0.25, Ultralytics' default of
+300 detections, one image per batch, and each of x, y, w, h truncated to an
+integer (``int()``, toward zero). Both lower AP against the COCO protocol.
+Images and categories are named by the ids of the COCO JSON, class index ``k``
+being the ``k``-th category of the dataset's :class:`CategoryTable`.
+Ultralytics is imported lazily: scoring alone needs no torch.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from anonbench.coco import Instances, image_path
-from anonbench.coco_classes import COCO_CATEGORIES, COCO_NAMES
+from anonbench.coco import CategoryTable, Instances, image_path
 from anonbench.cocoeval import Prediction
+from anonbench.config import Config
 
 COCO_PROTOCOL_CONF = 0.001
+# The study authors' evaluation: conf 0.25, Ultralytics' predict defaults (300 detections, one image at a time).
+AUTHORS_CONF, AUTHORS_MAX_DET, AUTHORS_BATCH = 0.25, 300, 1
 # Ultralytics' own COCO json rounding: a thousandth of a pixel and five decimals of score change no AP.
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 5
@@ -30,7 +36,7 @@ SCORE_DECIMALS = 5
 
 @dataclass(frozen=True)
 class PredictSettings:
-    """Inference settings of one evaluation (``cfg.evaluate`` plus the training image size and device)."""
+    """Inference settings of one evaluation (the protocol's, plus the training image size and device)."""
 
     conf: float
     iou: float
@@ -38,6 +44,20 @@ class PredictSettings:
     imgsz: int
     batch: int
     device: str
+    protocol: Literal["coco", "authors"] = "coco"
+
+    @property
+    def truncate(self) -> bool:
+        """Whether boxes are truncated to integers (the authors' protocol) rather than rounded to 0.001 px."""
+        return self.protocol == "authors"
+
+    @classmethod
+    def of(cls, cfg: Config) -> PredictSettings:
+        """The settings of ``evaluate.protocol``: the configured COCO ones, or the authors' fixed ones."""
+        ev, imgsz, device = cfg.evaluate, cfg.train.imgsz, cfg.train.device
+        if ev.protocol == "authors":
+            return cls(AUTHORS_CONF, ev.iou, AUTHORS_MAX_DET, imgsz, AUTHORS_BATCH, device, "authors")
+        return cls(ev.conf, ev.iou, ev.max_det, imgsz, ev.batch, device)
 
 
 def split_images(instances: Instances, image_dir: Path) -> list[tuple[int, Path]]:
@@ -56,24 +76,35 @@ def check_conf(conf: float) -> None:
         )
 
 
-def coco_results(image_id: int, xyxy: np.ndarray, classes: np.ndarray, scores: np.ndarray) -> list[Prediction]:
+def coco_results(
+    image_id: int,
+    xyxy: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+    categories: CategoryTable,
+    truncate: bool = False,
+) -> list[Prediction]:
     """Convert one image's detections to COCO results.
 
     Args:
         image_id: The image's id in the COCO JSON.
         xyxy: Boxes as corners in original image pixels, shape (n, 4).
-        classes: Class indices in COCO's 80-class order, shape (n,).
+        classes: Class indices in the order of ``categories``, shape (n,).
         scores: Confidences, shape (n,).
+        categories: The dataset's category table: class index ``k`` is category id ``categories.ids[k]``.
+        truncate: Truncate x, y, w, h toward zero (the authors' protocol) instead of rounding to 0.001 px.
 
     Returns:
-        COCO results with float ``[x, y, w, h]`` boxes and COCO category ids.
+        COCO results with ``[x, y, w, h]`` boxes (floats; whole numbers when truncated) and the dataset's
+        category ids.
     """
     boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    xywh = np.round(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]), BOX_DECIMALS)
+    xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+    xywh = np.trunc(xywh) if truncate else np.round(xywh, BOX_DECIMALS)
     return [
         {
             "image_id": image_id,
-            "category_id": COCO_CATEGORIES[int(cls)][0],
+            "category_id": categories.ids[int(cls)],
             "bbox": [float(v) for v in box],
             "score": round(float(conf), SCORE_DECIMALS),
         }
@@ -86,24 +117,33 @@ def sort_results(predictions: list[Prediction]) -> list[Prediction]:
     return sorted(predictions, key=lambda p: (p["image_id"], -p["score"], p["category_id"], p["bbox"]))
 
 
-def _check_classes(names: dict[int, str], weights: Path) -> None:
-    """The model must predict COCO's 80 classes in COCO's order, or category ids would be wrong."""
+def check_classes(names: dict[int, str], categories: CategoryTable, weights: Path) -> None:
+    """The model must predict the dataset's categories in its table's order, or category ids would be wrong.
+
+    Raises:
+        ValueError: Naming the checkpoint and the first class that differs.
+    """
     ordered = [names[i] for i in sorted(names)]
-    if ordered != list(COCO_NAMES):
-        first = next((i for i, (a, b) in enumerate(zip(ordered, COCO_NAMES, strict=False)) if a != b), None)
-        detail = f"class {first} is {ordered[first]!r}, not {COCO_NAMES[first]!r}" if first is not None else ""
+    expected = list(categories.names)
+    if ordered != expected:
+        first = next((i for i, (a, b) in enumerate(zip(ordered, expected, strict=False)) if a != b), None)
+        detail = f"class {first} is {ordered[first]!r}, not {expected[first]!r}" if first is not None else ""
         raise ValueError(
-            f"{weights}: the model's {len(ordered)} classes are not COCO's 80 in COCO order {detail}".rstrip()
+            f"{weights}: the model's {len(ordered)} classes are not the dataset's {len(expected)} categories in "
+            f"ascending id order {detail}".rstrip()
         )
 
 
-def predict(weights: Path, images: Sequence[tuple[int, Path]], settings: PredictSettings) -> list[Prediction]:
+def predict(
+    weights: Path, images: Sequence[tuple[int, Path]], categories: CategoryTable, settings: PredictSettings
+) -> list[Prediction]:
     """Detect objects in every image and return COCO results, sorted.
 
     Args:
-        weights: An Ultralytics checkpoint (``best.pt``) trained on COCO's 80 classes in COCO order.
+        weights: An Ultralytics checkpoint trained on an export of this dataset (its category table's classes).
         images: (COCO image id, file path) pairs.
-        settings: Confidence and IoU thresholds, detections per image, image size, batch, device.
+        categories: The dataset's category table, to name each class index by its category id.
+        settings: The protocol's thresholds, detections per image, batch and box rounding; image size, device.
 
     Returns:
         COCO results, sorted by :func:`sort_results`.
@@ -112,11 +152,12 @@ def predict(weights: Path, images: Sequence[tuple[int, Path]], settings: Predict
 
     from anonbench.offline import configure_ultralytics
 
-    check_conf(settings.conf)
+    if settings.protocol == "coco":  # the authors' protocol is chosen by name; it is recorded, not warned about
+        check_conf(settings.conf)
     configure_ultralytics()
     model = YOLO(str(weights))
     names: Any = model.names
-    _check_classes(names, weights)
+    check_classes(names, categories, weights)
     stream: Iterable[Any] = model.predict(
         [str(path) for _, path in images],
         stream=True,
@@ -133,5 +174,5 @@ def predict(weights: Path, images: Sequence[tuple[int, Path]], settings: Predict
         if Path(result.path).resolve() != path.resolve():
             raise RuntimeError(f"prediction for {result.path} arrived in place of {path}")
         boxes = result.boxes.cpu().numpy()
-        predictions += coco_results(image_id, boxes.xyxy, boxes.cls, boxes.conf)
+        predictions += coco_results(image_id, boxes.xyxy, boxes.cls, boxes.conf, categories, settings.truncate)
     return sort_results(predictions)

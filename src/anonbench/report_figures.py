@@ -1,13 +1,14 @@
-"""The report's chart types: grouped bars, heatmap panels, lines and stacked bars, written as PNG.
+"""The report's chart types: grouped bars, heatmap panels, lines, stacked bars and box plots, written as PNG.
 
-Missing values (None) are drawn as gaps, never as zeros, so an undefined AP is
-not mistaken for a collapsed one.
+Missing values (None: undefined or void) are drawn as gaps, never as zeros, so
+an undefined AP is not mistaken for a collapsed one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,13 @@ def _subplots(**kwargs: Any) -> tuple[Any, Any]:
 
 
 def grouped_bars(
-    labels: Sequence[str], series: Mapping[str, Sequence[Value]], title: str, ylabel: str, path: Path
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[Value]],
+    title: str,
+    ylabel: str,
+    path: Path,
+    colors: Sequence[str] | None = None,
+    levels: Mapping[str, float] | None = None,
 ) -> Path:
     """One group of bars per label, one bar per series.
 
@@ -39,38 +46,62 @@ def grouped_bars(
         title: Figure title.
         ylabel: Value axis label.
         path: PNG to write.
+        colors: One colour per series (default: matplotlib's cycle).
+        levels: Named horizontal reference lines (for example the frequency group borders).
 
     Returns:
         ``path``.
     """
-    fig, ax = _subplots(figsize=(max(6.0, 0.55 * len(labels) * max(1, len(series)) ** 0.5 + 2), 4.2))
+    fig, ax = _subplots(figsize=(_width(labels, series, 0.55), 4.2))
     positions = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
-        ax.bar(positions + (k - (len(series) - 1) / 2) * width, _nan(values), width, label=name)
-    ax.set_xticks(positions, labels, rotation=35, ha="right")
+        color = None if colors is None else colors[k]
+        ax.bar(positions + (k - (len(series) - 1) / 2) * width, _nan(values), width, label=name, color=color)
+    for name, level in (levels or {}).items():
+        ax.axhline(level, color="#777", linestyle="--", linewidth=0.8)
+        ax.text(len(labels) - 0.5, level, name, ha="right", va="bottom", fontsize=7, color="#555")
     ax.axhline(0.0, color="#444", linewidth=0.6)
+    return _finish(fig, ax, labels, title, ylabel, path, len(series) > 1)
+
+
+def _width(labels: Sequence[str], series: Mapping[str, Any], per_group: float) -> float:
+    """Figure width in inches for grouped bars or boxes: grows with the groups, at most a report page (14 in)."""
+    return min(14.0, max(6.0, per_group * len(labels) * max(1, len(series)) ** 0.5 + 2.5))
+
+
+def _finish(fig: Any, ax: Any, labels: Sequence[str], title: str, ylabel: str, path: Path, legend: bool) -> Path:
+    """Label the groups of a bar or box chart (upright when there are many), title it, legend beside it, write it."""
+    many = len(labels) > 16
+    ax.set_xticks(range(len(labels)), labels, rotation=90 if many else 35, ha="center" if many else "right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_png(fig, path)
 
 
-def heatmaps(
-    panels: Mapping[str, tuple[Sequence[str], Sequence[str], Sequence[Sequence[Value]]]],
-    title: str,
-    path: Path,
-    diverging: bool = False,
-) -> Path:
-    """Annotated heatmaps side by side, one per panel (rows x columns of values).
+@dataclass(frozen=True)
+class Panel:
+    """One heatmap: values[row][column]; ``diverging`` centres the colours on zero (differences)."""
+
+    rows: Sequence[str]
+    columns: Sequence[str]
+    values: Sequence[Sequence[Value]]
+    diverging: bool = False
+
+
+def heatmaps(panels: Mapping[str, Panel], title: str, path: Path, digits: int = 1) -> Path:
+    """Annotated heatmaps side by side, one per panel; panels of one kind (absolute, difference) share a scale.
+
+    Values are percentages or percentage points: a colour scale spans at least 1.
 
     Args:
-        panels: Panel title -> (row labels, column labels, values[row][column]).
+        panels: Panel title -> panel.
         title: Figure title.
         path: PNG to write.
-        diverging: Centre the colours on zero (for differences).
+        digits: Decimals of the printed values (differences carry a sign).
 
     Returns:
         ``path``.
@@ -78,22 +109,30 @@ def heatmaps(
     count = max(1, len(panels))
     columns = min(count, 3)
     rows = math.ceil(count / columns)
-    shapes = [(len(r), len(c)) for r, c, _ in panels.values()] or [(1, 1)]
+    shapes = [(len(p.rows), len(p.columns)) for p in panels.values()] or [(1, 1)]
     width = max(4.2, 0.75 * max(c for _, c in shapes) + 2.5)
     height = max(3.6, 0.32 * max(r for r, _ in shapes) + 2.6)
-    fig, axes = _subplots(nrows=rows, ncols=columns, figsize=(width * columns, height * rows), squeeze=False)
-    grids = [np.array([_nan(r) for r in values], dtype=float) for _, _, values in panels.values()]
-    finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
-    bound = float(np.abs(finite).max()) if finite.size else 1.0
-    limits = (-bound, bound) if diverging else (0.0, max(bound, 1e-9))
-    for ax, (name, (row_labels, col_labels, _)), grid in zip(axes.flat, panels.items(), grids, strict=False):
-        image = ax.imshow(grid, cmap="RdBu" if diverging else "viridis", vmin=limits[0], vmax=limits[1])
-        ax.set_xticks(range(len(col_labels)), col_labels, rotation=30, ha="right")
-        ax.set_yticks(range(len(row_labels)), row_labels)
+    fig, axes = _subplots(nrows=rows, ncols=columns, figsize=(min(14.0, width * columns), height * rows), squeeze=False)
+    grids = {name: np.array([_nan(r) for r in p.values], dtype=float) for name, p in panels.items()}
+    bounds = {}
+    for kind in (False, True):
+        chosen = [grids[n][np.isfinite(grids[n])] for n, p in panels.items() if p.diverging == kind]
+        finite = np.concatenate(chosen) if chosen else np.array([])
+        bounds[kind] = max(float(np.abs(finite).max()), 1.0) if finite.size else 1.0  # percent: at least 1
+    for ax, (name, panel) in zip(axes.flat, panels.items(), strict=False):
+        grid, bound = grids[name], bounds[panel.diverging]
+        limits = (-bound, bound) if panel.diverging else (0.0, bound)
+        image = ax.imshow(grid, cmap="RdBu" if panel.diverging else "viridis", vmin=limits[0], vmax=limits[1])
+        ax.set_xticks(range(len(panel.columns)), panel.columns, rotation=30, ha="right")
+        ax.set_yticks(range(len(panel.rows)), panel.rows)
         ax.set_title(name, fontsize=9)
         for (i, j), value in np.ndenumerate(grid):
-            text = "n/a" if math.isnan(value) else f"{value:+.3f}" if diverging else f"{value:.3f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black")
+            sign = "+" if panel.diverging else ""
+            text = "n/a" if math.isnan(value) else f"{value:{sign}.{digits}f}"
+            # Light text on the dark ends of the colour map, dark text elsewhere.
+            share = (value - limits[0]) / (limits[1] - limits[0]) if not math.isnan(value) else 0.5
+            dark = abs(share - 0.5) > 0.3 if panel.diverging else share < 0.45
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
         fig.colorbar(image, ax=ax, shrink=0.75)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
@@ -118,7 +157,7 @@ def lines(
     Returns:
         ``path``.
     """
-    fig, ax = _subplots(figsize=(7.5, 4.4))
+    fig, ax = _subplots(figsize=(9.5, 4.4))
     for name, points in series.items():
         ax.plot([x for x, _ in points], _nan([y for _, y in points]), marker="o", label=name)
     if logx:
@@ -126,7 +165,7 @@ def lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -157,3 +196,38 @@ def stacked_bars(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def grouped_boxes(
+    labels: Sequence[str], series: Mapping[str, Sequence[Sequence[float]]], title: str, ylabel: str, path: Path
+) -> Path:
+    """Box plots of distributions: one group per label, one box per series (an empty one is left out).
+
+    Args:
+        labels: Group names (x axis).
+        series: Series name -> one list of values per label.
+        title: Figure title.
+        ylabel: Value axis label.
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = _subplots(figsize=(_width(labels, series, 0.5), 4.4))
+    width = 0.8 / max(1, len(series))
+    colours = [f"C{k}" for k in range(len(series))]
+    for k, (name, groups) in enumerate(series.items()):
+        filled = [(i, list(values)) for i, values in enumerate(groups) if len(values)]
+        if not filled:
+            continue
+        positions = [i + (k - (len(series) - 1) / 2) * width for i, _ in filled]
+        parts = ax.boxplot(
+            [values for _, values in filled], positions=positions, widths=width * 0.9, patch_artist=True,
+            showfliers=True, flierprops={"markersize": 2},
+        )  # fmt: skip
+        for box in parts["boxes"]:
+            box.set_facecolor(colours[k])
+            box.set_alpha(0.6)
+        ax.plot([], [], color=colours[k], linewidth=6, alpha=0.6, label=name)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    return _finish(fig, ax, labels, title, ylabel, path, len(series) > 1)

@@ -1,10 +1,12 @@
 """A small document model rendered twice: Markdown beside its figures, and one self-contained HTML file.
 
 The report is built once as headings, paragraphs, tables and figures whose
-text uses three inline marks (``[text](url)``, ``**bold**``, backquoted code);
-both renderings come from the same blocks, so they never disagree. The HTML
-embeds every figure as base64 and carries its own style: it opens anywhere,
-offline, as one file.
+text uses four inline marks (``[text](url)``, ``**bold**``, backquoted code,
+and a newline for a line break inside a table cell); both renderings come from
+the same blocks, so they never disagree. A link's text may hold one level of
+brackets (``[+1.2 [-0.3, +2.0]](url)``), as CommonMark allows. The HTML embeds
+every figure as base64 and carries its own style: it opens anywhere, offline,
+as one file, and its tables fit a 1400 px wide window.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+# Link text: characters other than brackets, or one balanced [...] group (an interval).
+_LINK = re.compile(r"\[((?:[^\[\]]|\[[^\[\]]*\])+)\]\(([^)\s]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
 _STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f0f0f0; }
+body { font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.45rem; text-align: right; vertical-align: top; }
+th.l, td.l { text-align: left; }
+th { background: #f0f0f0; font-weight: 600; }
+table.grid { width: 100%; table-layout: fixed; }
+table.grid th, table.grid td { text-align: center; font-size: 0.78rem; overflow-wrap: anywhere; }
+table.grid td:first-child { text-align: left; font-weight: 600; }
 figure { margin: 1rem 0; }
 img { max-width: 100%; }
 figcaption { font-size: 0.85rem; color: #555; }
@@ -52,10 +58,16 @@ class Paragraph:
 
 @dataclass(frozen=True)
 class Table:
-    """A table of inline-marked cells."""
+    """A table of inline-marked cells; ``style`` ``grid`` centres small multi-line cells (class grids).
+
+    The first ``left`` columns (labels) are aligned left, the others (numbers) right. In a grid, a
+    header cell followed by empty ones spans them in the HTML (Markdown has no spans).
+    """
 
     header: list[str]
     rows: list[list[str]]
+    style: str = ""
+    left: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,10 @@ class Document:
         """Say that an input is missing instead of showing a result."""
         self.blocks.append(Paragraph(f"**Missing:** {what}", style="missing"))
 
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
-        """Add a table (skipped when it has no rows)."""
+    def table(self, header: list[str], rows: list[list[str]], style: str = "", left: int = 1) -> None:
+        """Add a table (skipped when it has no rows); its first ``left`` columns are labels."""
         if rows:
-            self.blocks.append(Table(header, rows))
+            self.blocks.append(Table(header, rows, style, left))
 
     def figure(self, path: Path, caption: str) -> None:
         """Add a figure already written to ``path``."""
@@ -145,18 +157,34 @@ def inline_html(text: str) -> str:
     out = html.escape(text, quote=True)
     out = _LINK.sub(r'<a href="\2">\1</a>', out)
     out = _BOLD.sub(r"<b>\1</b>", out)
-    return _CODE.sub(r"<code>\1</code>", out)
+    return _CODE.sub(r"<code>\1</code>", out).replace("\n", "<br>")
 
 
 def _markdown_table(table: Table) -> str:
     def row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", "<br>") for c in cells) + " |"
 
-    align = ["---"] + ["---:"] * (len(table.header) - 1)
+    align = ["---"] * table.left + ["---:"] * (len(table.header) - table.left)
     return "\n".join([row(table.header), "| " + " | ".join(align) + " |", *(row(r) for r in table.rows)])
 
 
 def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{inline_html(c)}</th>" for c in table.header)
-    rows = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in r) + "</tr>\n" for r in table.rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
+    def cells(tag: str, row: list[str]) -> str:
+        opening = [f'<{tag} class="l">'] * table.left + [f"<{tag}>"] * (len(row) - table.left)
+        return "".join(f"{o}{inline_html(c)}</{tag}>" for o, c in zip(opening, row, strict=True))
+
+    head = cells("th", table.header) if table.style != "grid" else _spanned_header(table.header)
+    rows = "".join(f"<tr>{cells('td', r)}</tr>\n" for r in table.rows)
+    css = f' class="{table.style}"' if table.style else ""
+    return f"<table{css}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
+
+
+def _spanned_header(header: list[str]) -> str:
+    """Header cells, each spanning the empty cells after it."""
+    groups: list[tuple[str, int]] = []
+    for cell in header:
+        if cell or not groups:
+            groups.append((cell, 1))
+        else:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+    return "".join(f'<th colspan="{n}">{inline_html(c)}</th>' for c, n in groups)

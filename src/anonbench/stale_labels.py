@@ -113,21 +113,27 @@ def removal_proposals(
     return proposals, unassessed
 
 
-def extension_proposals(persons: Sequence[Annotation], region: np.ndarray, min_extend_px: float) -> list[Proposal]:
-    """Person boxes grown to cover the anonymized region where it reaches beyond them.
+def extension_proposals(
+    persons: Sequence[Annotation], region: np.ndarray, min_extend_px: float, explained: np.ndarray | None = None
+) -> list[Proposal]:
+    """Person boxes grown to cover the anonymized content that reaches beyond the person.
 
     Each connected part of the region belongs to the person boxes it touches; a pixel of a part that
     touches several goes to the nearest of them. A part touching no person box (a person the ground
-    truth lacks) extends nothing.
+    truth lacks) extends nothing. Only pixels outside ``explained`` can grow a box: the anonymize
+    stage dilates every ground-truth mask, so a region that stays within the dilated ground truth
+    (every classic method on ground-truth masks) is the person as labelled, not a larger one.
 
     Args:
         persons: The image's person annotations (crowd regions take part in the assignment but are
             never extended: COCOeval ignores them).
         region: The anonymized region, H x W bool.
         min_extend_px: Smallest growth (on any side) worth a proposal.
+        explained: H x W bool, the undilated ground-truth person masks grown by the anonymization's
+            dilation; None counts every region pixel.
 
     Returns:
-        One ``extend`` proposal per person box the region outgrows.
+        One ``extend`` proposal per person box the unexplained content outgrows.
     """
     if not persons or not region.any():
         return []
@@ -153,8 +159,9 @@ def extension_proposals(persons: Sequence[Annotation], region: np.ndarray, min_e
             continue
         near, dx, dy = near[touching], dx[touching], dy[touching]
         owner = np.argmin(np.hypot(dx, dy), axis=0)
+        unexplained = np.ones(len(xs), dtype=bool) if explained is None else ~explained[ys + top, xs + left]
         for j, index in enumerate(near):
-            mine = owner == j
+            mine = (owner == j) & unexplained
             if not mine.any():
                 continue
             x0, y0 = cx[mine].min() - 0.5, cy[mine].min() - 0.5

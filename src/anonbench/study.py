@@ -1,10 +1,15 @@
 """Everything the study's stages left behind, read into one place for the report.
 
-Reads the output contracts (metrics/eval, models/*/train.json, data/ssim,
-data/variants coverage, metrics/relabel, metrics/drift, data/relabel
-proposals), re-matches each evaluation's stored predictions once to get
-bootstrap resamples over the same validation images for every evaluation
-(paired deltas), and turns MLflow run ids into links to the tracking UI.
+Reads the output contracts (metrics/eval, models/*/train.json, data/prepared
+class statistics, data/ssim, data/variants coverage, data/finetune_subset,
+metrics/relabel, metrics/drift, data/relabel proposals and reviews),
+re-matches each evaluation's stored predictions once to get bootstrap
+resamples over the same validation images for every evaluation (paired
+deltas), and turns MLflow run ids into links to the tracking UI.
+
+An evaluation is void when its metrics file says so (``"void": true``, with
+``void_reason``): it has no AP, and it takes part in no difference or
+interval. A file without the key is not void; numbers are never read as void.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from anonbench.bootstrap import Resampled, accumulate, evaluate, interval, resample_counts
 from anonbench.coco import read_instances
@@ -36,35 +42,60 @@ class EvalRecord:
     stats: dict[str, Any]
     per_class: dict[str, dict[str, float | None]]
     folder: Path
+    void_reason: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         """(model id, evaluation variant)."""
         return (self.model_id, self.eval_data)
 
+    @property
+    def void(self) -> bool:
+        """The evaluation gave no number (its metrics file's ``void``)."""
+        return self.void_reason is not None
+
     def ap(self, classes: list[str] | None = None, stat: str = "AP") -> float | None:
-        """COCO AP (or AP50), or the mean of its per-class values over ``classes`` that have ground truth."""
+        """COCO AP (or AP50), or the mean of its per-class values over ``classes`` that have ground truth.
+
+        None for a void evaluation, and where no class of ``classes`` has ground truth.
+        """
+        if self.void:
+            return None
         if classes is None:
             return self.stats.get(stat)
         values = [self.per_class[c][stat] for c in classes if self.per_class.get(c, {}).get(stat) is not None]
         return float(np.mean(values)) if values else None  # type: ignore[arg-type]
 
 
+def percent(value: float | None) -> str:
+    """An AP (0-1) in percent with one decimal, as the paper prints it; ``n/a`` when undefined."""
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
 @dataclass(frozen=True)
 class Delta:
-    """A difference of two APs with its bootstrap interval (None where undefined)."""
+    """A difference of two APs with its bootstrap interval (None where undefined).
+
+    ``void`` marks a difference not taken because one side is a void evaluation.
+    """
 
     value: float | None
     low: float | None = None
     high: float | None = None
+    void: bool = False
+
+    @property
+    def interval_known(self) -> bool:
+        """Both interval bounds are numbers."""
+        return self.low is not None and self.high is not None and not math.isnan(self.low)
 
     def text(self) -> str:
-        """``+0.012 [-0.003, +0.020]``; ``n/a`` when undefined."""
+        """In percentage points: ``+1.2 [-0.3, +2.0]``; ``void`` or ``n/a`` when not taken."""
         if self.value is None:
-            return "n/a"
-        if self.low is None or self.high is None or math.isnan(self.low):
-            return f"{self.value:+.3f} [CI n/a]"
-        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+            return "void" if self.void else "n/a"
+        if not self.interval_known:
+            return f"{100 * self.value:+.1f} [CI n/a]"
+        return f"{100 * self.value:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"  # type: ignore[operator]
 
 
 def evaluated_image_ids(eval_dir: Path) -> list[int] | None:
@@ -96,6 +127,7 @@ def load_evaluations(cfg: Config) -> list[EvalRecord]:
                 stats={k: v for k, v in doc.items() if not isinstance(v, dict)},
                 per_class=doc.get("per_class", {}),
                 folder=path.parent,
+                void_reason=(doc.get("void_reason") or "no reason given") if doc.get("void") else None,
             )
         )
     return records
@@ -122,24 +154,34 @@ class Study:
     coverage: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     relabel: list[dict[str, Any]] = field(default_factory=list)
     proposals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reviews: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)
+    class_stats: pd.DataFrame | None = None
+    subset: dict[str, Any] | None = None
+    subset_counts: pd.DataFrame | None = None
+    ssim_boxes: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def find(self, model_id: str, eval_data: str) -> EvalRecord | None:
         """The evaluation of a model on a variant, if it was run."""
         return next((e for e in self.evaluations if e.key == (model_id, eval_data)), None)
 
-    def delta(self, after: EvalRecord, before: EvalRecord, classes: list[str] | None = None) -> Delta:
-        """``after - before`` in AP (over ``classes`` if given) with a paired bootstrap interval.
+    def delta(self, after: EvalRecord, before: EvalRecord, classes: list[str] | None = None, stat: str = "AP") -> Delta:
+        """``after - before`` in AP or AP50 (over ``classes`` if given) with a paired bootstrap interval.
 
-        The interval needs both evaluations resampled over the same images; otherwise it is n/a.
+        Not taken (``void``) when either evaluation is void. The interval needs both evaluations
+        resampled over the same images; otherwise it is n/a.
         """
-        a, b = after.ap(classes), before.ap(classes)
+        if after.void or before.void:
+            return Delta(None, void=True)
+        a, b = after.ap(classes, stat), before.ap(classes, stat)
         if a is None or b is None:
             return Delta(None)
         pair = self.resamples.get(after.key), self.resamples.get(before.key)
         if pair[0] is None or pair[1] is None or pair[0][0] != pair[1][0]:
             return Delta(a - b)
-        low, high = interval(pair[0][1].mean(classes) - pair[1][1].mean(classes), self.cfg.report.confidence)
+        iou50 = stat == "AP50"
+        samples = pair[0][1].mean(classes, iou50) - pair[1][1].mean(classes, iou50)
+        low, high = interval(samples, self.cfg.report.confidence)
         return Delta(a - b, low, high)
 
 
@@ -147,12 +189,13 @@ def load_study(cfg: Config) -> Study:
     """Read every stage's outputs and resample every evaluation (over ``cfg.n_workers`` processes)."""
     study = Study(cfg, load_evaluations(cfg))
     report = cfg.report
+    # A void evaluation takes part in no interval: nothing to resample.
+    resampled = [e for e in study.evaluations if not e.void and (e.folder / "predictions.json").is_file()]
     jobs = [
         (e.folder, cfg.annotation_file(e.eval_data, cfg.data.val_split), report.bootstrap_samples, cfg.seed)
-        for e in study.evaluations
-        if (e.folder / "predictions.json").is_file()
+        for e in resampled
     ]
-    keys = [e.key for e in study.evaluations if (e.folder / "predictions.json").is_file()]
+    keys = [e.key for e in resampled]
     for key, result in zip(
         keys, map_with_progress(_resample_job, jobs, cfg.n_workers, "bootstrap", "eval"), strict=True
     ):
@@ -162,15 +205,39 @@ def load_study(cfg: Config) -> Study:
     for variant in cfg.anonymize.methods:
         if (summary := data / "ssim" / variant / "summary.json").is_file():
             study.ssim[variant] = _read_json(summary)
+            study.ssim_boxes[variant] = ssim_boxes(data / "ssim" / variant, cfg.data.val_split)
         splits = {s: data / "variants" / variant / f"coverage_{s}.json" for s in cfg.data.splits}
         if found := {s: _read_json(p) for s, p in splits.items() if p.is_file()}:
             study.coverage[variant] = found
-        if (proposals := data / "relabel" / variant / f"proposals_{cfg.data.val_split}.json").is_file():
+        relabelled = data / "relabel" / variant
+        if (proposals := relabelled / f"proposals_{cfg.data.val_split}.json").is_file():
             study.proposals[variant] = _read_json(proposals)["counts"]
+        if (review := relabelled / f"review_{cfg.data.val_split}.json").is_file():
+            study.reviews[variant] = _read_json(review)
         if (drift := cfg.paths.metrics / "drift" / f"{variant}.json").is_file():
             study.drift[variant] = _read_json(drift)
     study.relabel = [_read_json(p) for p in sorted((cfg.paths.metrics / "relabel").glob("*.json"))]
+    if (class_stats := data / "prepared" / cfg.data.train_split / "class_stats.csv").is_file():
+        study.class_stats = pd.read_csv(class_stats).set_index("name")
+    subset = data / "finetune_subset"
+    if (subset / "summary.json").is_file() and (subset / "class_counts.csv").is_file():
+        study.subset = _read_json(subset / "summary.json")
+        study.subset_counts = pd.read_csv(subset / "class_counts.csv").set_index("class")
     return study
+
+
+def ssim_boxes(folder: Path, split: str) -> pd.DataFrame:
+    """Per-box SSIM of one split in images with a person (the paper's scope), boxes whose SSIM is defined.
+
+    Returns:
+        The box table's ``category`` and ``ssim`` columns; empty when the split was not measured.
+    """
+    if not (folder / f"{split}_boxes.parquet").is_file():
+        return pd.DataFrame({"category": pd.Series(dtype=str), "ssim": pd.Series(dtype=float)})
+    images = pd.read_parquet(folder / f"{split}_images.parquet", columns=["image_id", "has_person"])
+    boxes = pd.read_parquet(folder / f"{split}_boxes.parquet", columns=["image_id", "category", "ssim"])
+    chosen = boxes[boxes["image_id"].isin(images.loc[images["has_person"], "image_id"]) & boxes["ssim"].notna()]
+    return chosen[["category", "ssim"]].reset_index(drop=True)
 
 
 class RunLinks:

@@ -1,29 +1,104 @@
-"""MLflow tracking: one place that sets the store, the experiment and the common tags."""
+"""MLflow tracking: one place that sets the store, the experiment and the common tags.
+
+Every run carries its lineage: the code (``git_commit``), the container image it ran in
+(``image``, ``image_digest``, ``image_revision``) and the data (``dvc_revision`` and one
+``dvc.<path>`` tag per dataset a KFP workspace has published). Inside the project's images
+the commit and revision come from the environment the image was built with (its
+``org.opencontainers.image.revision`` label has the same value); the image reference and
+digest are set per task by the compiled pipeline (``components/images.py``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from anonbench.config import Config
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+COMMIT_ENV = "ANONBENCH_GIT_COMMIT"  # baked into the images: the commit they were built from
+REVISION_ENV = "ANONBENCH_IMAGE_REVISION"  # baked into the images: their revision label's value (the tag)
+IMAGE_ENV = "ANONBENCH_IMAGE"  # set per task by the pipeline: the image reference it runs
+DIGEST_ENV = "ANONBENCH_IMAGE_DIGEST"  # set per task by the pipeline: that image's digest, where known
+# Where the publish stage leaves DVC pointers (<target>.dvc beside each published folder), relative to a workspace.
+POINTER_GLOBS = ("*.dvc", "*/*.dvc", "*/*/*.dvc")
 
 
 def git_commit() -> str:
-    """Current git commit of the working tree, or 'unknown' outside a repository."""
+    """Commit of the running code: the image's ``ANONBENCH_GIT_COMMIT``, else git in the package's checkout.
+
+    Returns:
+        The full commit hash, or 'unknown' for an installed package outside a checkout.
+    """
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip()
 
 
+def code_revision() -> str:
+    """The code a stage runs: the image's revision (version, commit, dirty marker) if any, else the commit."""
+    return os.environ.get(REVISION_ENV) or git_commit()
+
+
+def data_hashes(root: Path = Path(".")) -> dict[str, str]:
+    """DVC hash of every dataset published in a workspace, from the pointers the publish stage left.
+
+    Args:
+        root: The workspace (the current folder when a stage runs).
+
+    Returns:
+        ``{"data/variants/blur": "<md5>.dir", ...}``.
+    """
+    found = {}
+    for pattern in POINTER_GLOBS:
+        for pointer in sorted(p for p in root.glob(pattern) if p.is_file()):
+            outs = (yaml.safe_load(pointer.read_text(encoding="utf-8")) or {}).get("outs") or []
+            if outs and "md5" in outs[0]:
+                found[pointer.relative_to(root).with_suffix("").as_posix()] = str(outs[0]["md5"])
+    return found
+
+
 def dvc_revision(lock: Path = Path("dvc.lock")) -> str:
-    """A short hash of dvc.lock, naming the exact data and stage versions a run used."""
-    return hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.is_file() else "none"
+    """A short hash naming the exact data a run used: of dvc.lock, else of a workspace's published datasets."""
+    if lock.is_file():
+        return hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    hashes = data_hashes(lock.parent)
+    if not hashes:
+        return "none"
+    return hashlib.sha256(repr(sorted(hashes.items())).encode()).hexdigest()[:12]
+
+
+def image_digest() -> str:
+    """The digest of the image a task runs in: from a reference pinned by digest, else as the pipeline gave it."""
+    reference = os.environ.get(IMAGE_ENV, "")
+    if "@sha256:" in reference:
+        return reference.split("@", 1)[1]
+    return os.environ.get(DIGEST_ENV) or "unknown"
+
+
+def lineage_tags() -> dict[str, str]:
+    """Tags tying a run to its code, image and data (see the module docstring)."""
+    return {
+        "git_commit": git_commit(),
+        "image": os.environ.get(IMAGE_ENV) or "none",
+        "image_digest": image_digest() if os.environ.get(IMAGE_ENV) else "none",
+        "image_revision": os.environ.get(REVISION_ENV) or "none",
+        "dvc_revision": dvc_revision(),
+        **{f"dvc.{path}": md5 for path, md5 in data_hashes().items()},
+    }
 
 
 def local_artifact_location(uri: str) -> str | None:
@@ -67,13 +142,7 @@ def mlflow_run(
     import mlflow
 
     ensure_experiment(cfg)
-    common = {
-        "stage": stage,
-        "profile": cfg.profile,
-        "seed": str(cfg.seed),
-        "git_commit": git_commit(),
-        "dvc_revision": dvc_revision(),
-    }
+    common = {"stage": stage, "profile": cfg.profile, "seed": str(cfg.seed), **lineage_tags()}
     with mlflow.start_run(
         run_id=run_id, run_name=name, tags={**common, **{k: str(v) for k, v in (tags or {}).items()}}
     ) as run:

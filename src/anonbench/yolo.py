@@ -63,9 +63,15 @@ def model_dir(cfg: Config, model_id: str) -> Path:
     return cfg.paths.models / model_id
 
 
-def best_weights(cfg: Config, model_id: str) -> Path:
-    """The checkpoint later stages use: ``models/<model-id>/weights/best.pt``."""
-    return model_dir(cfg, model_id) / "weights" / "best.pt"
+def chosen_weights(cfg: Config, model_id: str) -> Path:
+    """The checkpoint later stages use: ``models/<model-id>/weights/<train.checkpoint>.pt``.
+
+    ``last`` (the final epoch, as the study's authors used it) or ``best`` (best
+    validation fitness, chosen on the validation split that evaluate then
+    reports). Evaluation, the fine-tunes' starting point and layer drift all
+    read this one, so they describe the same model the grid reports.
+    """
+    return model_dir(cfg, model_id) / "weights" / f"{cfg.train.checkpoint}.pt"
 
 
 def require(path: Path, made_by: str) -> Path:
@@ -128,6 +134,7 @@ def runtime_args(cfg: Config) -> dict[str, Any]:
         "device": t.device,
         "amp": t.amp,
         "workers": t.workers,
+        "val": t.val,
     }
 
 
@@ -170,7 +177,8 @@ class _Tracker:
         self.summary: dict[str, Any] = {}
 
     def attach(self, model: YOLO) -> None:
-        for event in ("on_pretrain_routine_end", "on_train_epoch_end", "on_fit_epoch_end", "on_train_end"):
+        events = ("on_pretrain_routine_end", "on_train_batch_start", "on_train_epoch_end", "on_fit_epoch_end")
+        for event in (*events, "on_train_end"):
             model.add_callback(event, getattr(self, event))
 
     def on_pretrain_routine_end(self, trainer: BaseTrainer) -> None:
@@ -184,6 +192,28 @@ class _Tracker:
             mlflow.log_params({key: str(value) for key, value in sorted(vars(trainer.args).items())})
             mlflow.log_param("frozen_parameters", len(frozen))
             mlflow.log_text("\n".join(frozen) + "\n", "frozen_parameters.txt")
+
+    def on_train_batch_start(self, trainer: BaseTrainer) -> None:
+        """Once, as training starts: record the mode of the BatchNorm layers inside the frozen layers.
+
+        Ultralytics 8.4 puts them in eval mode every epoch, so their running
+        statistics stay those of the starting model (releases of 2024 may not
+        have done so); the count in each mode goes into the run and train.json.
+        """
+        if "frozen_batchnorm" in self.summary:
+            return
+        import mlflow
+        from torch import nn
+
+        frozen = tuple(getattr(trainer, "freeze_layer_names", ()))
+        norms = [
+            m for name, m in cast("nn.Module", trainer.model).named_modules()
+            if isinstance(m, nn.BatchNorm2d) and any(f in name for f in frozen)
+        ]  # fmt: skip
+        record = {"modules": len(norms), "eval_mode": sum(not m.training for m in norms)}
+        self.summary["frozen_batchnorm"] = record
+        if self.fresh:
+            mlflow.log_params({f"frozen_batchnorm_{key}": value for key, value in record.items()})
 
     def on_train_epoch_end(self, trainer: BaseTrainer) -> None:
         """Remember the epoch just trained, so the final validation can be told apart from it."""
@@ -269,7 +299,7 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
     if outputs[-1].is_file():
         return outputs
     configure_ultralytics()
-    from ultralytics import YOLO
+    from ultralytics import YOLO, __version__
 
     epoch = _unfinished_epoch(weights / "last.pt")
     run_file = out / RUN_ID_FILE
@@ -285,7 +315,7 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
 
         atomic_write_text(run_file, run.info.run_id + "\n")
         if run_id is None:
-            mlflow.log_params({**job.params, **counts})
+            mlflow.log_params({**job.params, **counts, "ultralytics_version": __version__})
             mlflow.log_metrics(job.metrics)
             for artifact in job.artifacts:
                 mlflow.log_artifact(str(artifact))
@@ -300,6 +330,7 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
             "stage": job.stage,
             **job.tags,
             "epochs": job.args["epochs"],
+            "ultralytics_version": __version__,
             **tracker.summary,
             **counts,
             "mlflow_run_id": run.info.run_id,

@@ -33,6 +33,35 @@ def test_paper_profile_has_the_paper_settings() -> None:
     assert cfg.finetune.frozen_layers("none") == []
     assert len(cfg.classes.comparison) == 14
     assert len(cfg.classes.size_frequency_classes) == 36
+    # The authors' procedures: last epoch with validation off, 20 % of the training set for fine-tuning.
+    assert (cfg.train.checkpoint, cfg.train.val) == ("last", False)
+    assert (cfg.finetune.fraction, cfg.finetune.fraction_of) == (0.2, "train")
+    assert cfg.evaluate.protocol == "coco"  # DESIGN.md: the authors' scoring faults are not repeated by default
+
+
+def test_procedure_keys_validate() -> None:
+    cfg = load_config(PARAMS, overrides=["evaluate.protocol=authors", "train.checkpoint=best"])
+    assert (cfg.evaluate.protocol, cfg.train.checkpoint, cfg.train.val) == ("authors", "best", True)
+    with pytest.raises(ConfigError, match="train: checkpoint: 'best' is chosen by validation fitness"):
+        load_config(PARAMS, overrides=["train.checkpoint=best", "train.val=false"])
+    with pytest.raises(ConfigError, match=r"train: extra: \['epochs', 'val'\] have their own train keys"):
+        load_config(PARAMS, overrides=["train.extra={val: false, epochs: 3, nbs: 8}"])
+    with pytest.raises(ConfigError, match=r"finetune\.fraction_of: Input should be 'train' or 'eligible'"):
+        load_config(PARAMS, overrides=["finetune.fraction_of=subset"])
+    with pytest.raises(ConfigError, match=r"evaluate\.protocol: Input should be 'coco' or 'authors'"):
+        load_config(PARAMS, overrides=["evaluate.protocol=paper"])
+    with pytest.raises(ConfigError, match=r"report\.cka_images: Input should be greater than or equal to 4"):
+        load_config(PARAMS, overrides=["report.cka_images=3"])
+
+
+def test_a_coco_folder_may_name_its_own_classes() -> None:
+    sets = ["classes.comparison=[wheelchair, bicycle]"]
+    with pytest.raises(ConfigError, match=r"classes\.comparison: not a COCO category: 'wheelchair'"):
+        load_config(PARAMS, overrides=sets)
+    cfg = load_config(PARAMS, overrides=[*sets, "data.source=coco-folder", "data.local_copy=/somewhere"])
+    assert cfg.classes.comparison == ["wheelchair", "bicycle"]
+    assert cfg.classes.lists()["classes.comparison"] == ["wheelchair", "bicycle"]
+    assert cfg.source_root.as_posix() == "data/raw/coco-folder"
 
 
 def test_set_overrides_parse_yaml_values() -> None:

@@ -1,188 +1,201 @@
-"""The study report from small synthetic stage outputs in the real formats; and from none at all.
+"""The study report from small synthetic stage outputs in the real formats (tests/report_study.py); and from none.
 
-Evaluations are scored with the real scoring core (anonbench.cocoeval) on tiny-coco's validation
-ground truth with jittered predictions; the SSIM summary is built by the ssim stage's own aggregation
-from synthetic tables; relabel metrics come from the relabel stage's own function.
+The value tests read numbers back out of the Markdown and compare them with the metrics files
+the cells cite (through the MLflow run id in their link), computed here independently.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pytest
 
-from anonbench.cocoeval import score
-from anonbench.config import ORIGINAL, Config
-from anonbench.io import atomic_write_json
+from anonbench.config import Config
 from anonbench.reportdoc import Document, inline_html
-from anonbench.ssim_summary import split_summary
-from anonbench.stages import relabel, report
+from anonbench.stages import report
+from tests.report_study import LINK, make_void, markdown_tables, report_cfg, report_copy, write_coverage
 
-QUESTIONS = ("Q1:", "Q2:", "Q3:", "Q4:", "Q5:", "Q6 and Q7:", "Layer drift", "Q8:", "Anonymization coverage")
+__all__ = ["report_cfg", "report_copy"]  # fixtures, imported for pytest
 
-
-def noisy_predictions(truth: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """Ground-truth boxes jittered, some missed, plus false alarms: an AP strictly between 0 and 1."""
-    rng = np.random.default_rng(seed)
-    predictions = []
-    for ann in truth["annotations"]:
-        if rng.random() < 0.25:
-            continue
-        x, y, w, h = ann["bbox"]
-        jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
-        box = [x + jitter[0], y + jitter[1], max(1.0, w + jitter[2]), max(1.0, h + jitter[3])]
-        predictions.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": box,
-                            "score": float(rng.random())})  # fmt: skip
-    for image in truth["images"]:
-        predictions.append({"image_id": image["id"], "category_id": 1, "bbox": [5.0, 5.0, 40.0, 40.0],
-                            "score": float(rng.random())})  # fmt: skip
-    return predictions
+QUESTIONS = ("Q1:", "Q2:", "Q3:", "Q4:", "Q5:", "Figure 6:", "Q6 and Q7:", "Layer drift", "Q8:",
+             "Anonymization coverage", "How to read this")  # fmt: skip
+INTERVAL = r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]"
 
 
-def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed: int) -> None:
-    truth = json.loads(cfg.annotation_file(variant, cfg.data.val_split).read_text())
-    predictions = noisy_predictions(truth, seed)
-    scores = score(truth, predictions)
-    folder = cfg.paths.metrics / "eval" / f"{model_id}_on_{variant}"
-    folder.mkdir(parents=True)
-    (folder / "predictions.json").write_text(json.dumps(predictions))
-    freeze = model_id.removeprefix("ft-") if model_id.startswith("ft-") else None
-    metrics = {**scores.stats, "per_class": scores.per_class, "model_id": model_id, "train_data": train,
-               "eval_data": variant, "model_size": "n", "combination": f"{train} on {variant}",
-               "freeze": freeze, "split": cfg.data.val_split, "images": len(truth["images"]),
-               "mlflow_run_id": f"run{seed:04d}"}  # fmt: skip
-    atomic_write_json(folder / "metrics.json", metrics)
+def run_ids(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every evaluation's metrics.json by the MLflow run id that cells link to."""
+    docs = [json.loads(p.read_text()) for p in (cfg.paths.metrics / "eval").glob("*/metrics.json")]
+    return {d["mlflow_run_id"]: d for d in docs}
 
 
-def write_ssim(cfg: Config, variant: str, rng: np.random.Generator) -> None:
-    """Tables in the ssim stage's columns, summarized by its own aggregation."""
-    folder = cfg.paths.data / "ssim" / variant
-    folder.mkdir(parents=True)
-    summary = {"variant": variant, "win_size": 7, "splits": {}}
-    for split in cfg.data.splits:
-        truth = json.loads(cfg.annotation_file(ORIGINAL, cfg.data.val_split).read_text())
-        names = {c["id"]: c["name"] for c in truth["categories"]}
-
-        def factors(n: int) -> dict[str, np.ndarray]:
-            values = {k: rng.uniform(0.3, 1.0, n) for k in ("luminance", "contrast", "structure")}
-            return {"ssim": values["luminance"] * values["contrast"] * values["structure"], **values}
-
-        boxes = pd.DataFrame({"image_id": [a["image_id"] for a in truth["annotations"]],
-                              "ann_id": [a["id"] for a in truth["annotations"]],
-                              "category": [names[a["category_id"]] for a in truth["annotations"]],
-                              "inside_anonymized": rng.uniform(0, 1, len(truth["annotations"])),
-                              **factors(len(truth["annotations"]))})  # fmt: skip
-        images = pd.DataFrame({"image_id": [im["id"] for im in truth["images"]], "has_person": True,
-                               **factors(len(truth["images"]))})  # fmt: skip
-        boxes.to_parquet(folder / f"{split}_boxes.parquet")
-        images.to_parquet(folder / f"{split}_images.parquet")
-        summary["splits"][split] = split_summary(folder, split, cfg.classes.use_case_groups)
-    atomic_write_json(folder / "summary.json", summary)
+def cited(cell: str) -> list[tuple[str, str]]:
+    """(text, run id) of every link in a cell."""
+    return [(text, url.rsplit("/", 1)[-1]) for text, url in LINK.findall(cell)]
 
 
-def write_coverage(cfg: Config, variant: str) -> None:
-    for split in cfg.data.splits:
-        atomic_write_json(cfg.paths.data / "variants" / variant / f"coverage_{split}.json", {
-            "method": variant, "split": split, "images": 6, "status": {"ok": 6, "skipped": 0, "error": 0},
-            "images_with_person": 5, "full_image_masks": 0, "persons_gt": 20, "persons_anonymized": 16,
-            "persons_small": 2, "persons_degenerate": 1, "persons_empty": 0, "crowd_regions": 1,
-            "pixels": 10**6, "anonymized_pixels": 10**5, "gt_person_pixels": 9 * 10**4,
-            "changed_gt_person_pixels": 8 * 10**4, "coverage": 0.889, "coverage_mean_image": 0.9,
-            "coverage_min_image": 0.5})  # fmt: skip
+def table_after(md: str, marker: str, index: int = 0) -> list[list[str]]:
+    """The ``index``-th table after the first line containing ``marker``."""
+    return markdown_tables(md[md.index(marker) :])[index]
 
 
-def synthetic_study(cfg: Config) -> None:
-    """Every stage's outputs for the mini grid: n on org and each method, fine-tunes, SSIM, relabel, drift."""
-    val = cfg.data.val_split
-    original = json.loads(cfg.annotation_file(ORIGINAL, val).read_text())
-    rng = np.random.default_rng(0)
-    for split in cfg.data.splits:
-        atomic_write_json(cfg.paths.data / "prepared" / split / "stats.json", {"images": 6})
-    for method in cfg.anonymize.methods:
-        atomic_write_json(cfg.annotation_file(method, val), original)
-        write_ssim(cfg, method, rng)
-        write_coverage(cfg, method)
-        drift = [{"layer": i, "module": "Conv", "part": "x", "cka": 1 - 0.02 * i} for i in range(24)]
-        doc = {"variant": method, "model_id": "org-n", "layers": drift, "mlflow_run_id": "drift0001"}
-        atomic_write_json(cfg.paths.metrics / "drift" / f"{method}.json", doc)
-    seed = 1
-    models = [(f"{v}-n", v) for v in cfg.train.variants] + [
-        (f"ft-{f}", cfg.finetune.variant) for f in cfg.finetune.freeze
-    ]
-    for model_id, train in models:
-        for variant in cfg.evaluate.variants:
-            write_evaluation(cfg, model_id, train, variant, seed)
-            seed += 1
-        summary = {"model_id": model_id, "model_size": "n", "train_data": train, "params_fused": 2299264}
-        atomic_write_json(cfg.paths.models / model_id / "train.json", summary)
-    corrected = {**original, "annotations": original["annotations"][3:]}
-    for model_id in ("org-n", "mask-n"):
-        eval_dir = cfg.paths.metrics / "eval" / f"{model_id}_on_mask"
-        doc = relabel.relabel_metrics(cfg, eval_dir, original, corrected)
-        atomic_write_json(relabel.metrics_file(cfg, model_id, "mask"),
-                          {"model_id": model_id, "eval_data": "mask", "eval_mlflow_run_id": "run0002",
-                           "mlflow_run_id": "relabel01", **doc})  # fmt: skip
-    atomic_write_json(cfg.paths.data / "relabel" / "mask" / f"proposals_{val}.json",
-                      {"counts": {"remove": 3, "extend": 1, "images": 2}, "proposals": []})  # fmt: skip
-
-
-@pytest.fixture
-def cfg(make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path) -> Config:
-    """A shrunk grid (two variants, two freeze configs) keeps the test fast; the report code is the same."""
-    grid = ["anonymize.methods=[mask, blur]", "train.variants=[org, mask]", "evaluate.variants=[org, mask]",
-            "finetune.freeze={neck: [11, 22], none: []}"]  # fmt: skip
-    return make_config("workers=1", "report.bootstrap_samples=40", *grid, source=tiny_coco)
-
-
-def test_every_section_is_filled_logged_and_rerun_identical(cfg: Config) -> None:
-    synthetic_study(cfg)
-    written = report.run(cfg)
+def test_every_section_is_filled_logged_and_rerun_identical(built_report: tuple[Config, list[Path]]) -> None:
+    cfg, written = built_report
     md = (cfg.paths.reports / "study.md").read_text()
     html = (cfg.paths.reports / "study.html").read_text()
     for question in QUESTIONS:
         assert question in md
-    assert "**Missing:**" not in md
-    assert "**Mini profile:**" in md and "not findings" in md and "Profile **mini**" in md
+    assert "**Missing:**" not in md and "void (no" not in md and "All void" not in md
+    assert "**Mini profile:**" in md and "not findings" in md and "**mini**" in md
+    assert "COCO (every detection down to conf 0.001, at most 100 per image), best.pt weights" in md
+    assert "no DeepPrivacy2 variant in this run" in md and "no evaluation is void" in md
     # Numbers link to their runs (these fake run ids are not in the store: the UI's direct route).
-    assert "(http://127.0.0.1:5000/#/runs/run0001)" in md and "/#/runs/relabel01" in md
-    intervals = re.findall(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", md)
-    assert len(intervals) > 15, "every AP difference carries its interval"
+    assert "(http://127.0.0.1:5000/#/runs/run0001)" in md and "/#/runs/relabel-org-n" in md
+    assert len(re.findall(INTERVAL, md)) > 50, "every AP difference carries its interval, in points"
+    assert not re.search(r"\b0\.\d{3}\]", md.split("## Q4")[0]), "AP is in percent, not on the 0-1 scale"
     figures = sorted(p for p in written if p.suffix == ".png")
-    assert len(figures) == 9 and all(p.parent == cfg.paths.reports / "figures" for p in figures)
+    assert {p.name for p in figures} == {
+        "q1_comparison_classes.png", "q2_size.png", "q3_matrix.png", "q4_ssim.png", "q4_ssim_boxes.png",
+        "q5_grid_ap.png", "q5_grid_ap50.png", "figure6_cooccurrence.png", "q6_q7_freeze.png", "q7_drift.png",
+        "q8_relabel.png", "coverage.png",
+    }  # fmt: skip
     for figure in figures:
-        assert f"](figures/{figure.name})" in md
+        assert figure.parent == cfg.paths.reports / "figures" and f"](figures/{figure.name})" in md
     assert html.count('src="data:image/png;base64,') == len(figures)
     assert not re.search(r"<(link|script)\b|src=\"(?!data:)", html), "the HTML must need no other file"
-    assert "<table>" in html and 'href="http://127.0.0.1:5000/#/runs/run0001"' in html
+    # A difference links as a whole, interval brackets and all: no raw Markdown link is left in the HTML.
+    assert "](http" not in html
+    assert re.search(r'<a href="http://127\.0\.0\.1:5000/#/runs/run\d{4}">' + INTERVAL + "</a>", html)
+    assert "Org on Anon" in md and "Anon on Org" in md and "Anon on Anon" in md
+    assert "Table 5 classes fall into the paper's group" in md and "classes disagree, and that is expected" in md
+    assert "auto-accepted" in md
 
     first = {p: p.read_bytes() for p in written}
     assert {p: p.read_bytes() for p in report.run(cfg)} == first, "a rerun must be byte-identical"
     import mlflow
 
+    mlflow.set_tracking_uri(cfg.tracking.uri)
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="tags.stage = 'report'")
-    assert len(runs) == 2 and int(runs["tags.cited_runs"].iloc[0]) > 10
+    assert len(runs) >= 2 and int(runs["tags.cited_runs"].iloc[0]) > 10
 
 
-def test_missing_inputs_are_named_not_fatal(cfg: Config) -> None:
+def test_cells_equal_the_metrics_files_they_cite(built_report: tuple[Config, list[Path]]) -> None:
+    """Q3's, Q4's, Q1's and Q6's cells against metrics.json, found through the run id each cell links to."""
+    cfg, _ = built_report
+    md = (cfg.paths.reports / "study.md").read_text()
+    by_run = run_ids(cfg)
+
+    def metrics(model: str, variant: str) -> dict[str, Any]:
+        return json.loads((cfg.paths.metrics / "eval" / f"{model}_on_{variant}" / "metrics.json").read_text())
+
+    # Q3, size n, row mask: the Org on Anon AP cell cites org-n on mask and shows its AP in percent;
+    # the Δ beside it is Org on Anon minus Org on Org in points.
+    q3 = table_after(md, "### Size n")
+    header, row = q3[0], next(r for r in q3 if r[0] == "mask")
+    ap_cell, delta_cell = row[header.index("Org on Anon")], row[header.index("Org on Anon") + 1]
+    (text, run), = cited(ap_cell)  # fmt: skip
+    assert by_run[run]["model_id"] == "org-n" and by_run[run]["eval_data"] == "mask"
+    assert text == f"{100 * by_run[run]['AP']:.1f}"
+    (text, run), = cited(delta_cell)  # fmt: skip
+    value = 100 * (metrics("org-n", "mask")["AP"] - metrics("org-n", "org")["AP"])
+    assert by_run[run]["model_id"] == "org-n" and text.startswith(f"{value:+.1f} [")
+
+    # Q4, one class: Org on Anon minus Org on Org for that class's AP (params report.per_class_combination).
+    q4 = table_after(md, "Per class of the use-case groups")
+    column = q4[0].index("mask\nΔ AP".replace("\n", "<br>"))
+    after, before = metrics("org-n", "mask")["per_class"], metrics("org-n", "org")["per_class"]
+    checked = 0
+    for row in q4[1:]:
+        name = row[1]
+        if after.get(name, {}).get("AP") is None or before.get(name, {}).get("AP") is None:
+            assert row[column] == "n/a", f"{name} has no ground truth: no difference"
+            continue
+        (text, run), = cited(row[column])  # fmt: skip
+        assert by_run[run]["model_id"] == "org-n" and by_run[run]["eval_data"] == "mask"
+        assert text.startswith(f"{100 * (after[name]['AP'] - before[name]['AP']):+.1f} [")
+        checked += 1
+    assert checked >= 2
+
+    # Q1: AP50 of Anon on Org over the comparison classes is the mean of those with ground truth.
+    q1 = table_after(md, "## Q1:")
+    column = q1[0].index("Anon on Org<br>AP50")
+    (text, run), = cited(next(r for r in q1 if r[0] == "blur")[column])  # fmt: skip
+    doc = by_run[run]
+    values = [doc["per_class"][c]["AP50"] for c in cfg.classes.comparison if doc["per_class"].get(c, {}).get("AP50")
+              is not None]  # fmt: skip
+    assert (doc["model_id"], doc["eval_data"]) == ("blur-n", "org") and text == f"{100 * np.mean(values):.1f}"
+
+    # Q6/Q7: a fine-tune's difference from the Anon-only model (mask-n on mask).
+    q6 = table_after(md, "## Q6 and Q7")
+    row = next(r for r in q6 if r[0] == "ft-neck")
+    (text, run), = cited(row[q6[0].index("Δ vs Anon model")])  # fmt: skip
+    value = 100 * (metrics("ft-neck", "mask")["AP"] - metrics("mask-n", "mask")["AP"])
+    assert by_run[run]["model_id"] == "ft-neck" and text.startswith(f"{value:+.1f} [")
+
+
+def test_void_evaluations_show_their_reason_and_take_part_in_no_difference(report_copy: Config) -> None:
+    cfg = report_copy
+    make_void(cfg, "mask-n_on_mask")
     report.run(cfg)
     md = (cfg.paths.reports / "study.md").read_text()
+    q3 = table_after(md, "### Size n")
+    header, row = q3[0], next(r for r in q3 if r[0] == "mask")
+    anon_on_anon = header.index("Anon on Anon")
+    assert cited(row[anon_on_anon])[0][0] == "void (no detections)"
+    assert cited(row[anon_on_anon + 1])[0][0] == "void", "no difference is taken from a void evaluation"
+    assert re.match(INTERVAL, cited(row[header.index("Org on Anon") + 1])[0][0]), "the others still have theirs"
+    assert (
+        "1 of 27 evaluations are void (no detections); some are void in: Q1 (1 of 7), Q2 (1 of 7), Q3 (1 of 9), "
+        "Q5 (1 of 7), Q6 and Q7 (1 of 8), Q8 (1 of 2)" in md
+    ), "the header counts evaluations (the void relabel result is not one) and names the sections"
+    assert "mask: Anon on Anon void" in md, "Q8 names the void relabel result"
+    assert "All void" not in md
+
+    make_void(cfg, "*")
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    assert md.count("**All void:**") == 7, "Q1, Q2, Q3, Q4's Δ AP, Q5, Q6/Q7 and Q8 each say so"
+    every = "every result is void in: Q1, Q2, Q3, Q4 (Δ AP), Q5, Q6 and Q7, Q8"
+    assert f"27 of 27 evaluations are void (no detections); {every}" in md
+    detections = md[md.index("## Q1") : md.index("## Q4")] + md[md.index("## Q5") : md.index("### Frequency")]
+    assert not re.search(INTERVAL, md) and not re.search(r"\[\d+\.\d\]\(", detections), "no number for a void one"
+    for figure in ("q1_comparison_classes.png", "q5_grid_ap.png", "q6_q7_freeze.png"):
+        assert f"figures/{figure}" not in md
+
+
+def test_header_states_the_dp2_mode_and_weights(make_config: Any, tiny_coco: Path, mlflow_db: Path) -> None:
+    grid = ["anonymize.methods=[dp2_fullbody, mask]", "train.variants=[org, mask]", "evaluate.variants=[org, mask]"]
+    cfg = make_config("workers=1", *grid, source=tiny_coco)
+    dp2 = {"mode": "detector", "untrained": True, "config": "configs/anonymizers/FB_cse.py", "device": "cpu",
+           "amp": False}  # fmt: skip
+    write_coverage(cfg, "dp2_fullbody", dp2)
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    assert "dp2_fullbody: DeepPrivacy2 in `detector` mode with **untrained** weights (not the paper's)" in md
+    assert "4 persons below its size filter" in md
+
+
+def test_missing_inputs_are_named_not_fatal(report_cfg: Config) -> None:
+    report.run(report_cfg)
+    md = (report_cfg.paths.reports / "study.md").read_text()
     for question in QUESTIONS:
         assert question in md
-    assert md.count("**Missing:**") >= 8
-    assert "anonbench relabel --variant" in md and "anonbench drift" in md
+    assert md.count("**Missing:**") >= 9
+    assert "anonbench relabel --variant" in md and "anonbench drift" in md and "anonbench finetune" in md
 
 
 def test_inline_marks_and_escaping() -> None:
     assert inline_html("[0.5](http://x/#/runs/1) **b** `c` <script>") == (
         '<a href="http://x/#/runs/1">0.5</a> <b>b</b> <code>c</code> &lt;script&gt;'
     )
+    # An interval inside link text (one level of brackets) is still one link; a newline breaks a cell's line.
+    assert inline_html("[+1.2 [-0.3, +2.0]](http://x/#/runs/2)\nvoid") == (
+        '<a href="http://x/#/runs/2">+1.2 [-0.3, +2.0]</a><br>void'
+    )
     doc = Document()
-    doc.table(["a|b", "c"], [["1", "2"]])
+    doc.table(["a|b", "c"], [["1", "2\n3"]])
     doc.table(["empty"], [])
-    assert doc.markdown(Path(".")) == "| a\\|b | c |\n| --- | ---: |\n| 1 | 2 |\n"
+    assert doc.markdown(Path(".")) == "| a\\|b | c |\n| --- | ---: |\n| 1 | 2<br>3 |\n"
+    assert '<td class="l">1</td><td>2<br>3</td>' in doc.html("t")

@@ -131,3 +131,29 @@ def test_reviewed_image_without_annotations_keeps_the_added_boxes() -> None:
 def test_reviewed_image_not_in_the_ground_truth_is_refused() -> None:
     with pytest.raises(ValueError, match=r"reviewed image 9 .* not in the ground truth"):
         apply_review(instances(), PROPOSALS, {9: [ReviewedBox("car", (1, 1, 2, 2))]})
+
+
+def test_region_within_the_dilated_ground_truth_extends_nothing() -> None:
+    from anonbench.anonymizers.masks import dilate
+
+    truth = np.zeros((60, 60), dtype=bool)
+    truth[10:40, 20:30] = True  # the person, filling its box
+    region = dilate(truth, 3)  # what blur, pixelate and mask anonymize: 3 px beyond the box on every side
+    persons = [person(1, [20, 10, 10, 30])]
+    assert extension_proposals(persons, region, min_extend_px=1.0)  # the old comparison: a 3 px "extension"
+    assert extension_proposals(persons, region, min_extend_px=1.0, explained=dilate(truth, 3)) == []
+
+
+def test_generated_content_beyond_the_dilation_extends_the_box_to_all_of_it() -> None:
+    from anonbench.anonymizers.masks import dilate
+
+    truth = np.zeros((60, 60), dtype=bool)
+    truth[10:40, 20:30] = True
+    region = dilate(truth, 3)
+    region[40:50, 22:28] = True  # a generated person whose legs reach 10 px below the labelled box
+    explained = dilate(truth, 3)
+    (proposal,) = extension_proposals([person(1, [20, 10, 10, 30])], region, 1.0, explained=explained)
+    assert proposal.evidence["growth_px"] == {"left": 0, "top": 0, "right": 0, "bottom": 10}
+    assert proposal.evidence["new_bbox"] == [20, 10, 10, 40]
+    # only the pixels the dilation does not explain count: rows 43..49 of the legs (7 x 6)
+    assert proposal.evidence["region_pixels_beyond_box"] == 42

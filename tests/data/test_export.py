@@ -16,6 +16,7 @@ from anonbench.coco import CocoError
 from anonbench.coco_classes import COCO_NAMES
 from anonbench.config import Config
 from anonbench.stages import anonymize, export
+from tests.conftest import renumber_folder
 
 TRAIN, VAL = "train2017", "val2017"
 
@@ -156,3 +157,41 @@ def test_a_missing_image_stops_strict_and_is_listed_under_skip(
     assert [r["key"] for r in manifest["records"] if r["status"] == "skipped"] == [missing.name]
     ids = json.loads((root / f"image_ids_{VAL}.json").read_text())
     assert missing.stem not in ids and len(ids) == 5
+
+
+def test_a_datasets_own_category_table_sets_the_class_indices(
+    make_config: Callable[..., Config], tiny_coco: Path, tmp_path: Path
+) -> None:
+    folder = renumber_folder(tiny_coco, tmp_path / "mine", {"train2017": "train", "val2017": "val"})
+    sets = ("workers=1", "data.source=coco-folder", "data.local_copy=/unused", "data.train_split=train")
+    cfg = make_config(*sets, "data.val_split=val", source=folder)
+    export.run(cfg, "org")
+    root = cfg.paths.data / "yolo" / "org"
+    spec = yaml.safe_load((root / "dataset.yaml").read_text())
+    # class k is the k-th category by ascending id: reverse COCO order here, without toothbrush
+    reverse = [n for n in reversed(COCO_NAMES) if n != "toothbrush"]
+    assert spec["nc"] == 79 and spec["names"] == [("parasol" if n == "umbrella" else n) for n in reverse]
+    mine = json.loads((folder / "annotations" / "instances_val.json").read_text())
+    rank = {cid: k for k, cid in enumerate(sorted(c["id"] for c in mine["categories"]))}
+    stems = {im["id"]: Path(im["file_name"]).stem for im in mine["images"]}
+    expected: dict[str, list[int]] = {stem: [] for stem in stems.values()}
+    for ann in mine["annotations"]:
+        if not ann["iscrowd"]:
+            expected[stems[ann["image_id"]]].append(rank[ann["category_id"]])
+    labels = read_labels(root, "val")
+    assert {stem: sorted(int(r[0]) for r in rows) for stem, rows in labels.items()} == {
+        stem: sorted(classes) for stem, classes in expected.items()
+    }
+    assert sum(map(len, expected.values())) > 10
+
+
+def test_splits_with_different_category_tables_are_refused(
+    make_config: Callable[..., Config], tiny_coco: Path, tmp_path: Path
+) -> None:
+    root = shutil.copytree(tiny_coco, tmp_path / "split-tables")
+    val = root / "annotations" / f"instances_{VAL}.json"
+    instances = json.loads(val.read_text())
+    instances["categories"][1]["name"] = "pedal bike"
+    val.write_text(json.dumps(instances))
+    with pytest.raises(CocoError, match=f"instances_{VAL}.json: its categories differ .*category id 2: 'pedal bike'"):
+        export.run(make_config("workers=1", source=root), "org")

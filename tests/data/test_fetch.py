@@ -7,6 +7,7 @@ public base URL at it, so nothing leaves this machine.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -25,7 +26,7 @@ from anonbench.data.download import download, file_digest
 from anonbench.data.sources import COCO128_BASE, COCO_IMAGES_BASE, TINY_COCO_BASE, coco_mini_files
 from anonbench.stages import fetch
 from anonbench.stages.fetch import FetchError
-from tests.conftest import PARAMS
+from tests.conftest import PARAMS, renumber_folder
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -216,3 +217,50 @@ def test_coco2017_archives_extract_into_the_coco_layout(tmp_path: Path) -> None:
         "val2017/000000000139.jpg",
     ]
     assert (target / "val2017" / "000000000139.jpg").read_bytes() == b"jpeg-b"
+
+
+def folder_config(make_config: Callable[..., Config], folder: Path | None) -> Config:
+    cfg = make_config(
+        "data.source=coco-folder",
+        f"data.local_copy={folder}" if folder else "data.local_copy=null",
+        "data.train_split=train",
+        "data.val_split=val",
+    )
+    cfg.source_root.unlink()  # make_config links a source in; fetch is what is tested here
+    return cfg
+
+
+def test_a_coco_folder_is_copied_verified_and_kept_in_step(
+    make_config: Callable[..., Config], tiny_coco: Path, tmp_path: Path
+) -> None:
+    folder = renumber_folder(tiny_coco, tmp_path / "mine", {"train2017": "train", "val2017": "val"})
+    (folder / "README.txt").write_text("not part of the dataset")
+    cfg = folder_config(make_config, folder)
+    assert fetch.run(cfg) == [cfg.source_root]
+    copied = sorted(str(p.relative_to(cfg.source_root)) for p in cfg.source_root.rglob("*") if p.is_file())
+    listed = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "README.txt")
+    assert copied == sorted([*listed, fetch.STAMP])
+    assert all((cfg.source_root / f).read_bytes() == (folder / f).read_bytes() for f in listed)
+    stamp = json.loads((cfg.source_root / fetch.STAMP).read_text())
+    assert stamp["source"] == "coco-folder" and stamp["files"]["annotations/instances_val.json"].startswith("sha256:")
+
+    before = (cfg.source_root / fetch.STAMP).stat().st_mtime_ns
+    fetch.run(cfg)
+    assert (cfg.source_root / fetch.STAMP).stat().st_mtime_ns == before, "unchanged folder: nothing to do"
+
+    gone = sorted((folder / "val").iterdir())[0]
+    gone.unlink()  # the user removes an image and edits the annotations
+    (folder / "annotations" / "instances_val.json").write_text("{}")
+    fetch.run(cfg)
+    assert not (cfg.source_root / "val" / gone.name).exists()
+    assert (cfg.source_root / "annotations" / "instances_val.json").read_text() == "{}"
+
+
+def test_a_coco_folder_needs_its_folder_and_its_split_files(
+    make_config: Callable[..., Config], tiny_coco: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(FetchError, match=r"coco-folder: name your COCO-format folder with data\.local_copy or AN"):
+        fetch.run(folder_config(make_config, None))
+    folder = renumber_folder(tiny_coco, tmp_path / "mine", {"train2017": "train", "val2017": "valid"})
+    with pytest.raises(FetchError, match=r"coco-folder: .*annotations/instances_val\.json: a COCO-format folder needs"):
+        fetch.run(folder_config(make_config, folder))

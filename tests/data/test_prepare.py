@@ -16,6 +16,7 @@ from anonbench.coco import CocoError
 from anonbench.config import Config
 from anonbench.stages import prepare
 from anonbench.stages.prepare import CLASS_STATS_COLUMNS, PrepareError
+from tests.conftest import renumber_folder
 
 SPLIT = "val2017"
 
@@ -167,3 +168,50 @@ def test_missing_top_level_key_is_named(tiny_coco: Path, tmp_path: Path, make_co
     cfg = make_config(source=root)
     with pytest.raises(CocoError, match="missing required key 'annotations'"):
         prepare.prepare_split(cfg, SPLIT)
+
+
+FOLDER_SPLITS = ("data.source=coco-folder", "data.local_copy=/unused", "data.train_split=train", "data.val_split=val")
+
+
+def test_a_coco_folder_with_its_own_category_table(
+    tiny_coco: Path, tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    folder = renumber_folder(tiny_coco, tmp_path / "mine", {"train2017": "train", "val2017": "val"})
+    cfg = make_config("workers=1", *FOLDER_SPLITS, source=folder)
+    prepare.run(cfg)
+    stats = json.loads((cfg.paths.data / "prepared" / "val" / "stats.json").read_text())
+    categories = stats["categories"]
+    assert len(categories) == 79 and [c["id"] for c in categories] == sorted(c["id"] for c in categories)
+    assert (categories[0], categories[-1]) == ({"id": 220, "name": "hair drier"}, {"id": 1000, "name": "person"})
+    assert stats["classes"]["parasol"]["category_id"] == 750 and "umbrella" not in stats["classes"]
+    # the params' class lists name COCO classes; what this table lacks is recorded, not a crash
+    assert stats["classes_absent"] == {
+        "classes.size_frequency.small.low": ["toothbrush"],
+        "classes.size_frequency.medium.high": ["umbrella"],
+        "classes.use_case_groups.AD_change": ["umbrella"],
+        "classes.comparison": ["umbrella"],
+    }
+    reference = json.loads((tiny_coco / "annotations" / "instances_val2017.json").read_text())
+    persons = sum(1 for a in reference["annotations"] if a["category_id"] == 1 and not a["iscrowd"])
+    assert stats["classes"]["person"]["instances"] == persons
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda cats: [c for c in cats if c["name"] != "person"], "no 'person' category: anonbench anonymizes persons"),
+        (lambda cats: [*cats, {"id": 5000, "name": "sofa"}], "categories differ from the training split's"),
+        (lambda cats: [*cats, dict(cats[0])], "appears twice"),
+    ],
+)
+def test_an_unusable_category_table_is_named(
+    tiny_coco: Path, tmp_path: Path, make_config: Callable[..., Config], change: Callable, message: str
+) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_coco, root)
+    ann_file = root / "annotations" / f"instances_{SPLIT}.json"
+    instances = json.loads(ann_file.read_text())
+    instances["categories"] = change(instances["categories"])
+    ann_file.write_text(json.dumps(instances))
+    with pytest.raises(CocoError, match=f"instances_{SPLIT}.json: .*{message}"):
+        prepare.run(make_config("policy=skip", source=root))

@@ -16,7 +16,9 @@ import pytest
 
 from anonbench.coco import CocoError
 from anonbench.config import Config, load_config
+from anonbench.images import read_image
 from anonbench.stages import anonymize, relabel, ssim
+from anonbench.stale_labels import extension_proposals
 from tests.conftest import PARAMS
 
 VARIANT = "mask"
@@ -56,7 +58,8 @@ def test_automatic_relabel_applies_every_proposal(cfg: Config) -> None:
     out = relabel.output_dir(cfg, VARIANT)
     doc = read(out / f"proposals_{val}.json")
     proposals = doc["proposals"]
-    assert doc["counts"]["remove"] >= 1 and doc["counts"]["extend"] >= 1
+    assert doc["counts"]["remove"] >= 1
+    assert doc["counts"]["extend"] == 0, "a mask on ground-truth masks covers the labelled person, no larger"
     for p in proposals:
         assert p["reason"] and p["evidence"]["old_bbox"] and {"ssim", "inside_anonymized"} <= p["evidence"].keys()
         if p["action"] == "remove":
@@ -70,7 +73,8 @@ def test_automatic_relabel_applies_every_proposal(cfg: Config) -> None:
     assert all(corrected[i] == (extended.get(i) or original[i]) for i in corrected)
     tasks = read(out / f"labelstudio_{val}.json")
     assert len(tasks) == doc["counts"]["images"]
-    assert read(out / f"review_{val}.json")["counts"]["accepted"] == len(proposals)
+    review = read(out / f"review_{val}.json")
+    assert review["counts"]["accepted"] == len(proposals) and review["corrections"] == "auto-accepted"
     before = {p: p.read_bytes() for p in paths}
     relabel.run(cfg, VARIANT)
     assert {p: p.read_bytes() for p in paths} == before, "a rerun must be byte-identical"
@@ -89,14 +93,16 @@ def simulated_review(tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
             continue
         ids = {r["id"] for r in proposed}
         dropped = [r for r in original if r["id"] not in ids]
+        others = list(proposed)  # boxes the reviewer may still move or delete
         if dropped and done["rejected_removal"] is None:
             proposed.append(dropped[0])  # the reviewer restores a box the proposal removed
             done["rejected_removal"] = int(dropped[0]["id"][1:])
-        elif done["moved"] is None:
-            proposed[0]["value"]["x"] += 2.0  # drags a box
-            done["moved"] = int(proposed[0]["id"][1:])
-            if len(proposed) > 1:
-                done["deleted"] = int(proposed.pop()["id"][1:])
+        if others and done["moved"] is None:
+            others[0]["value"]["x"] += 2.0  # drags a box
+            done["moved"] = int(others[0]["id"][1:])
+            if len(others) > 1:
+                proposed.remove(others[-1])
+                done["deleted"] = int(others[-1]["id"][1:])
         proposed.append({"id": "Xy12Ab", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
                          "original_width": 640, "original_height": 480, "origin": "manual",
                          "value": {"x": 1.0, "y": 1.0, "width": 5.0, "height": 5.0, "rotation": 0,
@@ -126,6 +132,7 @@ def test_label_studio_round_trip(cfg: Config, tmp_path: Path) -> None:
     corrected = read(relabel.corrected_file(cfg, VARIANT, val))
     final = boxes(corrected)
     review = read(out / f"review_{val}.json")
+    assert review["corrections"] == "reviewed"
     assert done["rejected_removal"] in final and final[done["rejected_removal"]] == original[done["rejected_removal"]]
     assert review["decisions"][f"{done['rejected_removal']}:remove"] == "rejected"
     assert final[done["moved"]] != original[done["moved"]]
@@ -167,25 +174,37 @@ def test_review_that_does_not_fit_is_not_kept(cfg: Config, tmp_path: Path) -> No
     relabel.run(cfg, VARIANT)
 
 
-def fake_evaluation(cfg: Config, model_id: str, truth: dict[str, Any]) -> None:
-    """An evaluate-stage output whose predictions are ``truth``'s boxes (score 1)."""
+def fake_evaluation(
+    cfg: Config, model_id: str, truth: dict[str, Any] | None, sure: frozenset[int] = frozenset()
+) -> None:
+    """An evaluate-stage output whose predictions are ``truth``'s boxes, scored 1.0 for the annotation ids in
+    ``sure`` and 0.9 for the rest; void (no detections) when ``truth`` is None."""
     folder = cfg.paths.metrics / "eval" / f"{model_id}_on_{VARIANT}"
     folder.mkdir(parents=True)
     predictions = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-        for a in truth["annotations"]
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0 if a["id"] in sure else 0.9,
+        }
+        for a in (truth or {"annotations": []})["annotations"]
         if not a.get("iscrowd")
     ]
     (folder / "predictions.json").write_text(json.dumps(predictions))
     metrics = {"model_id": model_id, "train_data": "org", "model_size": "n", "eval_data": VARIANT,
-               "combination": f"org on {VARIANT}", "mlflow_run_id": "0123abcd"}  # fmt: skip
+               "combination": f"org on {VARIANT}", "mlflow_run_id": "0123abcd", "void": truth is None,
+               "void_reason": "no detections" if truth is None else None}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_models_scored_against_both_ground_truths(cfg: Config) -> None:
     relabel.run(cfg, VARIANT)
     val = cfg.data.val_split
-    fake_evaluation(cfg, "org-n", read(cfg.annotation_file(VARIANT, val)))
+    proposals = read(relabel.output_dir(cfg, VARIANT) / f"proposals_{val}.json")["proposals"]
+    removed_ids = frozenset(p["ann_id"] for p in proposals if p["action"] == "remove")
+    # A stale model still finds the objects that anonymization removed, and is surest of them.
+    fake_evaluation(cfg, "org-n", read(cfg.annotation_file(VARIANT, val)), sure=removed_ids)
     fake_evaluation(cfg, "ft-neck", read(relabel.corrected_file(cfg, VARIANT, val)))
     relabel.run(cfg, VARIANT)
     stale = read(relabel.metrics_file(cfg, "org-n", VARIANT))
@@ -205,3 +224,43 @@ def test_models_scored_against_both_ground_truths(cfg: Config) -> None:
     before = relabel.metrics_file(cfg, "org-n", VARIANT).read_bytes()
     relabel.run(cfg, VARIANT)
     assert relabel.metrics_file(cfg, "org-n", VARIANT).read_bytes() == before, "unchanged inputs are not rescored"
+
+
+def test_a_void_evaluation_stays_void(cfg: Config) -> None:
+    relabel.run(cfg, VARIANT)
+    fake_evaluation(cfg, "blur-n", None)
+    relabel.run(cfg, VARIANT)
+    doc = read(relabel.metrics_file(cfg, "blur-n", VARIANT))
+    assert (doc["void"], doc["void_reason"]) == (True, "no detections")
+    assert not {"original", "corrected", "delta"} & doc.keys(), "a void evaluation has no numbers to compare"
+    assert doc["model_id"] == "blur-n" and doc["eval_mlflow_run_id"] == "0123abcd"
+
+
+@pytest.mark.parametrize("method", ["blur", "pixelate", "mask"])
+def test_classic_methods_get_no_extension_proposals(
+    make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path, method: str
+) -> None:
+    """The classic methods anonymize the ground-truth masks grown by the dilation and nothing more, so no
+    person is larger than labelled; the old comparison with the boxes proposed an extension for nearly every
+    person (the dilation itself), which this test would catch."""
+    cfg = make_config("workers=1", source=tiny_coco)
+    val = cfg.data.val_split
+    anonymize.run(cfg, method, splits=[val])
+    ssim.run(cfg, method, splits=[val])
+    instances = read(cfg.annotation_file(method, val))
+    proposals, record = relabel.propose(cfg, method, val, instances)
+    assert record["images_with_person"] > 0 and record["images_with_person_without_mask"] == 0
+    assert [p for p in proposals if p.action == "extend"] == []
+    masks = cfg.variant_root(method) / "masks" / val
+    persons = [a for a in instances["annotations"] if a["category_id"] == 1]
+    by_image = {im["id"]: Path(im["file_name"]).stem for im in instances["images"]}
+    old_rule = [
+        p
+        for image_id in sorted({a["image_id"] for a in persons})
+        for p in extension_proposals(
+            [a for a in persons if a["image_id"] == image_id],
+            read_image(masks / f"{by_image[image_id]}.png")[..., 0] > 127,
+            cfg.relabel.min_extend_px,
+        )
+    ]
+    assert len(old_rule) >= 3

@@ -15,6 +15,7 @@ import pytest
 from anonbench.config import Config
 from anonbench.offline import configure_ultralytics
 from anonbench.stages import anonymize, drift
+from anonbench.yolo import chosen_weights
 
 
 def untrained_checkpoint(path: Path) -> Path:
@@ -29,12 +30,13 @@ def untrained_checkpoint(path: Path) -> Path:
 def test_drift_per_layer(make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path) -> None:
     cfg = make_config("workers=1", "report.cka_images=4", "train.imgsz=64", source=tiny_coco)
     anonymize.run(cfg, "mask", splits=[cfg.data.val_split])
-    untrained_checkpoint(cfg.paths.models / drift.base_model_id(cfg) / "weights" / "best.pt")
+    untrained_checkpoint(chosen_weights(cfg, drift.base_model_id(cfg)))
     json_path, png_path = drift.run(cfg, "mask")
     doc = json.loads(json_path.read_text())
     assert [layer["layer"] for layer in doc["layers"]] == list(range(24))
     assert [layer["part"] for layer in doc["layers"]][9:12] == ["backbone", "PSA", "neck"]
-    assert all(0.0 <= layer["cka"] <= 1.0 + 1e-9 for layer in doc["layers"])
+    assert all(-1.0 <= layer["cka"] <= 1.0 + 1e-9 for layer in doc["layers"])  # debiased: may dip below 0
+    assert doc["checkpoint"] == "last" and doc["inputs"]["estimator"].startswith("debiased linear CKA")
     assert min(layer["cka"] for layer in doc["layers"]) < 0.999, "masking people must move some layer"
     assert len(doc["inputs"]["images"]) == 4 and png_path.read_bytes()[:4] == b"\x89PNG"
     assert drift.run(cfg, "mask") == [json_path, png_path]

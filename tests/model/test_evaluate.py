@@ -21,11 +21,27 @@ from anonbench.config import Config
 from anonbench.offline import configure_ultralytics
 from anonbench.predict import sort_results
 from anonbench.stages import evaluate as stage
-from anonbench.yolo import best_weights
+from anonbench.yolo import chosen_weights
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 MODEL_ID = "org-n"
 METADATA = {"model_id", "train_data", "model_size", "eval_data", "combination", "mlflow_run_id", "conf", "backend"}
+METADATA |= {"void", "void_reason", "protocol", "checkpoint", "predictions", "batch", "max_det"}
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """YOLOv10n as its yaml builds it: the class prior (about 1e-5) keeps every score below conf 0.001."""
+    import torch
+    from ultralytics import YOLO
+
+    configure_ultralytics()
+    torch.manual_seed(0)
+    model = YOLO("yolov10n.yaml")
+    model.model.names = dict(enumerate(COCO_NAMES))  # type: ignore[union-attr]
+    path = tmp_path_factory.mktemp("untrained") / "last.pt"
+    model.save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +64,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for cls_head in branch["cls_head"]:
             cls_head[-1].bias.data[:] = 0.0
     model.model.names = dict(enumerate(COCO_NAMES))  # type: ignore[union-attr]
-    path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
+    path = tmp_path_factory.mktemp("checkpoint") / "last.pt"
     model.save(path)
     return path
 
@@ -61,17 +77,17 @@ def evaluation_config(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., Config]:
-    """Config on the tiny slice with the checkpoint placed where train leaves org-n's best weights.
+    """Config on the tiny slice with the checkpoint placed where train leaves org-n's chosen weights.
 
     Runs in tmp_path: MLflow's sqlite store puts artifacts in ./mlruns of the working folder.
     """
     monkeypatch.chdir(tmp_path)
 
-    def _make(*overrides: str, source: Path = tiny_coco) -> Config:
+    def _make(*overrides: str, source: Path = tiny_coco, weights: Path = checkpoint) -> Config:
         cfg = make_config("train.imgsz=64", *overrides, source=source)
-        weights = best_weights(cfg, MODEL_ID)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(checkpoint, weights)
+        target = chosen_weights(cfg, MODEL_ID)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, target)
         return cfg
 
     return _make
@@ -119,18 +135,27 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
     assert set(metrics["per_class"]) == set(COCO_NAMES)
     assert metrics["combination"] == "org on org"
     assert (metrics["conf"], metrics["backend"], metrics["images"]) == (0.001, "faster-coco-eval", 6)
+    assert (metrics["void"], metrics["void_reason"], metrics["protocol"], metrics["checkpoint"]) == (
+        False,
+        None,
+        "coco",
+        "last",
+    )
+    assert metrics["predictions"] == len(predictions)
 
     # one MLflow run with the tags, metrics and artifacts
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run = mlflow.get_run(metrics["mlflow_run_id"])
     tags = run.data.tags
-    assert {k: tags[k] for k in ("stage", "train_data", "eval_data", "model_size", "combination")} == {
+    assert {k: tags[k] for k in ("stage", "train_data", "eval_data", "model_size", "combination", "void")} == {
         "stage": "evaluate",
         "train_data": "org",
         "eval_data": "org",
         "model_size": "n",
         "combination": "org on org",
+        "void": "false",
     }
+    assert tags["protocol"] == "coco"
     assert {f"coco/{name}" for name in STAT_NAMES} <= run.data.metrics.keys()
     assert run.data.metrics["AP/person"] == pytest.approx(metrics["per_class"]["person"]["AP"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
@@ -151,6 +176,42 @@ def test_authors_conf_warns_and_reevaluates(evaluation_config: Callable[..., Con
     out = stage.output_dir(cfg, MODEL_ID, "org")
     assert json.loads((out / "metrics.json").read_text())["conf"] == 0.25
     assert min(p["score"] for p in json.loads((out / "predictions.json").read_text())) >= 0.25
+
+
+def test_the_authors_protocol_is_recorded_and_scored_their_way(evaluation_config: Callable[..., Config]) -> None:
+    import warnings
+
+    cfg = evaluation_config("evaluate.protocol=authors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # chosen by name: recorded, not warned about
+        stage.run(cfg, MODEL_ID, "org")
+    out = stage.output_dir(cfg, MODEL_ID, "org")
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert (metrics["protocol"], metrics["conf"], metrics["max_det"], metrics["batch"]) == ("authors", 0.25, 300, 1)
+    assert predictions and min(p["score"] for p in predictions) >= 0.25
+    assert max(Counter(p["image_id"] for p in predictions).values()) <= 300
+    assert all(v == int(v) for p in predictions for v in p["bbox"]), "boxes truncated to integers"
+    truth = json.loads(cfg.annotation_file("org", cfg.data.val_split).read_text())
+    assert metrics["AP"] == pytest.approx(score(truth, predictions, "pycocotools").stats["AP"], abs=1e-12)
+    run = mlflow.MlflowClient(cfg.tracking.uri).get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["protocol"] == "authors" and run.data.params["protocol"] == "authors"
+
+
+def test_no_detection_is_void_not_zero(evaluation_config: Callable[..., Config], untrained: Path) -> None:
+    cfg = evaluation_config(weights=untrained)
+    stage.run(cfg, MODEL_ID, "org")
+    out = stage.output_dir(cfg, MODEL_ID, "org")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "predictions.json").read_text()) == []
+    assert (metrics["void"], metrics["void_reason"], metrics["predictions"]) == (True, "no detections", 0)
+    assert all(metrics[name] is None for name in STAT_NAMES), "never 0.0"
+    assert set(metrics["per_class"]) == set(COCO_NAMES)
+    assert all(v is None for values in metrics["per_class"].values() for v in values.values())
+    run = mlflow.MlflowClient(cfg.tracking.uri).get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["void"] == "true"
+    assert not any(key.startswith(("coco/", "AP/", "AP50/")) for key in run.data.metrics), "a void run logs no AP"
+    assert run.data.params["predictions"] == "0"
 
 
 def test_missing_image_stops_or_is_a_counted_skip(

@@ -47,6 +47,8 @@ def test_the_subset_holds_persons_with_selected_classes_and_follows_the_full_set
     chosen = json.loads((root / f"image_ids_{TRAIN}.json").read_text())
     assert set(chosen.values()) <= set(eligible)
     assert len(chosen) == summary["subset_images"] == round(0.5 * len(eligible)) and len(eligible) == 10
+    assert (summary["eligible_images"], summary["train_images"], summary["capped"]) == (10, 12, False)
+    assert (summary["fraction"], summary["fraction_of"]) == (0.5, "eligible")
     assert sorted(p.stem for p in (root / "images" / TRAIN).iterdir()) == sorted(chosen)
     exported = cfg.paths.data / "yolo" / "mask" / "labels" / TRAIN
     for stem in chosen:
@@ -87,8 +89,8 @@ def test_frozen_layers_are_unchanged_by_fine_tuning(
     out = cfg.paths.models / "ft-neck"
     assert {out / "weights/best.pt", out / "train.json"} <= set(written)
 
-    base = load_net(cfg.paths.models / "org-n/weights/best.pt")
-    tuned = load_net(out / "weights/best.pt")
+    base = load_net(cfg.paths.models / "org-n/weights/last.pt")  # train.checkpoint: last, the grid's model
+    tuned = load_net(out / "weights/last.pt")
     neck = tuple(f"model.{i}." for i in range(11, 23))  # finetune.freeze.neck: [11, 22]
     before, after = base.state_dict(), tuned.state_dict()
     frozen = [k for k in before if k.startswith(neck)]
@@ -98,6 +100,9 @@ def test_frozen_layers_are_unchanged_by_fine_tuning(
     names = sorted(n for n, _ in base.named_parameters() if n.startswith(neck) or ".dfl" in n)
     summary = json.loads((out / "train.json").read_text())
     assert summary["frozen_parameters"] == len(names)
+    # Ultralytics keeps the frozen layers' BatchNorm in eval mode (the equal statistics above); recorded:
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for n, m in base.named_modules() if n.startswith(neck))
+    assert summary["frozen_batchnorm"] == {"modules": norms, "eval_mode": norms} and norms > 0
     assert (summary["stage"], summary["freeze"], summary["train_data"], summary["base_model"]) == (
         "finetune",
         "neck",
@@ -112,6 +117,8 @@ def test_frozen_layers_are_unchanged_by_fine_tuning(
     )
     params = run.data.params
     assert params["freeze"] == str(list(range(11, 23)))
+    assert (params["frozen_batchnorm_modules"], params["frozen_batchnorm_eval_mode"]) == (str(norms), str(norms))
+    assert params["ultralytics_version"] == summary["ultralytics_version"]
     assert (params["lr0"], params["lrf"], params["momentum"], params["weight_decay"]) == (
         "0.001",
         "0.01",
@@ -123,6 +130,24 @@ def test_frozen_layers_are_unchanged_by_fine_tuning(
     assert listed.read_text().split() == names
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"class_counts.png", "class_counts.csv", "summary.json", "train.json"} <= artifacts
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size", "capped"),
+    [(("finetune.fraction_of=train", "finetune.fraction=0.25"), 3, False),  # 25 % of 12 training images
+     (("finetune.fraction_of=train", "finetune.fraction=1.0"), 10, True),  # more than the 10 eligible ones
+     (("finetune.fraction_of=eligible", "finetune.fraction=0.25"), 2, False)],  # 25 % of the 10 eligible
+)  # fmt: skip
+def test_the_fraction_is_of_the_training_set_or_of_the_eligible_images(
+    make_config: Callable[..., Config], tiny_coco: Path, overrides: tuple[str, ...], size: int, capped: bool
+) -> None:
+    cfg = make_config(*TINY, *overrides, source=tiny_coco)
+    anonymize.run(cfg, "mask")
+    export.run(cfg, "mask")
+    _, summary = finetune.make_subset(cfg)
+    assert (summary["train_images"], summary["eligible_images"]) == (12, 10)
+    assert (summary["subset_images"], summary["capped"]) == (size, capped)
+    assert summary["fraction_of"] == cfg.finetune.fraction_of
 
 
 def test_freeze_configs_are_checked_against_the_model(make_config: Callable[..., Config]) -> None:

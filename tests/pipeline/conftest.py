@@ -1,7 +1,8 @@
-"""Docker fixtures for the pipeline tests: a private daemon and the CPU image built from this tree.
+"""Fixtures of the pipeline tests: a Docker daemon and the CPU image built from this tree, a real S3 store.
 
-A daemon needs root (docker/daemon.sh installs Debian's docker.io when it is missing). In CI
-(``CI=true``) a missing daemon fails the tests; elsewhere they are skipped with the reason.
+A daemon needs root (docker/daemon.sh installs Debian's docker.io when it is missing); so does the
+S3 store, Ceph's RADOS Gateway (tests/pipeline/s3/start_rgw.sh installs Debian's packages). In CI
+(``CI=true``) a missing one fails the tests; elsewhere they are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/bin/docker"
+START_RGW = Path(__file__).with_name("s3") / "start_rgw.sh"
+STOP_RGW = Path(__file__).with_name("s3") / "stop_rgw.sh"
 
 
 def docker_unavailable(reason: str) -> None:
@@ -65,3 +69,39 @@ def cpu_image(docker_host: str) -> str:
     base = sh(REPO / "docker" / "debian_base.sh", "local/debian:bookworm", DOCKER_HOST=docker_host).strip()
     built = sh(REPO / "docker" / "build.sh", "cpu", DOCKER_HOST=docker_host, BASE_IMAGE=base, DOCKER=DOCKER)
     return built.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real S3 server for the session: Ceph RADOS Gateway on 127.0.0.1 (tests/pipeline/s3/start_rgw.sh).
+
+    Yields its ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``.
+    """
+    folder = tmp_path_factory.mktemp("rgw")
+    result = subprocess.run(["bash", str(START_RGW), str(folder)], capture_output=True, text=True, timeout=300)
+    try:
+        if result.returncode != 0:
+            message = f"RADOS Gateway did not start:\n{result.stdout}\n{result.stderr}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        lines = (folder / "s3.env").read_text().splitlines()
+        yield dict(line.split("=", 1) for line in lines)
+    finally:
+        subprocess.run(["bash", str(STOP_RGW), str(folder)], check=False)
+
+
+def s3_bucket(server: dict[str, str], name: str) -> Any:
+    """A new bucket on the test S3 server (boto3 resource)."""
+    import boto3
+
+    credentials = {
+        "aws_access_key_id": server["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": server["AWS_SECRET_ACCESS_KEY"],
+    }
+    return boto3.resource("s3", endpoint_url=server["AWS_ENDPOINT_URL"], **credentials).create_bucket(Bucket=name)
+
+
+def s3_objects(bucket: Any) -> dict[str, tuple[str, Any]]:
+    """Every object of a bucket: key -> (ETag, last modified); unchanged when nothing was uploaded."""
+    return {o.key: (o.e_tag, o.last_modified) for o in bucket.objects.all()}

@@ -12,17 +12,16 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.pipeline.conftest import s3_bucket
+
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 BIN = Path(sys.executable).parent
-START_RGW = Path(__file__).with_name("s3") / "start_rgw.sh"
-STOP_RGW = Path(__file__).with_name("s3") / "stop_rgw.sh"
 TARGETS = ("prepare", "ssim")  # with what they need: fetch, anonymize
 VARIANT = "data/variants/mask"
 
@@ -134,32 +133,13 @@ def test_changing_one_parameter_reruns_only_its_dependents(study: Path, dvc_env:
     assert summary["win_size"] == 9
 
 
-@pytest.fixture(scope="module")
-def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real S3 server: Ceph RADOS Gateway on 127.0.0.1 (tests/pipeline/s3/start_rgw.sh)."""
-    folder = tmp_path_factory.mktemp("rgw")
-    result = subprocess.run(["bash", str(START_RGW), str(folder)], capture_output=True, text=True, timeout=300)
-    try:
-        if result.returncode != 0:
-            message = f"RADOS Gateway did not start:\n{result.stdout}\n{result.stderr}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
-        lines = (folder / "s3.env").read_text().splitlines()
-        yield dict(line.split("=", 1) for line in lines)
-    finally:
-        subprocess.run(["bash", str(STOP_RGW), str(folder)], check=False)
-
-
 @pytest.mark.s3
 def test_anonymized_variant_round_trips_through_a_real_s3_store(
     study: Path, dvc_env: dict[str, str], rgw: dict[str, str], tmp_path: Path
 ) -> None:
-    import boto3
-
     endpoint = rgw["AWS_ENDPOINT_URL"]
     env = {**dvc_env, **{key: rgw[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
-    bucket = boto3.resource("s3", endpoint_url=endpoint, **_credentials(rgw)).create_bucket(Bucket="anonbench-test")
+    bucket = s3_bucket(rgw, "anonbench-test")
     # The committed `s3` remote, pointed at this store the way docs/orchestration.md tells a user.
     dvc(study, env, "remote", "modify", "--local", "s3", "url", "s3://anonbench-test/dvc")
     dvc(study, env, "remote", "modify", "--local", "s3", "endpointurl", endpoint)
@@ -186,7 +166,3 @@ def test_anonymized_variant_round_trips_through_a_real_s3_store(
     remote = ["--remote", "s3", "--remote-config", "url=s3://anonbench-test/dvc", f"endpointurl={endpoint}"]
     dvc(consumer, env, "import", str(study), VARIANT, "-o", "coco-mask", *remote)
     assert snapshot(consumer / "coco-mask") == before
-
-
-def _credentials(server: dict[str, str]) -> dict[str, str]:
-    return {"aws_access_key_id": server["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": server["AWS_SECRET_ACCESS_KEY"]}

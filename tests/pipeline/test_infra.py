@@ -1,11 +1,14 @@
 """infra/: the Kubernetes manifests are valid against the API schemas and agree with the pipeline.
 
 No cluster here: manifests are rendered with kustomize (kubectl's built-in) and validated with
-kubernetes-validate, which carries the Kubernetes JSON schemas offline.
+kubernetes-validate, which carries the Kubernetes JSON schemas offline. The pipeline's Role is
+checked against the Kubernetes API calls the KFP 2.x driver and launcher and Argo's executor
+make, as read in their sources (KFP_CALLS below).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -18,6 +21,66 @@ import pytest
 import yaml
 
 from pipelines.settings import load_settings
+
+# Kubernetes API calls of the pods of a KFP v2 run (they all run as the run's service account), read in
+# kubeflow/pipelines at tag 2.17.0 (commit 4a3592cb2dd0a91a4652ab93893ec8beda1f3158; fetched and read
+# for this test, nothing copied) and in Argo Workflows' docs/workflow-rbac.md for its executor.
+# (verb, API group, resource, object name or None for any, who and where, made by this pipeline's runs?)
+KFP_CALLS = [
+    (
+        "get", "", "configmaps", "kfp-launcher",
+        "root DAG driver: backend/src/v2/driver/root_dag.go:103 config.FromConfigMap -> "
+        "backend/src/v2/config/env.go:73",
+        True,
+    ),
+    (
+        "get", "", "secrets", "mlpipeline-minio-artifact",
+        "launcher, every task: backend/src/v2/component/launcher_v2.go:269 objectstore.OpenBucket -> "
+        "backend/src/v2/objectstore/object_store.go:310 getS3BucketCredential -> :391 Secrets().Get "
+        "(name: backend/src/v2/config/env.go:41, the default artifact store's)",
+        True,
+    ),
+    (
+        "get", "", "pods", None,
+        "launcher: backend/src/v2/component/launcher_v2.go:607 retryIndexFromPodAnnotation (its own pod, "
+        "when KFP_RETRY_INDEX is unset)",
+        True,
+    ),
+    ("create", "argoproj.io", "workflowtaskresults", None, "Argo executor (3.4+): docs/workflow-rbac.md", True),
+    ("patch", "argoproj.io", "workflowtaskresults", None, "Argo executor (3.4+): docs/workflow-rbac.md", True),
+    # Made only by features this pipeline does not use (tests/pipeline/test_kfp_compile.py checks it does not):
+    (
+        "create", "", "persistentvolumeclaims", None,
+        "driver, kfp.kubernetes.CreatePVC: backend/src/v2/driver/k8s.go:967", False,
+    ),
+    (
+        "delete", "", "persistentvolumeclaims", None,
+        "driver, kfp.kubernetes.DeletePVC: backend/src/v2/driver/k8s.go:1093", False,
+    ),
+    (
+        "get", "argoproj.io", "workflows", None,
+        "driver, schedule-time placeholder: backend/src/v2/cmd/driver/main.go:178", False,
+    ),
+    (
+        "get", "", "configmaps", "kfp-launcher",
+        "importer launcher (dsl.importer): backend/src/v2/component/importer_launcher.go:331", False,
+    ),
+]  # fmt: skip
+
+
+def allows(role: dict[str, Any], verb: str, group: str, resource: str, name: str | None) -> bool:
+    """Whether a Role's rules allow one API call (Kubernetes RBAC: a rule with resourceNames allows only those)."""
+    for rule in role["rules"]:
+        names = rule.get("resourceNames")
+        if (
+            group in rule["apiGroups"]
+            and resource in rule["resources"]
+            and verb in rule["verbs"]
+            and (names is None or name in names)
+        ):
+            return True
+    return False
+
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -92,16 +155,66 @@ def test_pipeline_settings_name_what_infra_provides(rendered: list[dict[str, Any
     pipeline_docs = [doc for doc in rendered if doc["metadata"].get("namespace") == "kubeflow"]
     claims = {doc["metadata"]["name"] for doc in pipeline_docs if doc["kind"] == "PersistentVolumeClaim"}
     assert settings.workspace_pvc in claims
-    secrets = {
-        (secret["metadata"]["name"], frozenset(secret["stringData"]))
-        for path in (INFRA / "secrets").glob("*.yaml")
-        for secret in documents(path)
-        if secret["metadata"]["namespace"] == "kubeflow"
-    }
-    assert {(name, frozenset(keys)) for name, keys in settings.secrets.items()} == secrets
-    role = next(doc for doc in pipeline_docs if doc["kind"] == "Role")
-    readable = {name for rule in role["rules"] if "secrets" in rule["resources"] for name in rule["resourceNames"]}
-    assert readable == set(settings.secrets)
+    templates = [secret for path in (INFRA / "secrets").glob("*.yaml") for secret in documents(path)]
+    pipeline_secrets = [s for s in templates if s["metadata"]["namespace"] == "kubeflow"]
+    as_env = {(s["metadata"]["name"], frozenset(s["stringData"])) for s in pipeline_secrets if s["type"] == "Opaque"}
+    assert {(name, frozenset(keys)) for name, keys in settings.secrets.items()} == as_env
+    registry = {s["metadata"]["name"] for s in pipeline_secrets if s["type"] == "kubernetes.io/dockerconfigjson"}
+    assert set(settings.image_pull_secrets) == registry
+
+
+def role(rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [
+        doc for doc in rendered if doc["kind"] == "Role" and doc["metadata"]["name"] == "anonbench-pipeline-runner"
+    ]
+    return found
+
+
+def test_the_runner_role_allows_every_call_kfp_makes_for_this_pipeline(rendered: list[dict[str, Any]]) -> None:
+    runner = role(rendered)
+    for verb, group, resource, name, where, needed in KFP_CALLS:
+        if needed:
+            assert allows(runner, verb, group, resource, name), f"{verb} {resource}/{name}: {where}"
+    binding = next(
+        doc
+        for doc in rendered
+        if doc["kind"] == "RoleBinding" and doc["roleRef"]["name"] == "anonbench-pipeline-runner"
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "anonbench-pipeline-runner", "namespace": "kubeflow"}
+    ]
+
+
+def excess(role: dict[str, Any]) -> list[str]:
+    """What a Role grants that no call of KFP_CALLS made by this pipeline needs."""
+    needed = [call for call in KFP_CALLS if call[-1]]
+    found = []
+    for rule in role["rules"]:
+        for group, resource, verb in itertools.product(rule["apiGroups"], rule["resources"], rule["verbs"]):
+            for name in rule.get("resourceNames", [None]):
+                if not any((v, g, r) == (verb, group, resource) and n in (name, None) for v, g, r, n, *_ in needed):
+                    found.append(f"{verb} {group}/{resource} {name or '(any)'}")
+    return found
+
+
+def test_the_runner_role_allows_nothing_more(rendered: list[dict[str, Any]]) -> None:
+    runner = role(rendered)
+    assert excess(runner) == []
+    # Tasks read their Secrets as environment and mount the workspace through the pod spec: no API access.
+    for secret in load_settings().secrets:
+        assert not allows(runner, "get", "", "secrets", secret)
+    assert not allows(runner, "list", "", "configmaps", None)
+
+
+def test_the_role_checks_catch_a_missing_and_an_excess_grant(rendered: list[dict[str, Any]]) -> None:
+    runner = role(rendered)
+    without_configmap = {**runner, "rules": [r for r in runner["rules"] if r["resources"] != ["configmaps"]]}
+    assert not allows(without_configmap, "get", "", "configmaps", "kfp-launcher")
+    every_secret = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}
+    assert excess({**runner, "rules": [*runner["rules"], every_secret]}) == [
+        "get /secrets (any)",
+        "list /secrets (any)",
+    ]
 
 
 def test_mlflow_server_is_behind_authentication_with_postgres_and_s3(rendered: list[dict[str, Any]]) -> None:
@@ -123,3 +236,13 @@ def test_mlflow_server_dockerfile_lints_clean() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cluster_settings_and_manifests_name_files_that_exist() -> None:
+    for path in (REPO / "pipelines" / "cluster.yaml", *INFRA.rglob("*.yaml")):
+        named = re.findall(
+            r"\b((?:infra|docker|docs|pipelines|benchmarks)/[\w./-]+\.(?:yaml|md|py|json))", path.read_text()
+        )
+        assert all((REPO / name).is_file() for name in named), (
+            f"{path}: {[n for n in named if not (REPO / n).is_file()]}"
+        )

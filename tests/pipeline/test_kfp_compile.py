@@ -1,6 +1,8 @@
 """The compiled study pipeline: what `make pipeline` writes carries the cluster settings.
 
-No Kubernetes here: these tests read the compiled KFP YAML, the file a cluster receives.
+No Kubernetes here: these tests read the compiled KFP YAML, the file a cluster receives. The
+cluster profile (`paper`, with DeepPrivacy2) and the laptop profile (`mini`, without) compile
+different pipelines: a fan-out that would be empty is not compiled at all.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.settings import ClusterSettings, load_settings
-from pipelines.study import compile_study
+from anonbench.config import load_config
+from anonbench.workspace import GATED_AXES, RUN, grid
+from pipelines.settings import ClusterSettings, Volume, load_settings, seconds
+from pipelines.study import PARAMS_FILE, compile_study
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_STAGES = ("train", "finetune", "evaluate", "drift")
+GPU_STAGES = ("anonymize-shard", "train", "finetune", "evaluate", "drift")
+ONLY_DP2 = [
+    "anonymize.methods=[dp2_fullbody]",
+    "train.variants=[org,dp2_fullbody]",
+    "evaluate.variants=[org,dp2_fullbody]",
+]
 
 
 class Compiled:
@@ -31,12 +40,27 @@ class Compiled:
         self.executors: dict[str, Any] = self.spec["deploymentSpec"]["executors"]
 
     def tasks(self) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-        """Every task of every DAG: name, task spec, executor label (None for loop groups)."""
-        dags = [self.spec["root"], *self.spec["components"].values()]
-        for dag in (d["dag"] for d in dags if "dag" in d):
-            for name, task in dag["tasks"].items():
-                component = self.spec["components"][task["componentRef"]["name"]]
-                yield name, task, component.get("executorLabel")
+        """Every task of every DAG: name, task spec, executor label (None for loops, conditions, inner pipelines)."""
+        for _, name, task in self.tasks_by_dag():
+            yield name, task, self.spec["components"][task["componentRef"]["name"]].get("executorLabel")
+
+    def tasks_by_dag(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every task with the name of the component whose DAG holds it (``root`` for the pipeline)."""
+        dags = {"root": self.spec["root"], **self.spec["components"]}
+        for owner, dag in dags.items():
+            for name, task in dag.get("dag", {}).get("tasks", {}).items():
+                yield owner, name, task
+
+    def condition_of(self, component: str) -> str | None:
+        """The trigger condition of the task that runs the DAG component ``component``, if any."""
+        return next(
+            (
+                t.get("triggerPolicy", {}).get("condition")
+                for _, _, t in self.tasks_by_dag()
+                if t["componentRef"]["name"] == component
+            ),
+            None,
+        )
 
     def loops(self) -> dict[str, dict[str, Any]]:
         """The fan-out tasks of the root DAG by the grid axis they iterate over."""
@@ -48,6 +72,11 @@ class Compiled:
                 axis = root[producer.removesuffix("-Output")]["inputs"]["parameters"]["axis"]["runtimeValue"]
                 found[axis["constant"]] = task
         return found
+
+    def loop_name(self, axis: str) -> str:
+        """The root task name of the fan-out over ``axis``."""
+        root = self.spec["root"]["dag"]["tasks"]
+        return next(name for name, task in root.items() if task is self.loops()[axis])
 
     def executor_of(self, component: str) -> list[str]:
         """Executor labels of the tasks running ``component`` (a function name of components/); never empty."""
@@ -64,33 +93,78 @@ def settings() -> ClusterSettings:
 
 @pytest.fixture(scope="module")
 def compiled(settings: ClusterSettings, tmp_path_factory: pytest.TempPathFactory) -> Compiled:
-    return Compiled(compile_study(settings, tmp_path_factory.mktemp("kfp") / "study.yaml"))
+    """The cluster's pipeline: the paper profile, with DeepPrivacy2."""
+    return Compiled(compile_study(settings, tmp_path_factory.mktemp("kfp") / "study.yaml", profile="paper"))
 
 
-def test_training_and_evaluation_request_gpus_and_cpu_stages_do_not(compiled: Compiled) -> None:
+@pytest.fixture(scope="module")
+def mini(settings: ClusterSettings, tmp_path_factory: pytest.TempPathFactory) -> Compiled:
+    """The laptop profile's pipeline: no DeepPrivacy2 method."""
+    return Compiled(compile_study(settings, tmp_path_factory.mktemp("kfp") / "study.yaml", profile="mini"))
+
+
+def test_gpu_work_requests_gpus_and_cpu_stages_do_not(compiled: Compiled) -> None:
     for stage in GPU_STAGES:
         for label in compiled.executor_of(stage):
             accelerator = compiled.executors[label]["container"]["resources"]["accelerator"]
             assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1", label
-    for stage in ("fetch", "prepare", "export", "ssim", "relabel", "report"):
+    for stage in ("fetch", "prepare", "anonymize", "export", "ssim", "relabel", "report", "publish", "grid"):
         for label in compiled.executor_of(stage):
             assert "accelerator" not in compiled.executors[label]["container"].get("resources", {}), label
 
 
-def test_deepprivacy2_anonymization_gets_a_gpu_and_its_own_image(compiled: Compiled) -> None:
-    labels = compiled.executor_of("anonymize")
-    images = {compiled.executors[label]["container"]["image"]: label for label in labels}
-    assert len(images) == 2  # classic methods on the CPU image, DP2 on its image
-    dp2 = next(label for image, label in images.items() if "dp2" in image)
-    assert compiled.executors[dp2]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+def test_deepprivacy2_runs_in_its_image_on_one_gpu_per_shard(compiled: Compiled, settings: ClusterSettings) -> None:
+    (label,) = compiled.executor_of("anonymize-shard")
+    assert "dp2" in compiled.executors[label]["container"]["image"]
+    (classic,) = compiled.executor_of("anonymize")
+    assert "dp2" not in compiled.executors[classic]["container"]["image"]
+    # The shard fan-out's items come from `grid` with the cluster's shard count: method x shard.
+    root = compiled.spec["root"]["dag"]["tasks"]
+    shard_grid = root[
+        compiled.loops()["dp2_shards"]["parameterIterator"]["items"]["inputParameter"]
+        .removeprefix("pipelinechannel--")
+        .removesuffix("-Output")
+    ]
+    assert shard_grid["inputs"]["parameters"]["shards"]["runtimeValue"]["constant"] == settings.dp2_shards == 4
+    paper = load_config(PARAMS_FILE, "paper")
+    assert grid(paper, "dp2_shards", settings.dp2_shards) == [
+        {"method": "dp2_fullbody", "shard": f"{i}/4"} for i in range(4)
+    ]
 
 
-def test_without_deepprivacy2_every_method_runs_on_the_cpu_image(tmp_path: Path, settings: ClusterSettings) -> None:
-    compiled = Compiled(compile_study(settings.model_copy(update={"deepprivacy2": False}), tmp_path / "study.yaml"))
+def test_a_profile_without_deepprivacy2_compiles_no_dp2_branch(mini: Compiled) -> None:
+    assert "anonymize_dp2" not in mini.loops() and "dp2_shards" not in mini.loops()
+    with pytest.raises(KeyError):
+        mini.executor_of("anonymize-shard")
+    assert all("dp2" not in e["container"]["image"] for e in mini.executors.values())
 
-    (label,) = compiled.executor_of("anonymize")
-    assert "dp2" not in compiled.executors[label]["container"]["image"]
-    assert "anonymize" in compiled.loops() and "anonymize_dp2" not in compiled.loops()
+
+def test_a_profile_with_only_deepprivacy2_compiles_no_classic_branch(tmp_path: Path, settings: ClusterSettings) -> None:
+    only = Compiled(compile_study(settings, tmp_path / "study.yaml", profile="paper", overrides=ONLY_DP2))
+    assert {"dp2_shards", "anonymize_dp2"} <= set(only.loops()) and "anonymize_classic" not in only.loops()
+    with pytest.raises(KeyError):
+        only.executor_of("anonymize")
+
+
+@pytest.mark.parametrize(("profile", "overrides"), [("mini", []), ("paper", []), ("paper", ONLY_DP2)])
+def test_no_fan_out_iterates_an_empty_list(
+    tmp_path: Path, settings: ClusterSettings, profile: str, overrides: list[str]
+) -> None:
+    pipeline = Compiled(compile_study(settings, tmp_path / "study.yaml", profile=profile, overrides=overrides))
+    cfg = load_config(PARAMS_FILE, profile, overrides)
+    for axis in pipeline.loops():
+        assert grid(cfg, axis, settings.dp2_shards), f"{profile} {overrides}: fan-out over an empty {axis!r}"
+
+
+def test_gpu_work_is_scheduled_only_for_cells_that_are_not_done(compiled: Compiled) -> None:
+    gated = {axis for axis in compiled.loops() if axis in GATED_AXES}
+    assert gated == set(GATED_AXES)
+    for stage in GPU_STAGES:
+        for owner, name, _task in compiled.tasks_by_dag():
+            if name.rstrip("-0123456789") == stage:
+                assert owner.startswith("comp-condition"), f"{stage} is not behind its cell's todo"
+                condition = compiled.condition_of(owner)
+                assert condition == f"inputs.parameter_values['pipelinechannel--todo'] == '{RUN}'"
 
 
 def test_training_gets_a_memory_backed_dev_shm(compiled: Compiled, settings: ClusterSettings) -> None:
@@ -104,7 +178,7 @@ def test_training_gets_a_memory_backed_dev_shm(compiled: Compiled, settings: Clu
 
 def test_every_task_gets_the_s3_and_mlflow_secrets_as_environment(compiled: Compiled) -> None:
     expected = {
-        "anonbench-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"},
+        "anonbench-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "ANONBENCH_DVC_REMOTE"},
         "anonbench-mlflow": {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
     }
     assert set(compiled.platform) == set(compiled.executors)
@@ -115,10 +189,56 @@ def test_every_task_gets_the_s3_and_mlflow_secrets_as_environment(compiled: Comp
             assert all(k["envVar"] == k["secretKey"] for k in secret["keyToEnv"])
 
 
+def test_every_task_pulls_with_the_registry_secret_and_has_a_time_limit(
+    compiled: Compiled, settings: ClusterSettings
+) -> None:
+    kinds = {"anonymize-shard": "dp2", "train": "train", "evaluate": "evaluate", "prepare": "cpu", "publish": "cpu"}
+    for label, platform in compiled.platform.items():
+        assert (
+            [s["secretName"] for s in platform["imagePullSecret"]]
+            == settings.image_pull_secrets
+            == ["anonbench-registry"]
+        )
+        assert int(platform["activeDeadlineSeconds"]) > 0, label
+    for stage, kind in kinds.items():
+        for label in compiled.executor_of(stage):
+            assert int(compiled.platform[label]["activeDeadlineSeconds"]) == seconds(settings.resources(kind).timeout)
+    assert seconds("14d") == 14 * 86400 and seconds("90s") == 90
+    with pytest.raises(ValueError, match="expected a number"):
+        seconds("a day")
+
+
 def test_every_task_mounts_the_workspace_volume(compiled: Compiled, settings: ClusterSettings) -> None:
     for label, platform in compiled.platform.items():
         (pvc,) = platform["pvcMount"]
         assert pvc["constant"] == settings.workspace_pvc and pvc["mountPath"] == settings.mount_path, label
+
+
+def test_deepprivacy2_finds_its_weights_and_can_mount_a_weights_volume(
+    tmp_path: Path, settings: ClusterSettings
+) -> None:
+    (label,) = Compiled(compile_study(settings, tmp_path / "a.yaml", profile="paper")).executor_of("anonymize-shard")
+    env = {e["name"]: e.get("value") for e in Compiled(tmp_path / "a.yaml").executors[label]["container"]["env"]}
+    # The DP2 image's layout (docker/dp2/Dockerfile; anonbench dp2-weights writes torch/ and fvcore/).
+    assert env["ANONBENCH_DP2_WEIGHTS"] == "/opt/dp2-weights"
+    assert env["TORCH_HOME"] == "/opt/dp2-weights/torch" and env["FVCORE_CACHE"] == "/opt/dp2-weights/fvcore"
+    weights = Volume(pvc="anonbench-dp2-weights", mount_path="/opt/dp2-weights")
+    dp2 = settings.resources("dp2").model_copy(update={"volumes": [weights]})
+    custom = Compiled(
+        compile_study(
+            settings.model_copy(update={"tasks": {**settings.tasks, "dp2": dp2}}), tmp_path / "b.yaml", profile="paper"
+        )
+    )
+    mounts = {(m["constant"], m["mountPath"]) for m in custom.platform[label]["pvcMount"]}
+    assert mounts == {(settings.workspace_pvc, settings.mount_path), ("anonbench-dp2-weights", "/opt/dp2-weights")}
+    (train,) = custom.executor_of("train")
+    assert len(custom.platform[train]["pvcMount"]) == 1
+
+
+def test_every_task_knows_its_image_for_the_lineage_tags(compiled: Compiled) -> None:
+    for label, executor in compiled.executors.items():
+        env = {e["name"]: e.get("value") for e in executor["container"]["env"]}
+        assert env["ANONBENCH_IMAGE"] == executor["container"]["image"], label
 
 
 def test_every_task_retries_with_backoff(compiled: Compiled, settings: ClusterSettings) -> None:
@@ -127,10 +247,11 @@ def test_every_task_retries_with_backoff(compiled: Compiled, settings: ClusterSe
     for name, task in tasks:
         policy = task["retryPolicy"]
         assert policy["maxRetryCount"] == settings.retries.count, name
-        assert policy["backoffDuration"] == settings.retries.backoff and policy["backoffFactor"] == 2.0, name
+        assert policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0, name
+        assert policy["backoffMaxDuration"] == "3600s", name
 
 
-def test_caching_is_off_for_training_and_every_workspace_task(compiled: Compiled) -> None:
+def test_kfp_caching_is_off_for_every_task(compiled: Compiled) -> None:
     trainings = [task for name, task, _ in compiled.tasks() if name in ("train", "finetune")]
     assert len(trainings) == 2
     for name, task, label in compiled.tasks():
@@ -138,8 +259,28 @@ def test_caching_is_off_for_training_and_every_workspace_task(compiled: Compiled
             assert not task["cachingOptions"].get("enableCache", False), name
 
 
+def test_stages_show_their_numbers_and_the_report_in_the_ui(compiled: Compiled) -> None:
+    def outputs(component: str) -> dict[str, str]:
+        artifacts = compiled.spec["components"][component]["outputDefinitions"].get("artifacts", {})
+        return {name: spec["artifactType"]["schemaTitle"] for name, spec in artifacts.items()}
+
+    for stage in (
+        "prepare",
+        "anonymize",
+        "anonymize-shard",
+        "ssim",
+        "train",
+        "finetune",
+        "evaluate",
+        "drift",
+        "publish",
+    ):
+        assert outputs(f"comp-{stage}") == {"metrics": "system.Metrics"}, stage
+    assert outputs("comp-report") == {"html": "system.HTML", "markdown": "system.Markdown", "matrix": "system.Markdown"}
+
+
 def test_gpu_tasks_get_node_selector_and_tolerations(compiled: Compiled, settings: ClusterSettings) -> None:
-    for stage, kind in (("train", "train"), ("evaluate", "evaluate")):
+    for stage, kind in (("train", "train"), ("evaluate", "evaluate"), ("anonymize-shard", "dp2")):
         res = settings.resources(kind)
         for label in compiled.executor_of(stage):
             assert compiled.platform[label]["nodeSelector"]["labels"] == res.node_selector
@@ -152,6 +293,7 @@ def test_fan_outs_iterate_the_run_grid_with_a_parallelism_limit(compiled: Compil
     loops = compiled.loops()
     assert set(loops) == {
         "anonymize_classic",
+        "dp2_shards",
         "anonymize_dp2",
         "export",
         "train",
@@ -163,14 +305,16 @@ def test_fan_outs_iterate_the_run_grid_with_a_parallelism_limit(compiled: Compil
     }
     for loop in loops.values():
         assert loop["iteratorPolicy"]["parallelismLimit"] == settings.parallelism
-    assert list(compiled.spec["components"][loops["train"]["componentRef"]["name"]]["dag"]["tasks"]) == ["train"]
 
 
 def test_training_starts_after_every_export(compiled: Compiled) -> None:
     root = compiled.spec["root"]["dag"]["tasks"]
-    export_loop = next(name for name, task in root.items() if task is compiled.loops()["export"])
-    joins = [root[name] for name in compiled.loops()["train"]["dependentTasks"] if name.startswith("gather")]
-    assert [j["inputs"]["parameters"]["refs"]["taskOutputParameter"]["producerTask"] for j in joins] == [export_loop]
+    train_grid = compiled.loops()["train"]["parameterIterator"]["items"]["inputParameter"]
+    grid_task = root[train_grid.removeprefix("pipelinechannel--").removesuffix("-Output")]
+    joins = [root[name] for name in grid_task["dependentTasks"] if name.startswith("gather")]
+    assert [j["inputs"]["parameters"]["refs"]["taskOutputParameter"]["producerTask"] for j in joins] == [
+        compiled.loop_name("export")
+    ]
 
 
 def test_settings_are_compiled_in(tmp_path: Path, settings: ClusterSettings) -> None:
@@ -184,11 +328,19 @@ def test_settings_are_compiled_in(tmp_path: Path, settings: ClusterSettings) -> 
     assert {loop["iteratorPolicy"]["parallelismLimit"] for loop in compiled.loops().values()} == {2}
 
 
+def test_the_pipeline_uses_no_kfp_feature_its_runner_role_does_not_allow(compiled: Compiled) -> None:
+    """infra/pipeline/rbac.yaml grants only what this pipeline's tasks need (tests/pipeline/test_infra.py)."""
+    text = yaml.safe_dump(compiled.spec) + yaml.safe_dump(compiled.platform)
+    assert "createpvc" not in text.lower() and "deletepvc" not in text.lower()  # the driver would create PVCs
+    assert all("importer" not in e for e in compiled.spec["deploymentSpec"]["executors"].values())  # no importer
+    assert "{{$.pipeline_job_schedule_time_utc}}" not in text  # the driver would read the Workflow
+
+
 def test_make_pipeline_command_compiles_with_the_image_from_the_environment(tmp_path: Path) -> None:
     image = "registry.example.com/anonbench-train@sha256:" + "0" * 64
     out = tmp_path / "study.yaml"
     subprocess.run(
-        [sys.executable, "-m", "pipelines.study", "--output", str(out)],
+        [sys.executable, "-m", "pipelines.study", "--profile", "paper", "--output", str(out)],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -197,8 +349,12 @@ def test_make_pipeline_command_compiles_with_the_image_from_the_environment(tmp_
     compiled = Compiled(out)
 
     for label in compiled.executor_of("train"):
-        assert compiled.executors[label]["container"]["image"] == image
+        container = compiled.executors[label]["container"]
+        assert container["image"] == image
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["ANONBENCH_IMAGE_DIGEST"] == "sha256:" + "0" * 64
     for label in compiled.executor_of("prepare"):
         assert compiled.executors[label]["container"]["image"] != image
+    assert "anonymize_dp2" in compiled.loops()  # compiled for the profile asked for
     # The task image carries kfp: no pip install at task start, so tasks run with no network.
     assert all("pip install" not in str(e["container"]["command"]) for e in compiled.executors.values())

@@ -2,9 +2,12 @@
 
 Each task is the study's own component (``components/``) started by KFP as a container
 of the CPU image built from this tree, as the cluster would start it: plan, fetch,
-prepare, the classic-anonymization fan-out (anonymize then ssim per method, over the
-list ``grid`` derives from the run's parameters), and export. The run's workspace and
-a copy of coco-mini live under the pipeline root, the one folder the DockerRunner mounts.
+publish of the source, prepare, the classic-anonymization fan-out (anonymize, publish,
+ssim per method, over the list ``grid`` derives from the run's parameters), and export.
+The run's workspace, a copy of coco-mini and a folder DVC remote live under the pipeline
+root, the one folder the DockerRunner mounts. Every MLflow run the containers log carries
+the lineage a cluster run carries: the image's revision and digest, the commit it was built
+from, and the DVC hashes of the data published before it.
 
 Not run here: train, finetune and the evaluations, relabel and report that need trained
 models. They run in the training image (torch and Ultralytics: several GB and minutes
@@ -14,41 +17,66 @@ No ``from __future__ import annotations`` here: KFP reads the pipeline function'
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import kfp.local
 import pytest
+import yaml
 from kfp import dsl
 from mlflow.tracking import MlflowClient
 
 from components.anonymize import anonymize
 from components.export import export
 from components.fetch import fetch
-from components.images import CPU_IMAGE
+from components.images import BUILT_IMAGES, CPU_IMAGE, lineage
 from components.plan import gather, grid, plan
 from components.prepare import prepare
+from components.publish import publish
 from components.ssim import ssim
-from tests.pipeline.conftest import DOCKER
+from tests.pipeline.conftest import DOCKER, REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE_UID = 10001  # the images' user (docker/cpu/Dockerfile)
 
 
-@dsl.pipeline(name="anonbench-cpu-stages")
-def cpu_stages(workspace: str, overrides: list) -> None:
-    """The study's CPU stages, wired as in pipelines/study.py.
+def cpu_stages() -> Callable[..., None]:
+    """The study's CPU stages, wired as in pipelines/study.py, each task told its image (``lineage``).
 
-    Tasks take the ``workspace`` parameter ordered after ``plan``, as the study does: KFP
-    2.17's local runner hands a loop task its loop item in place of an upstream task's output.
+    Defined when called, after the image is built: KFP runs a pipeline function's body (and so
+    ``lineage``, which reads the digest docker/build.sh recorded) when it is decorated. Tasks take the
+    ``workspace`` parameter ordered after ``plan``, as the study does: KFP 2.17's local runner hands a
+    loop task its loop item in place of an upstream task's output.
     """
-    planned = plan(workspace=workspace, params_file="params.yaml", profile="mini", overrides=overrides)
-    prepared = prepare(workspace=workspace).after(fetch(workspace=workspace, download=False).after(planned))
-    with dsl.ParallelFor(grid(workspace=workspace, axis="anonymize_classic").after(planned).output) as method:
-        anonymized = anonymize(workspace=workspace, method=method).after(prepared)
-        measured = ssim(workspace=workspace, variant=method).after(anonymized)
-    joined = gather(refs=dsl.Collected(measured.output))
-    with dsl.ParallelFor(grid(workspace=workspace, axis="export").after(planned).output) as variant:
-        export(workspace=workspace, variant=variant).after(joined)
+
+    @dsl.pipeline(name="anonbench-cpu-stages")
+    def pipeline(workspace: str, overrides: list) -> None:
+        branches = ["anonymize_classic", "finetune"]
+        planned = lineage(
+            plan(
+                workspace=workspace,
+                params_file="params.yaml",
+                profile="mini",
+                overrides=overrides,
+                branches=branches,
+                publish=True,
+            )
+        )
+        fetched = lineage(fetch(workspace=workspace, download=False).after(planned))
+        sourced = lineage(publish(workspace=workspace, target="source").after(fetched))
+        prepared = lineage(prepare(workspace=workspace).after(fetched))
+        methods = lineage(grid(workspace=workspace, axis="anonymize_classic", shards=1).after(planned))
+        with dsl.ParallelFor(methods.output) as method:
+            anonymized = lineage(anonymize(workspace=workspace, method=method).after(prepared, sourced))
+            published = lineage(publish(workspace=workspace, target=method).after(anonymized))
+            measured = lineage(ssim(workspace=workspace, variant=method).after(published))
+        joined = lineage(gather(refs=dsl.Collected(measured.outputs["Output"])))
+        with dsl.ParallelFor(
+            lineage(grid(workspace=workspace, axis="export", shards=1).after(planned)).output
+        ) as variant:
+            lineage(export(workspace=workspace, variant=variant).after(joined))
+
+    return pipeline
 
 
 def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: Path) -> None:
@@ -68,12 +96,13 @@ def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: 
     overrides = [
         f"data.local_copy={root / 'coco-mini'}",
         f"tracking.uri=sqlite:///{ws / 'mlflow.db'}",
+        f"publish.remote={root / 'dvc-remote'}",
         # one classic method keeps the run short; the fan-out machinery is the same for three
         "anonymize.methods=[mask]",
         "train.variants=[org,mask]",
         "evaluate.variants=[org,mask]",
     ]
-    cpu_stages(workspace=str(ws), overrides=overrides)
+    cpu_stages()(workspace=str(ws), overrides=overrides)
 
     data = ws / "data"
     for rel in (
@@ -97,5 +126,26 @@ def test_cpu_stages_run_in_the_image(cpu_image: str, coco_mini: Path, tmp_path: 
     runs = client.search_runs([experiment.experiment_id])
     assert {(run.data.tags["stage"], run.info.status) for run in runs} >= {
         ("anonymize", "FINISHED"),
+        ("publish", "FINISHED"),
         ("ssim", "FINISHED"),
     }
+
+    # Lineage, from the image (its revision label, baked in as environment), the compiled pipeline
+    # (the image reference and digest build.sh recorded) and the workspace (published DVC hashes).
+    inspect = [DOCKER, "image", "inspect", "--format"]
+    labels = '{{index .Config.Labels "org.opencontainers.image.revision"}}'
+    revision = subprocess.run([*inspect, labels, cpu_image], capture_output=True, text=True).stdout.strip()
+    image_id = subprocess.run([*inspect, "{{.Id}}", cpu_image], capture_output=True, text=True).stdout.strip()
+    assert f"ANONBENCH_CPU_IMAGE_DIGEST={image_id}" in BUILT_IMAGES.read_text().splitlines()
+    short_sha = revision.split("-")[1]  # <version>-<git short sha>[-dirty.<hash>], docker/build.sh
+    commit = subprocess.run(["git", "rev-parse", short_sha], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    source = yaml.safe_load((ws / "data/raw/coco-mini.dvc").read_text())["outs"][0]["md5"]
+    variant = yaml.safe_load((ws / "data/variants/mask.dvc").read_text())["outs"][0]["md5"]
+    for run in runs:
+        tags = run.data.tags
+        assert tags["image"] == CPU_IMAGE and tags["image_digest"] == image_id, tags["stage"]
+        assert tags["image_revision"] == revision and revision.startswith("0."), tags["stage"]
+        assert tags["git_commit"] == commit, tags["stage"]
+        assert tags["dvc.data/raw/coco-mini"] == source, tags["stage"]
+    (measured,) = [run for run in runs if run.data.tags["stage"] == "ssim"]
+    assert measured.data.tags["dvc.data/variants/mask"] == variant

@@ -139,11 +139,14 @@ def test_a_second_submit_adds_a_version_instead_of_a_new_pipeline(kfp_api: FakeK
 
     assert url.endswith("/#/runs/details/r2")
     assert list(kfp_api.pipelines) == [PIPELINE_NAME] and len(kfp_api.packages) == 2
+    # Each version is compiled for its run's profile: the mini study has no DeepPrivacy2 branch at all.
+    mini, paper = kfp_api.packages
+    assert "comp-anonymize-shard" not in mini["components"] and "comp-anonymize-shard" in paper["components"]
     ((pipeline_id, _),) = kfp_api.versions
     assert kfp_api.runs[1]["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": "v2"}
 
 
-OPTIONS = ["--set", "train.epochs=2", "--set", "train.sizes=[n]", "--workspace", "/mnt/anonbench/x"]
+OPTIONS = ["--set", "train.epochs=2", "--set", "train.sizes=[n,m]", "--workspace", "/mnt/anonbench/x"]
 
 
 def test_submit_command_prints_the_run_url(kfp_api: FakeKfp, tmp_path: Path) -> None:
@@ -160,7 +163,31 @@ def test_submit_command_prints_the_run_url(kfp_api: FakeKfp, tmp_path: Path) -> 
     assert kfp_api.authorization == {"Bearer t0ken"}
     assert kfp_api.runs[0]["runtime_config"]["parameters"] == {
         "profile": "paper",
-        "overrides": ["train.epochs=2", "train.sizes=[n]"],
+        "overrides": ["train.epochs=2", "train.sizes=[n,m]"],
         "download": False,
         "workspace": "/mnt/anonbench/x",
     }
+
+
+def test_submit_command_refuses_invalid_parameters_before_uploading(kfp_api: FakeKfp, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.submit",
+            "--host",
+            kfp_api.url,
+            "--profile",
+            "paper",
+            "--set",
+            "train.sizes=[n]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "finetune.base.size" in result.stderr
+    assert kfp_api.packages == [] and kfp_api.runs == []

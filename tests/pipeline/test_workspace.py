@@ -1,7 +1,8 @@
-"""The KFP run workspace: resolved parameters, the fan-out grids, stages run by reference."""
+"""The KFP run workspace: resolved parameters, the fan-out grids, stages run by reference, its stamps."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anonbench import workspace
 from anonbench.config import ConfigError, load_config
-from anonbench.workspace import PARAMS, WorkspaceError, grid, prepare, run_stage
+from anonbench.workspace import (
+    DONE,
+    PARAMS,
+    RUN,
+    WorkspaceError,
+    check_branches,
+    check_publish,
+    grid,
+    is_current,
+    needed_branches,
+    pending,
+    prepare,
+    run_stage,
+    stage_metrics,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_FILE = REPO / "params.yaml"
@@ -57,14 +73,19 @@ def test_grid_fans_out_the_configured_study() -> None:
     assert {"model": "mask-s", "on": "blur"} in evaluations
     assert grid(cfg, "evaluate_finetuned")[0] == {"model": f"ft-{next(iter(cfg.finetune.freeze))}", "on": "org"}
     assert grid(cfg, "export") == ["org", *cfg.anonymize.methods]
-    assert grid(cfg, "relabel") == grid(cfg, "drift") == cfg.anonymize.methods
+    assert grid(cfg, "finetune") == [{"freeze": name} for name in cfg.finetune.freeze]
+    assert grid(cfg, "relabel") == [cell["variant"] for cell in grid(cfg, "drift")] == cfg.anonymize.methods
     with pytest.raises(KeyError, match="unknown grid axis"):
         grid(cfg, "sizes")
 
 
-def test_grid_sends_deepprivacy2_methods_to_their_own_image() -> None:
+def test_grid_sends_deepprivacy2_methods_to_their_own_image_in_shards() -> None:
     paper = load_config(PARAMS_FILE, profile="paper")
     assert grid(paper, "anonymize_dp2") == ["dp2_fullbody"]
+    assert grid(paper, "dp2_shards", 2) == [
+        {"method": "dp2_fullbody", "shard": "0/2"},
+        {"method": "dp2_fullbody", "shard": "1/2"},
+    ]
     assert "dp2_fullbody" not in grid(paper, "anonymize_classic")
     detector = load_config(PARAMS_FILE, overrides=["anonymize.mask_source=detector"])
     assert grid(detector, "anonymize_classic") == []  # DP2's detector runs only in the DP2 image
@@ -97,11 +118,157 @@ def test_kfp_grid_and_dvc_matrix_agree_on_the_default_study() -> None:
     kfp += [f"{stage}@{m}" for stage in ("anonymize", "ssim") for m in grid(cfg, "anonymize_classic")]
     kfp += [f"export@{v}" if v != "org" else "export-org" for v in grid(cfg, "export")]
     kfp += [f"train@{c['variant']}-{c['size']}" for c in grid(cfg, "train")]
-    kfp += [f"finetune@{name}" for name in grid(cfg, "finetune")]
+    kfp += [f"finetune@{cell['freeze']}" for cell in grid(cfg, "finetune")]
     kfp += [f"evaluate@{c['model']}-{c['on']}" for c in grid(cfg, "evaluate_trained")]
     kfp += [f"evaluate-ft@{c['model'].removeprefix('ft-')}-{c['on']}" for c in grid(cfg, "evaluate_finetuned")]
-    kfp += [f"{stage}@{m}" for stage in ("relabel", "drift") for m in grid(cfg, stage)]
+    kfp += [f"relabel@{m}" for m in grid(cfg, "relabel")] + [f"drift@{c['variant']}" for c in grid(cfg, "drift")]
     kfp += ["report"]
 
     assert grid(cfg, "anonymize_dp2") == []
     assert sorted(listed) == sorted(kfp)
+
+
+def test_the_pipeline_compiles_only_the_fan_outs_a_run_needs_and_plan_refuses_others(tmp_path: Path) -> None:
+    mini, paper = load_config(PARAMS_FILE), load_config(PARAMS_FILE, profile="paper")
+    assert needed_branches(mini) == ["anonymize_classic", "finetune"]
+    assert needed_branches(paper) == ["anonymize_classic", "anonymize_dp2", "finetune"]
+    check_branches(paper, ["anonymize_dp2", "anonymize_classic", "finetune"])
+    with pytest.raises(WorkspaceError, match="compiled with the fan-outs"):
+        check_branches(paper, needed_branches(mini))  # a mini pipeline submitted with the paper profile
+    with pytest.raises(WorkspaceError, match="no DVC remote"):
+        check_publish(mini)
+    check_publish(load_config(PARAMS_FILE, overrides=["publish.remote=s3://bucket/prefix"]))
+
+
+@pytest.fixture
+def fake_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Stages replaced by a small script: it logs each call, writes ``out/<stage and options>.txt``, exits as told.
+
+    The script's exit: ``ok`` (0), ``fail`` (status 1) or ``kill`` (killed by SIGKILL, like the OOM killer).
+    """
+    calls = tmp_path / "calls.txt"
+    script = (
+        "import os, signal, sys, pathlib\n"
+        "stage, how = sys.argv[1], pathlib.Path('how').read_text().strip()\n"
+        "name = '-'.join(sys.argv[1:])\n"
+        f"open({str(calls)!r}, 'a').write(stage + '\\n')\n"
+        "if how == 'kill': os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if how == 'fail': sys.exit(1)\n"
+        "pathlib.Path('out').mkdir(exist_ok=True)\n"
+        "pathlib.Path('out', name + '.txt').write_text(name)\n"
+        "print('wrote out/' + name + '.txt')\n"
+    )
+    monkeypatch.setattr(workspace, "stage_command", lambda stage, *args: [sys.executable, "-c", script, stage, *args])
+    prepare(tmp_path, PARAMS_FILE, None, [])
+    (tmp_path / "how").write_text("ok")
+    return calls
+
+
+def test_a_finished_stage_is_not_run_again_until_its_output_or_its_input_changes(
+    tmp_path: Path, fake_stage: Path
+) -> None:
+    assert run_stage(tmp_path, "fetch") == "out/fetch.txt"
+    assert run_stage(tmp_path, "prepare") == "out/prepare.txt"
+    assert is_current(tmp_path, "fetch") and is_current(tmp_path, "prepare")
+
+    assert run_stage(tmp_path, "prepare") == "out/prepare.txt"  # current: not run
+    assert fake_stage.read_text().split() == ["fetch", "prepare"]
+
+    (tmp_path / "out/prepare.txt").write_text("changed by hand")  # its output changed
+    assert not is_current(tmp_path, "prepare")
+    run_stage(tmp_path, "prepare")
+    assert is_current(tmp_path, "prepare")
+
+    (tmp_path / "out/fetch.txt").unlink()  # its input is gone: fetch reruns, then prepare, which reads it
+    assert not is_current(tmp_path, "fetch") and is_current(tmp_path, "prepare")
+    run_stage(tmp_path, "fetch")
+    assert not is_current(tmp_path, "prepare")
+    assert fake_stage.read_text().split() == ["fetch", "prepare", "prepare", "fetch"]
+    assert run_stage(tmp_path, "fetch", "--download") == "out/fetch.txt"  # --download changes no output
+    assert fake_stage.read_text().split()[-1] == "fetch" and len(fake_stage.read_text().split()) == 4
+
+
+def test_stamps_follow_the_study_data_order_cell_by_cell(tmp_path: Path, fake_stage: Path) -> None:
+    for stage, *args in (
+        ("prepare",),
+        ("anonymize", "--method", "mask"),
+        ("anonymize", "--method", "blur"),
+        ("export", "--variant", "mask"),
+        ("export", "--variant", "blur"),
+        ("train", "--variant", "mask", "--size", "n"),
+        ("train", "--variant", "blur", "--size", "n"),
+    ):
+        run_stage(tmp_path, stage, *args)
+    cells = [{"variant": "mask", "size": "n"}, {"variant": "blur", "size": "n"}]
+    assert [c["todo"] for c in pending(tmp_path, "train", cells)] == [DONE, DONE]
+
+    run_stage(tmp_path, "export", "--variant", "mask")  # current: not run, nothing changes
+    assert [c["todo"] for c in pending(tmp_path, "train", cells)] == [DONE, DONE]
+    (tmp_path / "out/anonymize---method-mask.txt").unlink()  # the mask variant is lost and made again
+    run_stage(tmp_path, "anonymize", "--method", "mask")
+    assert not is_current(tmp_path, "export", "--variant", "mask")
+    assert is_current(tmp_path, "export", "--variant", "blur")
+    run_stage(tmp_path, "export", "--variant", "mask")
+    assert [c["todo"] for c in pending(tmp_path, "train", cells)] == [RUN, DONE]
+    assert pending(tmp_path, "train", cells)[0] == {"variant": "mask", "size": "n", "todo": RUN}
+
+
+def test_another_code_revision_or_another_remote_make_work_stale(
+    tmp_path: Path, fake_stage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_stage(tmp_path, "fetch")
+    run_stage(tmp_path, "publish", "--target", "source")
+    assert is_current(tmp_path, "fetch") and is_current(tmp_path, "publish", "--target", "source")
+    monkeypatch.setenv("ANONBENCH_DVC_REMOTE", "s3://another-store/anonbench")  # publishing elsewhere is new work
+    assert is_current(tmp_path, "fetch") and not is_current(tmp_path, "publish", "--target", "source")
+    monkeypatch.setenv("ANONBENCH_IMAGE_REVISION", "0.1.0-abcdef1")  # a task in an image of other code
+    assert not is_current(tmp_path, "fetch")
+
+
+def test_a_deterministic_failure_is_not_repeated_by_a_retry_but_a_kill_is(tmp_path: Path, fake_stage: Path) -> None:
+    (tmp_path / "how").write_text("fail")
+    with pytest.raises(WorkspaceError, match="failed with exit code 1"):
+        run_stage(tmp_path, "prepare")
+    (tmp_path / "how").write_text("ok")  # the retry would pass, but the same inputs fail the same way
+    with pytest.raises(WorkspaceError, match="failed earlier in this submission"):
+        run_stage(tmp_path, "prepare")
+    assert fake_stage.read_text().split() == ["prepare"]
+
+    prepare(tmp_path, PARAMS_FILE, None, [])  # a new submission (plan) forgets the failure
+    assert run_stage(tmp_path, "prepare") == "out/prepare.txt"
+
+    (tmp_path / "how").write_text("kill")  # the OOM killer: no record, the retry runs again
+    with pytest.raises(WorkspaceError, match="exit code -9"):
+        run_stage(tmp_path, "fetch")
+    (tmp_path / "how").write_text("ok")
+    assert run_stage(tmp_path, "fetch") == "out/fetch.txt"
+    assert fake_stage.read_text().split() == ["prepare", "prepare", "fetch", "fetch"]
+
+
+def test_stage_metrics_are_the_finite_numbers_of_its_metric_files(tmp_path: Path) -> None:
+    (tmp_path / "metrics/eval/m_on_org").mkdir(parents=True)
+    doc = {
+        "AP": 0.25,
+        "images": 50,
+        "predictions": 9,
+        "backend": "x",
+        "freeze": None,
+        "per_class": {"cat": {"AP": None}},
+    }
+    (tmp_path / "metrics/eval/m_on_org/metrics.json").write_text(json.dumps(doc))
+    (tmp_path / "metrics/eval/m_on_org/predictions.json").write_text("[]")
+    stamps = workspace._Stamps(tmp_path)
+    (tmp_path / PARAMS).write_text("")
+    stamps.folder.mkdir(parents=True)
+    outputs = {"metrics/eval/m_on_org": "dir"}
+    stamp = {"stage": "evaluate", "options": {"model": "m", "on": "org"}, "outputs": outputs}
+    stamps.path("evaluate", {"model": "m", "on": "org"}).write_text(json.dumps(stamp))
+
+    found = stage_metrics(tmp_path, "evaluate", "--model", "m", "--on", "org")
+    assert found == {"metrics/AP": 0.25, "metrics/images": 50.0, "metrics/predictions": 9.0}
+
+    # A void evaluation (no detection) shows no AP at all, not 0, whatever number its file might hold.
+    doc.update(predictions=0, void=True, void_reason="no detections", AP=0.0)
+    (tmp_path / "metrics/eval/m_on_org/metrics.json").write_text(json.dumps(doc))
+    found = stage_metrics(tmp_path, "evaluate", "--model", "m", "--on", "org")
+    assert found == {"metrics/images": 50.0, "metrics/predictions": 0.0}

@@ -126,16 +126,21 @@ def box_mask(bbox: Any, height: int, width: int) -> np.ndarray | None:
     return mask
 
 
+def dilate(mask: np.ndarray, dilation_px: int) -> np.ndarray:
+    """Grow a bool mask by ``dilation_px`` pixels with an elliptic kernel (the anonymized region's dilation)."""
+    if not dilation_px:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation_px + 1,) * 2)
+    return np.asarray(cv2.dilate(mask.astype(np.uint8), kernel).astype(bool))
+
+
 def to_person(mask: np.ndarray, dilation_px: int) -> Person:
     """Crop a full-image mask to its box and grow it by ``dilation_px`` (elliptic kernel)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     height, width = mask.shape
     y0, y1 = max(rows[0] - dilation_px, 0), min(rows[-1] + 1 + dilation_px, height)
     x0, x1 = max(cols[0] - dilation_px, 0), min(cols[-1] + 1 + dilation_px, width)
-    crop = mask[y0:y1, x0:x1]
-    if dilation_px:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation_px + 1,) * 2)
-        crop = cv2.dilate(crop.astype(np.uint8), kernel).astype(bool)
+    crop = dilate(mask[y0:y1, x0:x1], dilation_px)
     return Person(int(x0), int(y0), crop, int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
 
 

@@ -2,13 +2,18 @@
 
 coco-mini's checksum list (``checksums/coco-mini.sha256``) is metadata computed
 from the files; the images themselves are never part of the repository. Full
-COCO 2017 is three official archives with their published MD5 sums.
+COCO 2017 is three official archives with their published MD5 sums. A
+``coco-folder`` source is a user's own COCO-format folder: nothing is published
+about it, so its listing and sha256 sums are taken from the folder itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
+
+from anonbench.data.download import file_digest
 
 # coco-mini's public sources, at the revisions its README names (shared/data/coco-mini/README.md).
 COCO128_BASE = "https://raw.githubusercontent.com/developer0hye/COCO128/47a3de30aaf7ad1c02105bd80598fb03ac0d0789/"
@@ -63,6 +68,28 @@ def coco2017_files() -> list[RemoteFile]:
             "md5",
             (COCO_IMAGES_BASE + "annotations/annotations_trainval2017.zip",),
         ),
+    ]
+
+
+def coco_folder_files(folder: Path, splits: tuple[str, ...]) -> list[RemoteFile]:
+    """Every file a COCO-format folder holds for ``splits``, with its sha256 computed now.
+
+    That is ``annotations/instances_<split>.json`` and every file under ``<split>/``
+    (sub-folders included, as COCO file names may have them); anything else in
+    the folder is not part of the dataset.
+
+    Raises:
+        FileNotFoundError: Naming the annotation file or image folder a split lacks.
+    """
+    paths = []
+    for split in splits:
+        annotations, images = folder / "annotations" / f"instances_{split}.json", folder / split
+        for needed in (annotations, images):
+            if not needed.exists():
+                raise FileNotFoundError(f"{needed}: a COCO-format folder needs it for split {split!r}")
+        paths += [annotations, *(p for p in images.rglob("*") if p.is_file())]
+    return [
+        RemoteFile(p.relative_to(folder).as_posix(), file_digest(p, "sha256"), "sha256", ()) for p in sorted(set(paths))
     ]
 
 

@@ -4,7 +4,10 @@ Writes, under ``data/variants/<method>/``: ``<split>/<stem>.png`` for every
 image (person-free ones with unchanged pixels), ``annotations/instances_<split>.json``
 (the original annotations, file names pointing at the written files),
 ``masks/<split>/<stem>.png`` (the anonymized region, 0/255),
-``manifest_<split>.json`` and ``coverage_<split>.json``. Each image is
+``manifest_<split>.json`` and ``coverage_<split>.json``. DeepPrivacy2 methods follow the
+seed study's procedure: only images with a ground-truth person go to DP2, every other image is
+copied byte-identical (its own file name and format), and persons DP2's own size filter drops
+are counted (``persons_below_size_filter``). Each image is
 written atomically and then its record under ``records/<split>/``; a rerun
 with the same settings skips images that have a record, so a killed run
 resumes where it stopped (changed settings start the split afresh).
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from anonbench.anonymizers import classic
-from anonbench.anonymizers.dp2 import Dp2Anonymizer, require_dp2
+from anonbench.anonymizers.dp2 import Dp2Anonymizer, settings_record
 from anonbench.anonymizers.masks import COUNT_KEYS, PersonMasks, changed_pixels, person_masks, to_person, union
 from anonbench.coco import CocoError, Instances, annotations_by_image, image_path, person_category_id, read_instances
 from anonbench.config import CLASSIC_METHODS, DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
@@ -40,6 +43,8 @@ from anonbench.parallel import map_with_progress, take_shard
 
 log = logging.getLogger(__name__)
 PIXEL_KEYS = ("pixels", "anonymized_pixels", "gt_person_pixels", "changed_gt_person_pixels")
+# Counted for DP2 methods only: persons its own size filter dropped (they keep their pixels).
+DP2_COUNT_KEYS = ("persons_below_size_filter",)
 Job = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
@@ -92,39 +97,126 @@ def uses_dp2(cfg: Config, method: str) -> bool:
 
 
 @functools.cache
-def _dp2(params: DeepPrivacy2, method: str) -> Dp2Anonymizer:
-    """One DP2 anonymizer per process and method (loading it takes seconds and GPU memory)."""
-    return Dp2Anonymizer(params, method)
+def _dp2(params: DeepPrivacy2, method: str, seed: int) -> Dp2Anonymizer:
+    """One DP2 anonymizer per process and method (loading it takes seconds and GPU memory).
+
+    ``method`` ``detector`` is DP2's detector alone (the classic methods' detector mask source).
+    """
+    return Dp2Anonymizer(params, method, seed)
 
 
-def anonymize_pixels(
-    ctx: Context, image: np.ndarray, masks: PersonMasks, seed: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Anonymize one decoded image.
+class Dp2Failed(RuntimeError):
+    """DeepPrivacy2 raised on one image; the message names it."""
 
-    Returns:
-        The anonymized image, the anonymized region (H x W bool) and the number
-        of persons anonymized.
+
+@dataclass(frozen=True)
+class Anonymized:
+    """One image's anonymization: the pixels, the region that changed, and its counts."""
+
+    image: np.ndarray
+    region: np.ndarray
+    persons: int
+    extra: dict[str, int]
+
+
+def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: int) -> Anonymized:
+    """Anonymize one decoded image with ground-truth persons.
+
+    DP2's region is the set of pixels it changed; DP2 methods add ``persons_below_size_filter``:
+    persons (ground truth in mode ``gt``, detected in mode ``detector``) that DP2's own size filter
+    dropped and that keep their pixels.
+
+    Raises:
+        Dp2Failed: When DeepPrivacy2 raises on the image.
     """
     params = ctx.cfg.anonymize
     if ctx.method in CLASSIC_METHODS:
         persons = masks.persons
         if params.mask_source == "detector":
-            detected = _dp2(params.dp2, "dp2_fullbody").detect(image)
+            detected = _dp2(params.dp2, "detector", ctx.cfg.seed).detect(image)
             persons = [to_person(m, params.dilation_px) for m in detected if m.any()]
-        return classic.anonymize(ctx.method, image, persons, params), union(persons, image.shape), len(persons)
-    gt_persons = masks.persons if params.dp2.mask_source == "gt" else None
-    out, count = _dp2(params.dp2, ctx.method)(image, gt_persons, seed)
-    return out, changed_pixels(image, out), count
+        out = classic.anonymize(ctx.method, image, persons, params)
+        return Anonymized(out, union(persons, image.shape), len(persons), {})
+    gt = [union([p], image.shape) for p in masks.persons] if params.dp2.mode == "gt" else None
+    anonymizer = _dp2(params.dp2, ctx.method, ctx.cfg.seed)
+    try:
+        result = anonymizer(image, gt, seed)
+    except Exception as exc:  # third-party code: whatever it raises on one image is that image's failure
+        raise Dp2Failed(f"DeepPrivacy2 raised {type(exc).__name__}: {exc}") from exc
+    below = {"persons_below_size_filter": result.below_size_filter}
+    return Anonymized(result.image, changed_pixels(image, result.image), result.anonymized, below)
 
 
 def _skip_reason(counts: dict[str, int], min_person_px: int) -> str:
     """Why an image with persons in the ground truth has none anonymized."""
     reasons = [f"{counts['persons_small']} under {min_person_px} px"] if counts["persons_small"] else []
     reasons += [f"{counts['persons_empty']} with neither mask nor box"] if counts["persons_empty"] else []
+    below = counts.get("persons_below_size_filter", 0)
+    reasons += [f"{below} under DeepPrivacy2's size filter"] if below else []
     return (
         f"{counts['persons_gt']} person(s) in ground truth, none anonymized ({', '.join(reasons) or 'none detected'})"
     )
+
+
+def _person_masks(ctx: Context, annotations: list[dict[str, Any]], height: int, width: int) -> PersonMasks:
+    """Ground-truth persons: dilated and size-filtered for the classic methods, as annotated for DP2.
+
+    DP2 dilates each mask itself and applies its own size filter (the study's), so it gets them bare.
+    """
+    params = ctx.cfg.anonymize
+    if ctx.method in DP2_METHODS:
+        return person_masks(annotations, ctx.person_id, height, width, 0, 0)
+    return person_masks(annotations, ctx.person_id, height, width, params.dilation_px, params.min_person_px)
+
+
+def _details(masks: PersonMasks, counts: dict[str, Any], changed: np.ndarray, region: np.ndarray) -> dict[str, Any]:
+    """A record's details: counts, pixel sums and coverage (DP2 methods also say whether it was copied)."""
+    height, width = masks.gt.shape
+    gt_pixels = int(np.count_nonzero(masks.gt))
+    changed_gt = int(np.count_nonzero(changed & masks.gt)) if gt_pixels else 0
+    anonymized_pixels = int(np.count_nonzero(region))
+    return {
+        **counts,
+        "pixels": height * width,
+        "anonymized_pixels": anonymized_pixels,
+        "gt_person_pixels": gt_pixels,
+        "changed_gt_person_pixels": changed_gt,
+        "full_image": anonymized_pixels == height * width,
+        "anonymized_fraction": round(anonymized_pixels / (height * width), 6),
+        "coverage": round(changed_gt / gt_pixels, 6) if gt_pixels else None,
+    }
+
+
+def _copy(ctx: Context, name: str, masks: PersonMasks, height: int, width: int) -> dict[str, Any]:
+    """Copy an image without persons byte-identical (DP2 methods: it never reaches DP2); its record's details."""
+    atomic_write_bytes(ctx.images / Path(name).name, image_path(ctx.source, name).read_bytes())
+    nothing = np.zeros((height, width), dtype=bool)
+    counts = {**masks.counts, "persons_below_size_filter": 0, "copied": True}
+    return _details(masks, counts, nothing, nothing)
+
+
+def _anonymize_record(
+    ctx: Context, info: dict[str, Any], name: str, image: np.ndarray, masks: PersonMasks
+) -> dict[str, Any]:
+    """Anonymize one decoded image, write it and its region mask; its record.
+
+    Raises:
+        Dp2Failed: When DeepPrivacy2 raises on the image (nothing is written for it).
+    """
+    params = ctx.cfg.anonymize
+    done = anonymize_pixels(ctx, image, masks, image_seed(ctx.cfg.seed, info["id"]))
+    stem = Path(name).stem
+    fmt = params.output_format
+    atomic_write_bytes(ctx.images / f"{stem}{EXTENSIONS[fmt]}", encode_image(done.image, fmt, params.jpeg_quality))
+    if done.region.any():
+        atomic_write_bytes(ctx.masks / f"{stem}.png", encode_image(done.region.astype(np.uint8) * 255, bilevel=True))
+    counts = {**masks.counts, "persons_anonymized": done.persons, **done.extra}
+    if ctx.method in DP2_METHODS:
+        counts["copied"] = False
+    details = _details(masks, counts, changed_pixels(image, done.image), done.region)
+    skipped = counts["persons_gt"] > 0 and done.persons == 0
+    reason = _skip_reason(counts, params.min_person_px) if skipped else ""
+    return {"key": name, "status": "skipped" if skipped else "ok", "reason": reason, "details": details}
 
 
 def process_image(ctx: Context, job: Job) -> dict[str, Any]:
@@ -132,7 +224,8 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
 
     Raises:
         AnonymizeError: Under the strict policy, for an image that is missing,
-            undecodable, outside its folder, or not the size its record says.
+            undecodable, outside its folder, or not the size its record says, or
+            on which DeepPrivacy2 raises.
     """
     info, annotations = job
     start = time.perf_counter()
@@ -148,31 +241,18 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
             raise AnonymizeError(f"image id {info['id']}: {exc} (policy=skip records it and goes on)") from None
         record: dict[str, Any] = {"key": name, "status": "error", "reason": str(exc), "details": {}}
     else:
-        params = ctx.cfg.anonymize
-        masks = person_masks(annotations, ctx.person_id, height, width, params.dilation_px, params.min_person_px)
-        out, region, anonymized = anonymize_pixels(ctx, image, masks, image_seed(ctx.cfg.seed, info["id"]))
-        stem = Path(name).stem
-        fmt = params.output_format
-        atomic_write_bytes(ctx.images / f"{stem}{EXTENSIONS[fmt]}", encode_image(out, fmt, params.jpeg_quality))
-        if region.any():
-            atomic_write_bytes(ctx.masks / f"{stem}.png", encode_image(region.astype(np.uint8) * 255, bilevel=True))
-        counts = {**masks.counts, "persons_anonymized": anonymized}
-        gt_pixels = int(np.count_nonzero(masks.gt))
-        changed_gt = int(np.count_nonzero(changed_pixels(image, out) & masks.gt)) if gt_pixels else 0
-        anonymized_pixels = int(np.count_nonzero(region))
-        details = {
-            **counts,
-            "pixels": height * width,
-            "anonymized_pixels": anonymized_pixels,
-            "gt_person_pixels": gt_pixels,
-            "changed_gt_person_pixels": changed_gt,
-            "full_image": anonymized_pixels == height * width,
-            "anonymized_fraction": round(anonymized_pixels / (height * width), 6),
-            "coverage": round(changed_gt / gt_pixels, 6) if gt_pixels else None,
-        }
-        skipped = counts["persons_gt"] > 0 and anonymized == 0
-        reason = _skip_reason(counts, params.min_person_px) if skipped else ""
-        record = {"key": name, "status": "skipped" if skipped else "ok", "reason": reason, "details": details}
+        masks = _person_masks(ctx, annotations, height, width)
+        if ctx.method in DP2_METHODS and masks.counts["persons_gt"] == 0:
+            record = {"key": name, "status": "ok", "reason": "", "details": _copy(ctx, name, masks, height, width)}
+        else:
+            try:
+                record = _anonymize_record(ctx, info, name, image, masks)
+            except Dp2Failed as exc:
+                if ctx.cfg.policy == "strict":
+                    raise AnonymizeError(
+                        f"image id {info['id']} ({name}): {exc} (policy=skip records it and goes on)"
+                    ) from exc
+                record = {"key": name, "status": "error", "reason": f"{name}: {exc}", "details": {}}
     record["seconds"] = round(time.perf_counter() - start, 4)
     atomic_write_json(ctx.record_path(name), record)
     return record
@@ -186,7 +266,8 @@ def coverage_summary(method: str, split: str, manifest: Manifest) -> dict[str, A
     with a person.
     """
     details = [r.details for r in manifest.records if r.status != "error"]
-    totals = {key: sum(d[key] for d in details) for key in (*COUNT_KEYS, *PIXEL_KEYS)}
+    keys = (*COUNT_KEYS, *(DP2_COUNT_KEYS if method in DP2_METHODS else ()), *PIXEL_KEYS)
+    totals = {key: sum(d[key] for d in details) for key in keys}
     per_image = [d["coverage"] for d in details if d["coverage"] is not None]
     gt_pixels = totals["gt_person_pixels"]
     return {
@@ -210,13 +291,30 @@ def _assemble(ctx: Context, instances: Instances, records: list[dict[str, Any]])
     for record in records:
         manifest.add(record["key"], record["status"], record["reason"], **record["details"])
     summary = coverage_summary(ctx.method, ctx.split, manifest)
+    if ctx.method in DP2_METHODS:
+        summary["dp2"] = settings_record(ctx.cfg.anonymize.dp2, ctx.method)
+        if summary["persons_below_size_filter"]:
+            log.warning(
+                "%s %s: %d person(s) under DeepPrivacy2's size filter kept their pixels "
+                "(persons_below_size_filter in %s)",
+                ctx.method,
+                ctx.split,
+                summary["persons_below_size_filter"],
+                root / f"manifest_{ctx.split}.json",
+            )
     failed = {r["key"] for r in records if r["status"] == "error"}
     failed_ids = {im["id"] for im in instances["images"] if im["file_name"] in failed}
     ext = EXTENSIONS[ctx.cfg.anonymize.output_format]
+    copied = {r["key"] for r in records if r["details"].get("copied")}
     variant = {
         **instances,
         "images": [
-            {**im, "file_name": f"{Path(im['file_name']).stem}{ext}"}
+            {
+                **im,
+                "file_name": Path(im["file_name"]).name
+                if im["file_name"] in copied
+                else f"{Path(im['file_name']).stem}{ext}",
+            }
             for im in instances["images"]
             if im["id"] not in failed_ids
         ],
@@ -305,11 +403,14 @@ def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]
 
     params = cfg.anonymize
     settings = params.dp2 if method in DP2_METHODS else getattr(params, method)
-    with mlflow_run(cfg, f"anonymize-{method}", "anonymize", {"method": method}):
+    tags = {"method": method}
+    if method in DP2_METHODS:
+        tags |= {"dp2_mode": params.dp2.mode, "dp2_untrained": str(params.dp2.untrained).lower()}
+    with mlflow_run(cfg, f"anonymize-{method}", "anonymize", tags):
         mlflow.log_params(
             {
                 "method": method,
-                "mask_source": params.dp2.mask_source if method in DP2_METHODS else params.mask_source,
+                "mask_source": f"dp2 {params.dp2.mode}" if method in DP2_METHODS else params.mask_source,
                 "dilation_px": params.dilation_px,
                 "min_person_px": params.min_person_px,
                 "output_format": params.output_format,
@@ -337,17 +438,15 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
         The folders and files written.
 
     Raises:
-        ValueError: For an unknown method, or dp2_face with ground-truth masks (COCO has no faces).
-        Dp2Unavailable: At once, when the method needs DeepPrivacy2 and it is not installed.
+        ValueError: For an unknown method, dp2_face with ground-truth masks (COCO has no faces),
+            or missing DP2 weights (dp2_weights.WeightsError, naming each file).
+        Dp2Unavailable: At once, when the method needs DeepPrivacy2 and it is not installed, or CUDA
+            is asked for and absent.
     """
     if method not in (*CLASSIC_METHODS, *DP2_METHODS):
         raise ValueError(f"--method {method!r}: expected one of {', '.join((*CLASSIC_METHODS, *DP2_METHODS))}")
-    if method == "dp2_face" and cfg.anonymize.dp2.mask_source == "gt":
-        raise ValueError(
-            "dp2_face needs DP2's face detector (COCO has no face masks): set anonymize.dp2.mask_source=detector"
-        )
-    if uses_dp2(cfg, method):
-        require_dp2()
+    if uses_dp2(cfg, method):  # load DP2 before any work: a missing weight, CUDA or DP2 stops here
+        _dp2(cfg.anonymize.dp2, method if method in DP2_METHODS else "detector", cfg.seed)
     # DP2 keeps a model on the GPU per process: one process per GPU, shards across GPUs.
     workers = 1 if uses_dp2(cfg, method) else cfg.n_workers
     written: list[Path] = []

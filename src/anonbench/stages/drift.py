@@ -1,9 +1,11 @@
-"""Stage drift: where in the detector anonymization bites, as linear CKA per YOLOv10 layer.
+"""Stage drift: where in the detector anonymization bites, as debiased linear CKA per YOLOv10 layer.
 
-The model the fine-tunes start from (``finetune.base``, the study's Org model)
-sees ``report.cka_images`` validation images twice, original and anonymized;
-each layer's activations on the two are compared with linear CKA (1: the layer
-sees them alike). Only images with an anonymized region are drawn (seeded), so
+The model the fine-tunes start from (``finetune.base``, the study's Org model,
+its ``train.checkpoint``) sees ``report.cka_images`` validation images twice,
+original and anonymized; each layer's activations on the two are compared with
+debiased linear CKA (1: the layer sees them alike; near 0: unrelated; the head
+on its dense per-anchor outputs before top-k selection, :mod:`anonbench.cka`).
+Only images with an anonymized region are drawn (seeded), so
 untouched images do not inflate the similarity. Writes
 ``metrics/drift/<variant>.json`` and ``metrics/drift/<variant>.png`` and logs
 one MLflow run; unchanged inputs are not measured again.
@@ -17,16 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from anonbench.cka import layer_cka, letterboxed, part_of, plot_cka
+from anonbench.cka import MIN_EXAMPLES, layer_cka, letterboxed, part_of, plot_cka
 from anonbench.coco import read_instances
 from anonbench.config import ORIGINAL, Config
 from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json
 from anonbench.offline import configure_ultralytics
 from anonbench.tracking import mlflow_run
-from anonbench.yolo import best_weights
+from anonbench.yolo import chosen_weights
 
-MIN_IMAGES = 3  # CKA of two examples is always 1: centring leaves one direction
+MIN_IMAGES = MIN_EXAMPLES  # the debiased estimator divides by n (n - 3)
+# What the numbers are; a stored result of another estimator is measured again.
+ESTIMATOR = "debiased linear CKA (unbiased HSIC); head: dense outputs before top-k"
 
 
 def outputs(cfg: Config, variant: str) -> tuple[Path, Path]:
@@ -44,7 +48,7 @@ def pick_images(cfg: Config, variant: str) -> list[tuple[int, Path, Path]]:
     """Seeded sample of validation images with an anonymized region: (image id, original, anonymized).
 
     Raises:
-        ValueError: If fewer than three images of the split were anonymized.
+        ValueError: If fewer than four images of the split were anonymized.
     """
     split = cfg.data.val_split
     original = {im["id"]: im["file_name"] for im in read_instances(cfg.annotation_file(ORIGINAL, split))["images"]}
@@ -84,7 +88,7 @@ def run(cfg: Config, variant: str) -> list[Path]:
     if variant not in cfg.anonymize.methods:
         raise ValueError(f"drift: {variant!r} is not one of anonymize.methods {cfg.anonymize.methods}")
     model_id = base_model_id(cfg)
-    weights = best_weights(cfg, model_id)
+    weights = chosen_weights(cfg, model_id)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained Org model (run `anonbench train` first)")
     json_path, png_path = outputs(cfg, variant)
@@ -93,6 +97,7 @@ def run(cfg: Config, variant: str) -> list[Path]:
         "weights_sha256": file_digest(weights, "sha256"),
         "images": [i for i, _, _ in images],
         "imgsz": cfg.train.imgsz,
+        "estimator": ESTIMATOR,
     }
     if png_path.is_file() and json_path.is_file():
         previous = json.loads(json_path.read_text(encoding="utf-8"))
@@ -121,6 +126,7 @@ def run(cfg: Config, variant: str) -> list[Path]:
             "variant": variant,
             "model_id": model_id,
             "split": cfg.data.val_split,
+            "checkpoint": cfg.train.checkpoint,
             "layers": layers,
             "inputs": inputs,
             "mlflow_run_id": active.info.run_id,

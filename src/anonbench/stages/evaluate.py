@@ -1,4 +1,4 @@
-"""Stage evaluate: score one trained model on one evaluation variant with the COCO protocol.
+"""Stage evaluate: score one trained model on one evaluation variant (COCO protocol, or the authors').
 
 One cell of the train x eval matrix (Org on Org, Org on Anon, Anon on Org, Anon
 on Anon, for every variant and size). Writes, under
@@ -7,6 +7,10 @@ results over the variant's validation split), ``metrics.json`` (the 12 COCO
 stats, per-class AP and AP50, what was evaluated and how) and ``manifest.json``
 (every image's status), and logs one MLflow run with the same numbers. A rerun
 with the same weights, ground truth and settings does nothing.
+
+An evaluation without a single detection is void: it has no precision to
+measure, so every stat is ``null`` (never 0.0), ``void`` is true with the
+reason, and the MLflow run is tagged ``void=true`` and logs no AP.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from anonbench.coco import CocoError, read_instances
-from anonbench.cocoeval import CocoScores, score
+from anonbench.coco import CategoryTable, CocoError, read_instances
+from anonbench.cocoeval import CocoScores, score, void_scores
 from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize
 from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
 from anonbench.predict import PredictSettings, predict, split_images
 from anonbench.tracking import mlflow_run
-from anonbench.yolo import best_weights
+from anonbench.yolo import chosen_weights
+
+NO_DETECTIONS = "no detections"
 
 # MLflow metric names allow letters, digits, _ - . / and spaces; anything else in a class name becomes _.
 _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- ]")
@@ -122,10 +128,11 @@ def _up_to_date(outputs: list[Path], settings: dict[str, Any]) -> bool:
 
 
 def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
-    """Evaluate ``models/<model_id>/weights/best.pt`` on the validation split of ``eval_variant``.
+    """Evaluate ``models/<model_id>/weights/<train.checkpoint>.pt`` on the validation split of ``eval_variant``.
 
     Args:
-        cfg: Validated configuration (``evaluate`` section; ``train.imgsz`` and ``train.device`` for inference).
+        cfg: Validated configuration (``evaluate`` section; ``train.checkpoint``, ``train.imgsz`` and
+            ``train.device`` for inference).
         model_id: Folder under ``models/``: ``<variant>-<size>`` or ``ft-<freeze>``.
         eval_variant: ``org`` or an anonymization method.
 
@@ -140,7 +147,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     info = parse_model_id(cfg, model_id)
     if eval_variant not in (known := [ORIGINAL, *cfg.anonymize.methods]):
         raise ValueError(f"evaluation variant {eval_variant!r} is not one of {known}")
-    weights = best_weights(cfg, model_id)
+    weights = chosen_weights(cfg, model_id)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained weights for model {model_id!r} (run train or finetune first)")
     split = cfg.data.val_split
@@ -148,13 +155,16 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     out = output_dir(cfg, model_id, eval_variant)
     outputs = [out / "predictions.json", out / "metrics.json", out / "manifest.json"]
     predictions_file, metrics_file, manifest_file = outputs
-    ev = cfg.evaluate
+    protocol = PredictSettings.of(cfg)
     settings = {
-        "conf": ev.conf,
-        "iou": ev.iou,
-        "max_det": ev.max_det,
-        "imgsz": cfg.train.imgsz,
-        "backend": ev.backend,
+        "protocol": protocol.protocol,
+        "checkpoint": cfg.train.checkpoint,
+        "conf": protocol.conf,
+        "iou": protocol.iou,
+        "max_det": protocol.max_det,
+        "batch": protocol.batch,
+        "imgsz": protocol.imgsz,
+        "backend": cfg.evaluate.backend,
         "weights_sha256": file_digest(weights, "sha256"),
         "annotations_sha256": file_digest(annotation_file, "sha256"),
     }
@@ -162,23 +172,38 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         return outputs
 
     instances = read_instances(annotation_file)
+    categories = CategoryTable.of(instances, annotation_file)
     manifest = Manifest("evaluate", split)
     images = _usable_images(cfg, instances, cfg.image_dir(eval_variant, split), manifest)
-    predict_settings = PredictSettings(ev.conf, ev.iou, ev.max_det, cfg.train.imgsz, ev.batch, cfg.train.device)
-    predictions = predict(weights, images, predict_settings)
+    predictions = predict(weights, images, categories, protocol)
     atomic_write_text(predictions_file, json.dumps(predictions, separators=(",", ":")) + "\n")
     manifest.write(manifest_file)
-    scores = score(instances, predictions, ev.backend, image_ids=[image_id for image_id, _ in images])
+    if predictions:
+        scores, void_reason = score(instances, predictions, cfg.evaluate.backend, [i for i, _ in images]), None
+    else:
+        scores, void_reason = void_scores(instances), NO_DETECTIONS
 
     tags = info.tags(eval_variant)
-    with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", tags) as active:
+    run_tags = {**tags, "protocol": protocol.protocol, "void": str(void_reason is not None).lower()}
+    with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", run_tags) as active:
         import mlflow
 
-        mlflow.log_params({"split": split, "images": len(images), "skipped": manifest.counts["skipped"], **settings})
-        mlflow.log_metrics(mlflow_metrics(scores))
+        mlflow.log_params(
+            {
+                "split": split,
+                "images": len(images),
+                "skipped": manifest.counts["skipped"],
+                "predictions": len(predictions),
+                **settings,
+            }
+        )
+        if void_reason is None:
+            mlflow.log_metrics(mlflow_metrics(scores))
         metrics = {
             **scores.stats,
             "per_class": scores.per_class,
+            "void": void_reason is not None,
+            "void_reason": void_reason,
             **tags,
             "freeze": info.freeze,
             "split": split,

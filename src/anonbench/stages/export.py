@@ -2,7 +2,9 @@
 
 For each split: ``images/<split>/`` (links to the variant's images, per
 ``export.link``), ``labels/<split>/<stem>.txt`` (``class cx cy w h``, normalized,
-class index in COCO's 80-class order), ``image_ids_<split>.json`` (file stem to
+class index = the category's position in the dataset's category table,
+:class:`anonbench.coco.CategoryTable`: ascending id, so COCO's own 80-class
+order for COCO), ``image_ids_<split>.json`` (file stem to
 COCO image id, so predictions can be scored against the COCO JSON) and
 ``manifest_<split>.json``; plus one ``dataset.yaml``. Its paths are relative to
 the yaml (no ``path`` key: Ultralytics then uses the yaml's folder), so the
@@ -24,19 +26,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from anonbench.coco import CocoError, annotations_by_image, image_path, read_instances
-from anonbench.coco_classes import COCO_NAMES
+from anonbench.coco import CategoryTable, CocoError, annotations_by_image, image_path, read_instances
 from anonbench.config import Config
 from anonbench.io import atomic_dir, atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
 from anonbench.parallel import map_with_progress
 from anonbench.yolo import check_variant, dataset_yaml, export_root
-
-CLASS_INDEX = {name: index for index, name in enumerate(COCO_NAMES)}
 
 
 @dataclass(frozen=True)
@@ -102,20 +100,6 @@ def _refuse(cfg: Config, manifest: Manifest, where: Path, key: str, reason: str)
     manifest.add(key, "skipped", reason)
 
 
-def class_indices(instances: dict[str, Any], where: Path) -> dict[int, int]:
-    """Map the file's category ids to YOLO class indices (position in COCO's 80 names), by name.
-
-    Raises:
-        CocoError: If a category is not one of COCO's 80 detection classes.
-    """
-    indices = {}
-    for category in instances["categories"]:
-        if category.get("name") not in CLASS_INDEX:
-            raise CocoError(f"{where}: category {category.get('id')} {category.get('name')!r} is not a COCO class")
-        indices[int(category["id"])] = CLASS_INDEX[category["name"]]
-    return indices
-
-
 def yolo_line(cls: int, bbox: list[float], width: float, height: float) -> str | None:
     """One label line for a COCO ``[x, y, w, h]`` pixel box, clipped to the image; None if nothing is left.
 
@@ -138,11 +122,12 @@ def yolo_line(cls: int, bbox: list[float], width: float, height: float) -> str |
 
 def _plan_split(
     cfg: Config, variant: str, split: str, tmp: Path, final: Path
-) -> tuple[list[ImageJob], Manifest, dict[str, int]]:
+) -> tuple[list[ImageJob], Manifest, dict[str, int], CategoryTable]:
     """Validate one split and decide every image's file work; bad records follow ``cfg.policy``."""
     where = cfg.annotation_file(variant, split)
     instances = read_instances(where)
-    classes = class_indices(instances, where)
+    table = CategoryTable.of(instances, where)
+    classes = table.index
     by_image = annotations_by_image(instances)
     manifest = Manifest("export", split)
     jobs: list[ImageJob] = []
@@ -182,7 +167,7 @@ def _plan_split(
         ids[stem] = int(image["id"])
         jobs.append(image_job(source, tmp, final, split, cfg.export.link, lines))
         manifest.add(name, "ok", labels=len(lines), crowd=crowd)
-    return jobs, manifest, ids
+    return jobs, manifest, ids, table
 
 
 def _outputs(cfg: Config, root: Path) -> list[Path]:
@@ -199,10 +184,22 @@ def _outputs(cfg: Config, root: Path) -> list[Path]:
     return [root / "dataset.yaml", *per_split]
 
 
-def dataset_text(train_images: str, val_images: str, comment: str) -> str:
-    """An Ultralytics dataset yaml with paths relative to the yaml itself (no ``path`` key)."""
-    body = {"train": train_images, "val": val_images, "nc": len(COCO_NAMES), "names": list(COCO_NAMES)}
-    return f"# {comment}\n" + yaml.safe_dump(body, sort_keys=False)
+def dataset_text(train_images: str, val_images: str, names: list[str] | tuple[str, ...], comment: str) -> str:
+    """An Ultralytics dataset yaml with paths relative to the yaml itself (no ``path`` key).
+
+    Args:
+        train_images: Training image folder, relative to the yaml.
+        val_images: Validation image folder, relative to the yaml.
+        names: Class names in class index order (the dataset's category table).
+        comment: First line of the file.
+    """
+    body = {"train": train_images, "val": val_images, "nc": len(names), "names": list(names)}
+    return f"# {comment}\n" + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def dataset_names(path: Path) -> list[str]:
+    """Class names of a dataset yaml that :func:`dataset_text` wrote, in class index order."""
+    return list(yaml.safe_load(path.read_text(encoding="utf-8"))["names"])
 
 
 def run(cfg: Config, variant: str) -> list[Path]:
@@ -223,12 +220,17 @@ def run(cfg: Config, variant: str) -> list[Path]:
     if dataset_yaml(cfg, variant).is_file():
         return outputs
     with atomic_dir(root) as tmp:
+        tables: list[CategoryTable] = []
         for split in cfg.data.splits:
-            jobs, manifest, ids = _plan_split(cfg, variant, split, tmp, root)
+            jobs, manifest, ids, table = _plan_split(cfg, variant, split, tmp, root)
+            if tables:
+                tables[0].check_same(table, str(cfg.annotation_file(variant, split)))
+            tables.append(table)
             write_images(jobs, (split,), tmp, cfg.n_workers, f"export {variant}/{split}")
             atomic_write_json(tmp / f"image_ids_{split}.json", ids)
             manifest.write(tmp / f"manifest_{split}.json")
         train, val = cfg.data.splits
         comment = f"anonbench export of {variant!r}; paths are relative to this file"
-        atomic_write_text(tmp / "dataset.yaml", dataset_text(f"images/{train}", f"images/{val}", comment))
+        text = dataset_text(f"images/{train}", f"images/{val}", tables[0].names, comment)
+        atomic_write_text(tmp / "dataset.yaml", text)
     return outputs

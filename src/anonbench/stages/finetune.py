@@ -1,8 +1,11 @@
 """finetune: the trained base model fine-tuned on an anonymized subset with one freeze config (Q6, Q7).
 
 The subset (DESIGN.md): the anonymized training images (``finetune.variant``)
-that contain a person and at least one size x frequency class, of which a
-random ``finetune.fraction`` is drawn with ``seed``. It is written once to
+that contain a person and at least one size x frequency class (the eligible
+images), from which a seeded random draw takes ``finetune.fraction`` of the
+whole training split (``fraction_of: train``, the paper's "about 20 % of the
+training set") or of the eligible images (``fraction_of: eligible``). A draw
+larger than the eligible images takes them all and says so (``capped``). It is written once to
 ``data/finetune_subset/`` (a YOLO layout linked to the variant's export, its
 dataset yaml, the image id map, ``class_counts.csv``, ``class_counts.png`` and
 ``summary.json``) and reused by every freeze config while its settings stay the
@@ -14,15 +17,19 @@ descriptive, not a test of independent draws.
 
 Presence counts every annotation, crowd regions included, as prepare's
 co-occurrence statistics do. The fine-tune itself starts from
-``models/<base.variant>-<base.size>/weights/best.pt`` with the paper's
+``models/<base.variant>-<base.size>/weights/<train.checkpoint>.pt`` (the checkpoint
+the grid reports) with the paper's
 hyper-parameters and ``freeze=`` the config's layer list, checked against the
-model's real layers; Ultralytics' resolved frozen parameters are logged.
+model's real layers; Ultralytics' resolved frozen parameters are logged, and so
+is the mode of the BatchNorm layers inside the frozen layers (Ultralytics 8.4
+keeps them in eval mode, so their running statistics stay the base model's).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,11 +41,11 @@ from anonbench.coco import annotations_by_image, read_instances
 from anonbench.coco_classes import PERSON
 from anonbench.config import Config, finetune_model_id
 from anonbench.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
-from anonbench.stages.export import dataset_text, image_job, write_images
+from anonbench.stages.export import dataset_names, dataset_text, image_job, write_images
 from anonbench.yolo import (
     TrainJob,
-    best_weights,
     check_layers,
+    chosen_weights,
     dataset_yaml,
     export_root,
     image_ids_file,
@@ -50,6 +57,7 @@ from anonbench.yolo import (
 )
 
 SUMMARY = "summary.json"
+log = logging.getLogger(__name__)
 
 
 def subset_root(cfg: Config) -> Path:
@@ -63,6 +71,7 @@ def _settings(cfg: Config) -> dict[str, Any]:
     return {
         "variant": ft.variant,
         "fraction": ft.fraction,
+        "fraction_of": ft.fraction_of,
         "seed": cfg.seed,
         "split": cfg.data.train_split,
         "classes": cfg.classes.size_frequency_classes,
@@ -81,9 +90,18 @@ def eligible_images(instances: dict[str, Any], classes: list[str]) -> dict[int, 
     return eligible
 
 
-def draw(image_ids: list[int], fraction: float, seed: int) -> list[int]:
-    """A seeded random ``fraction`` of ``image_ids`` (at least one), sorted."""
-    size = max(1, round(fraction * len(image_ids)))
+def subset_size(fraction: float, of: int, eligible: int) -> tuple[int, bool]:
+    """How many images to draw: ``fraction`` of ``of`` images (at least one), at most the ``eligible`` ones.
+
+    Returns:
+        The size, and whether it was capped at the eligible count.
+    """
+    wanted = max(1, round(fraction * of))
+    return min(wanted, eligible), wanted > eligible
+
+
+def draw(image_ids: list[int], size: int, seed: int) -> list[int]:
+    """A seeded random draw of ``size`` of ``image_ids``, sorted."""
     chosen = np.random.default_rng(seed).choice(sorted(image_ids), size=size, replace=False)
     return sorted(int(i) for i in chosen)
 
@@ -171,14 +189,28 @@ def make_subset(cfg: Config) -> tuple[list[Path], dict[str, Any]]:
     eligible = {i: held for i, held in eligible_images(instances, settings["classes"]).items() if i in by_id}
     if not eligible:
         raise ValueError(f"{cfg.annotation_file(variant, split)}: no exported image has a person and a selected class")
-    chosen = draw(list(eligible), cfg.finetune.fraction, cfg.seed)
+    ft = cfg.finetune
+    size, capped = subset_size(ft.fraction, len(ids) if ft.fraction_of == "train" else len(eligible), len(eligible))
+    if capped:
+        log.warning(
+            "finetune subset: %s of the %d training images is more than the %d eligible ones; taking them all",
+            ft.fraction,
+            len(ids),
+            len(eligible),
+        )
+    chosen = draw(list(eligible), size, cfg.seed)
     table = class_counts(eligible, chosen, settings["classes"])
     stats = agreement(table)
+    absent = sorted(set(settings["classes"]) - {str(c["name"]) for c in instances["categories"]})
     summary = {
         "settings": settings,
+        "fraction": ft.fraction,
+        "fraction_of": ft.fraction_of,
         "train_images": len(ids),
         "eligible_images": len(eligible),
         "subset_images": len(chosen),
+        "capped": capped,
+        "classes_absent_from_dataset": absent,
         **stats,
     }
     files = {p.stem: p for p in (exported / "images" / split).iterdir()}
@@ -191,11 +223,13 @@ def make_subset(cfg: Config) -> tuple[list[Path], dict[str, Any]]:
         write_images(jobs, (split,), tmp, cfg.n_workers, f"finetune subset {variant}/{split}")
         val = f"../yolo/{variant}/images/{cfg.data.val_split}"
         comment = f"anonbench fine-tune subset of {variant!r}; paths are relative to this file"
-        atomic_write_text(tmp / "dataset.yaml", dataset_text(f"images/{split}", val, comment))
+        names = dataset_names(exported / "dataset.yaml")
+        atomic_write_text(tmp / "dataset.yaml", dataset_text(f"images/{split}", val, names, comment))
         atomic_write_json(tmp / f"image_ids_{split}.json", {by_id[i]: i for i in chosen})
         atomic_write_text(tmp / "class_counts.csv", table.to_csv(index=False, lineterminator="\n"))
         title = (
-            f"fine-tune subset of {variant}: {len(chosen)} of {len(eligible)} images, "
+            f"fine-tune subset of {variant}: {len(chosen)} of {len(eligible)} eligible images "
+            f"({len(ids)} in {split}), "
             f"max |share diff| {stats['max_abs_share_diff']:.3f}, chi2 p {stats['chi2_p']:.3f}"
         )
         atomic_write_bytes(tmp / "class_counts.png", counts_figure(table, title))
@@ -221,7 +255,7 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
     if freeze_name not in ft.freeze:
         raise ValueError(f"freeze config {freeze_name!r} is not one of {sorted(ft.freeze)} (finetune.freeze)")
     base_id = f"{ft.base.variant}-{ft.base.size}"
-    base = require(best_weights(cfg, base_id), f"train --variant {ft.base.variant} --size {ft.base.size}")
+    base = require(chosen_weights(cfg, base_id), f"train --variant {ft.base.variant} --size {ft.base.size}")
     layers = check_layers(load_net(base), ft.frozen_layers(freeze_name))
     require(dataset_yaml(cfg, ft.variant), f"export --variant {ft.variant}")
     subset, summary = make_subset(cfg)
@@ -239,7 +273,8 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
         "warmup_momentum": ft.warmup_momentum,
         "freeze": layers,
     }
-    stats = {k: summary[k] for k in ("eligible_images", "subset_images", "max_abs_share_diff", "chi2", "chi2_p")}
+    keys = ("train_images", "eligible_images", "subset_images", "max_abs_share_diff", "chi2", "chi2_p")
+    stats = {k: summary[k] for k in keys}
     job = TrainJob(
         out_dir=model_dir(cfg, finetune_model_id(freeze_name)),
         start=str(base),
@@ -250,6 +285,8 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
             "freeze_config": freeze_name,
             "freeze_range": str(ft.freeze[freeze_name]),
             "subset_fraction": ft.fraction,
+            "subset_fraction_of": ft.fraction_of,
+            "checkpoint": cfg.train.checkpoint,
         },
         metrics={f"subset/{key}": float(value) for key, value in stats.items()},
         artifacts=[subset_root(cfg) / name for name in ("class_counts.csv", "class_counts.png", SUMMARY)],

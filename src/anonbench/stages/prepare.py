@@ -7,6 +7,12 @@ group), ``manifest.json`` (every image's status, every skipped record) and
 ``cooccurrence.png`` (the paper's Figure 6: images per class co-occurring with a
 person).
 
+Any COCO-format dataset is validated the same way; its category table (ids and
+names from its JSON) must be well formed, the same in both splits, and include
+``person``. Class names in ``classes.*`` that the table lacks (possible for a
+``coco-folder`` source) are listed in ``stats.json`` under ``classes_absent``
+and logged: the stages that use those lists skip the absent classes.
+
 Full COCO train annotations are ~450 MB of JSON, so the annotations are streamed
 (ijson) rather than loaded whole, and images are checked by their headers (plus
 the JPEG end marker, which catches truncated files) unless ``data.deep_check``
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import resource
 import sys
@@ -31,7 +38,7 @@ import ijson
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anonbench.coco import CocoError, image_path
+from anonbench.coco import CategoryTable, CocoError, image_path
 from anonbench.coco_classes import PERSON
 from anonbench.config import ORIGINAL, Config, FrequencyBorders
 from anonbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -55,6 +62,7 @@ CLASS_STATS_COLUMNS = (
 SMALL_AREA, MEDIUM_AREA = 32**2, 96**2
 # A box may overrun the image border by this much (COCO boxes are float and rounded).
 BOX_TOLERANCE_PX = 1.0
+log = logging.getLogger(__name__)
 
 
 class PrepareError(ValueError):
@@ -310,14 +318,33 @@ def cooccurrence_figure(rows: list[dict[str, Any]], title: str) -> bytes:
     return buffer.getvalue()
 
 
+def category_table(annotation_file: Path) -> CategoryTable:
+    """The file's category table, which must be well formed and hold 'person' (the study anonymizes persons).
+
+    Raises:
+        CocoError: Naming the file and the problem.
+    """
+    table = CategoryTable.of({"categories": _single(annotation_file, "categories")}, annotation_file)
+    if PERSON not in table.names:
+        raise CocoError(f"{annotation_file}: no '{PERSON}' category: anonbench anonymizes persons")
+    return table
+
+
+def absent_classes(cfg: Config, table: CategoryTable) -> dict[str, list[str]]:
+    """Per ``classes.*`` list, the names the dataset's table lacks (only lists that lack any), logged."""
+    absent = {key: [n for n in names if n not in table.names] for key, names in cfg.classes.lists().items()}
+    absent = {key: names for key, names in absent.items() if names}
+    for key, names in absent.items():
+        log.warning("%s: %s not among the dataset's categories; left out where the list is used", key, names)
+    return absent
+
+
 def prepare_split(cfg: Config, split: str) -> list[Path]:
     """Validate, index and count one split; see the module docstring for the outputs."""
     annotation_file = cfg.annotation_file(ORIGINAL, split)
     state = _Split(split, annotation_file, cfg.policy == "strict", Manifest("prepare", split))
-    for cat in _single(annotation_file, "categories"):
-        if "id" not in cat or "name" not in cat:
-            raise CocoError(f"{annotation_file}: category {cat!r} lacks 'id' or 'name'")
-        state.categories[cat["id"]] = cat["name"]
+    table = category_table(annotation_file)
+    state.categories = dict(zip(table.ids, table.names, strict=True))
     _validate_images(state, cfg.image_dir(ORIGINAL, split), cfg.data.deep_check, cfg.n_workers)
     _validate_annotations(state)
 
@@ -336,6 +363,8 @@ def prepare_split(cfg: Config, split: str) -> list[Path]:
         "annotations": sum(len(a) for a in state.annotations.values()),
         "crowd": sum(1 for a in state.annotations.values() for _, _, crowd in a if crowd),
         "classes_present": sum(1 for r in rows if r["images"]),
+        "categories": [{"id": cid, "name": name} for cid, name in sorted(state.categories.items())],
+        "classes_absent": absent_classes(cfg, table),
         "frequency_borders": cfg.prepare.frequency_borders.model_dump(),
         "manifest_counts": state.manifest.counts,
         "classes": {r["name"]: {k: v for k, v in r.items() if k != "name"} for r in rows},
@@ -363,9 +392,12 @@ def run(cfg: Config) -> list[Path]:
 
     Raises:
         PrepareError: Bad input under the strict policy.
-        CocoError: An annotation file that cannot be read at all (under either policy).
+        CocoError: An annotation file that cannot be read at all, or whose category table is unusable
+            (under either policy).
     """
     start = time.perf_counter()
+    train, val = (category_table(cfg.annotation_file(ORIGINAL, split)) for split in cfg.data.splits)
+    train.check_same(val, str(cfg.annotation_file(ORIGINAL, cfg.data.val_split)))
     written = [path for split in cfg.data.splits for path in prepare_split(cfg, split)]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"prepare: {time.perf_counter() - start:.1f} s, peak memory {peak_mb:.0f} MB", file=sys.stderr)

@@ -11,7 +11,15 @@ placed with ``--reviewed`` (kept in ``data/relabel_reviews/<variant>/``) is
 imported instead. Then every model evaluated on the variant is scored on its
 validation split against the original and the corrected ground truth from its
 stored predictions (no inference): ``metrics/relabel/<model-id>_on_<variant>.json``
-with both score sets and the per-class differences with bootstrap intervals.
+with both score sets and the per-class differences with bootstrap intervals. A
+void evaluation (no detections) stays void there: ``void`` and ``void_reason``,
+no numbers. ``review_<split>.json`` says whether the corrections were
+``auto-accepted`` or ``reviewed``.
+
+Extension proposals compare the anonymized region with the undilated
+ground-truth person masks grown by ``anonymize.dilation_px``: only content
+beyond that (a generated person larger than the labelled one) extends a box,
+so classic methods on ground-truth masks get none.
 """
 
 from __future__ import annotations
@@ -19,13 +27,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from anonbench import stale_labels
+from anonbench.anonymizers.masks import dilate, person_masks
 from anonbench.bootstrap import interval, resample_counts, score_and_resample
 from anonbench.coco import Annotation, CocoError, Instances, person_category_id, read_instances
 from anonbench.coco_classes import PERSON
@@ -83,11 +92,24 @@ def _read_boxes(path: Path, instances: Instances) -> list[dict[str, Any]]:
     return table.sort_values("ann_id").to_dict("records")
 
 
-def _extend_image(job: tuple[Path, list[Annotation], float]) -> list[Proposal]:
-    """Extension proposals of one image (worker task): its mask against its person boxes."""
-    mask_path, persons, min_extend_px = job
-    region = read_image(mask_path)[..., 0] > 127
-    return stale_labels.extension_proposals(persons, region, min_extend_px)
+@dataclass(frozen=True)
+class _ExtendJob:
+    """One image's extension check: its anonymized-region mask, its persons, the thresholds."""
+
+    mask: Path
+    persons: list[Annotation]
+    person_id: int
+    dilation_px: int
+    min_extend_px: float
+
+
+def _extend_image(job: _ExtendJob) -> list[Proposal]:
+    """Extension proposals of one image (worker task): its region against its dilated ground-truth persons."""
+    region = read_image(job.mask)[..., 0] > 127
+    height, width = region.shape
+    truth = person_masks(job.persons, job.person_id, height, width, 0, 0).gt  # undilated, every person
+    explained = dilate(truth, job.dilation_px)
+    return stale_labels.extension_proposals(job.persons, region, job.min_extend_px, explained)
 
 
 def _image_urls(cfg: Config, variant: str, split: str, instances: Instances) -> dict[int, str]:
@@ -124,11 +146,17 @@ def propose(cfg: Config, variant: str, split: str, instances: Instances) -> tupl
             persons.setdefault(ann["image_id"], []).append(ann)
     masks = cfg.variant_root(variant) / "masks" / split
     jobs = [
-        (masks / f"{Path(im['file_name']).stem}.png", persons[im["id"]], params.min_extend_px)
+        _ExtendJob(
+            masks / f"{Path(im['file_name']).stem}.png",
+            persons[im["id"]],
+            person,
+            cfg.anonymize.dilation_px,
+            params.min_extend_px,
+        )
         for im in instances["images"]
         if im["id"] in persons
     ]
-    with_mask = [job for job in jobs if job[0].is_file()]
+    with_mask = [job for job in jobs if job.mask.is_file()]
     measured = {int(r["ann_id"]): r for r in rows}
     extensions = [
         replace(p, evidence={**stale_labels.box_evidence(measured[p.ann_id]), **p.evidence})
@@ -171,10 +199,14 @@ def relabel_split(cfg: Config, variant: str, split: str) -> list[Path]:
     reviewed_path = review_file(cfg, variant, split)
     if reviewed_path.is_file():
         reviewed, unreviewed = _read_review(reviewed_path, instances)
-        source = {"review": str(reviewed_path), "sha256": file_digest(reviewed_path, "sha256")}
+        source = {
+            "corrections": "reviewed",
+            "review": str(reviewed_path),
+            "sha256": file_digest(reviewed_path, "sha256"),
+        }
     else:
         reviewed, unreviewed = stale_labels.parse_labelstudio(stale_labels.accept_all(tasks), "proposals")
-        source = {"review": "automatic: every proposal accepted"}
+        source = {"corrections": "auto-accepted", "review": "automatic: every proposal accepted"}
     corrected, summary = stale_labels.apply_review(instances, proposals, reviewed)
     counts = {action: sum(p.action == action for p in proposals) for action in ("remove", "extend")}
     proposals_doc = {
@@ -238,13 +270,16 @@ def relabel_metrics(cfg: Config, eval_dir: Path, original: Instances, corrected:
 def score_models(cfg: Config, variant: str) -> list[Path]:
     """Every model evaluated on the variant, scored against the original and the corrected ground truth.
 
-    A model whose inputs (predictions, both ground truths, bootstrap settings) are unchanged since its
-    last scoring is left alone; the rest are scored and logged in one MLflow run.
+    A model whose inputs (predictions and the evaluation run that made them, both ground truths,
+    bootstrap settings) are unchanged since its last scoring is left alone; the rest are scored and
+    logged in one MLflow run. A void evaluation is recorded as void, with no numbers.
     """
     split = cfg.data.val_split
     original_path, corrected_path = cfg.annotation_file(variant, split), corrected_file(cfg, variant, split)
     eval_dirs = sorted(
-        d for d in (cfg.paths.metrics / "eval").glob(f"*_on_{variant}") if (d / "predictions.json").is_file()
+        d
+        for d in (cfg.paths.metrics / "eval").glob(f"*_on_{variant}")
+        if (d / "predictions.json").is_file() and (d / "metrics.json").is_file()
     )
     if not eval_dirs:
         log.warning("relabel %s: no evaluation on this variant yet, nothing to score", variant)
@@ -257,7 +292,11 @@ def score_models(cfg: Config, variant: str) -> list[Path]:
     todo: dict[Path, dict[str, Any]] = {}
     for eval_dir in eval_dirs:
         model_id = eval_dir.name.removesuffix(f"_on_{variant}")
-        inputs = {**common, "predictions_sha256": file_digest(eval_dir / "predictions.json", "sha256")}
+        inputs = {
+            **common,
+            "predictions_sha256": file_digest(eval_dir / "predictions.json", "sha256"),
+            "eval_run": json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")).get("mlflow_run_id"),
+        }
         target = metrics_file(cfg, model_id, variant)
         if not target.is_file() or json.loads(target.read_text(encoding="utf-8")).get("inputs") != inputs:
             todo[eval_dir] = inputs
@@ -274,6 +313,7 @@ def score_models(cfg: Config, variant: str) -> list[Path]:
         for eval_dir, inputs in todo.items():
             model_id = eval_dir.name.removesuffix(f"_on_{variant}")
             evaluated = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+            void = bool(evaluated.get("void"))
             doc = {
                 "model_id": model_id,
                 "eval_data": variant,
@@ -281,10 +321,12 @@ def score_models(cfg: Config, variant: str) -> list[Path]:
                 **{k: evaluated.get(k) for k in ("train_data", "model_size", "combination", "freeze")},
                 "eval_mlflow_run_id": evaluated.get("mlflow_run_id"),
                 "mlflow_run_id": active.info.run_id,
-                **relabel_metrics(cfg, eval_dir, original, corrected),
+                "void": void,
+                "void_reason": evaluated.get("void_reason") if void else None,
+                **({} if void else relabel_metrics(cfg, eval_dir, original, corrected)),
                 "inputs": inputs,
             }
-            for stat in STAT_KEYS:
+            for stat in () if void else STAT_KEYS:
                 if doc["delta"][stat]["value"] is not None:
                     mlflow.log_metric(f"delta_{stat}/{model_id}", doc["delta"][stat]["value"])
             written.append(atomic_write_json(metrics_file(cfg, model_id, variant), doc))

@@ -1,0 +1,190 @@
+"""The publish stage: version a dataset a KFP workspace made with DVC, push it, leave a pointer to it.
+
+Runs in a study workspace (``anonbench.workspace``), never in the repository, whose
+``dvc.yaml`` already versions the same outputs (there: ``dvc push -r s3 <stage>``). The
+workspace becomes a DVC repository without git whose cache hardlinks the published files
+(no second copy on the volume) and whose remote ``publish`` is ``publish.remote``
+(``ANONBENCH_DVC_REMOTE`` wins), with ``AWS_ENDPOINT_URL`` as the S3 endpoint; credentials
+come only from the environment. For one target:
+
+- ``dvc add <folder>`` writes ``<folder>.dvc``: the folder's hash, size and file count. The
+  resume records and timings of a variant are ignored (:data:`IGNORE`, as in the
+  repository's ``.dvcignore``), so a rerun of the same settings gives the same hash;
+- ``dvc push`` uploads what the remote lacks: publishing the same data again uploads nothing;
+- the pointer is copied to ``<remote>/runs/<run>/<target>.dvc``, where :func:`pull` (``anonbench
+  pull``) finds it from any clone of the repository.
+
+Targets: ``source`` (the raw dataset: public data, hashed for lineage but never pushed),
+``prepared`` (statistics), ``models`` (every trained and fine-tuned model) or an
+anonymization method (its variant).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anonbench.config import CLASSIC_METHODS, DP2_METHODS, Config
+
+log = logging.getLogger(__name__)
+REMOTE = "publish"
+RUNS = "runs"
+PUBLISHED = Path("published")
+# Kept out of every published folder; the repository's .dvcignore holds the same patterns (a test checks it).
+IGNORE = ("*.cache", "**/variants/*/timings_*.json", "**/variants/*/records/")
+
+
+class PublishError(RuntimeError):
+    """A target cannot be published or pulled as asked; the message says why."""
+
+
+def target_path(cfg: Config, target: str) -> Path:
+    """The folder a publish target names (relative to the workspace).
+
+    Raises:
+        PublishError: For an unknown target.
+    """
+    folders = {"source": cfg.source_root, "prepared": cfg.paths.data / "prepared", "models": cfg.paths.models}
+    if target in folders:
+        return folders[target]
+    if target in (*CLASSIC_METHODS, *DP2_METHODS):
+        return cfg.variant_root(target)
+    raise PublishError(f"--target {target!r}: expected source, prepared, models or an anonymization method")
+
+
+def _remote_config(url: str) -> dict[str, Any]:
+    """The DVC remote section for ``url``: an S3 URL takes the endpoint from ``AWS_ENDPOINT_URL``."""
+    config: dict[str, Any] = {"url": url}
+    if url.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        config["endpointurl"] = os.environ["AWS_ENDPOINT_URL"]
+    return config
+
+
+def _open_workspace_repo(root: Path, url: str) -> Any:
+    """The workspace as a DVC repository (created on first use) pointed at the remote ``url``."""
+    from dvc.repo import Repo
+
+    if (root / "dvc.yaml").exists():
+        raise PublishError(
+            f"{root / 'dvc.yaml'}: this is the repository, whose outputs dvc.yaml versions; use dvc push -r s3 there"
+        )
+    if not (root / ".dvc").is_dir():
+        Repo.init(str(root), no_scm=True).close()
+    (root / ".dvcignore").write_text("".join(f"{pattern}\n" for pattern in IGNORE), encoding="utf-8")
+    repo = Repo(str(root), _wait_for_lock=True)  # publish tasks of one run share the workspace
+    with repo.config.edit() as conf:
+        conf["core"].update({"analytics": False, "check_update": False, "remote": REMOTE})
+        conf["cache"]["type"] = "hardlink,copy"
+        conf["remote"][REMOTE] = _remote_config(url)
+    return repo
+
+
+def _put_pointer(repo: Any, pointer: Path, run: str, target: str) -> tuple[str, bool]:
+    """Copy a pointer to ``<remote>/runs/<run>/<target>.dvc`` unless the same one is there; (its URL, uploaded)."""
+    remote = repo.cloud.get_remote(REMOTE)
+    path = remote.fs.join(remote.path, RUNS, run, f"{target}.dvc")
+    url = f"{repo.config['remote'][REMOTE]['url'].rstrip('/')}/{RUNS}/{run}/{target}.dvc"
+    if remote.fs.exists(path) and remote.fs.cat_file(path) == pointer.read_bytes():
+        return url, False
+    remote.fs.makedirs(remote.fs.parent(path), exist_ok=True)
+    remote.fs.put_file(str(pointer), path)
+    return url, True
+
+
+def run(cfg: Config, target: str, root: Path = Path(".")) -> list[Path]:
+    """Version ``target`` of the workspace ``root`` with DVC, push it and store its pointer in the remote.
+
+    Args:
+        cfg: The workspace's configuration (``publish`` section, paths).
+        target: ``source``, ``prepared``, ``models`` or an anonymization method.
+        root: The workspace (the current folder when run as ``anonbench publish``).
+
+    Returns:
+        The pointer file written beside the published folder (``<folder>.dvc``).
+
+    Raises:
+        PublishError: No remote configured, an unknown target, or the folder is not there yet.
+    """
+    url = cfg.publish.resolved_remote
+    if not url:
+        raise PublishError("no DVC remote to publish to: set publish.remote or ANONBENCH_DVC_REMOTE")
+    folder = target_path(cfg, target)
+    if not (root / folder).is_dir():
+        raise PublishError(f"{root / folder}: nothing to publish (run the stage that makes it first)")
+    run_name = cfg.publish.run or root.resolve().name
+    repo = _open_workspace_repo(root, url)
+    try:
+        source = target == "source"  # public data: hashed for lineage, never uploaded
+        repo.add(str(folder), no_commit=source)
+        pointer = root / folder.with_name(f"{folder.name}.dvc")
+        pushed = 0 if source else repo.push(targets=[str(pointer)], remote=REMOTE)
+        pointer_url, uploaded = _put_pointer(repo, pointer, run_name, target)
+    finally:
+        repo.close()
+    out = yaml.safe_load(pointer.read_text(encoding="utf-8"))["outs"][0]
+    log.info("%s: %s (%s files), %d files uploaded; pointer %s", target, out["md5"], out["nfiles"], pushed, pointer_url)
+    _log_to_mlflow(cfg, target, out, pushed, pointer_url, uploaded)
+    return [folder.with_name(f"{folder.name}.dvc")]
+
+
+def _log_to_mlflow(cfg: Config, target: str, out: dict[str, Any], pushed: int, pointer: str, uploaded: bool) -> None:
+    """One MLflow run per publish: what was versioned, where it went, how much was uploaded."""
+    import mlflow
+
+    from anonbench.tracking import mlflow_run
+
+    with mlflow_run(cfg, f"publish {target}", "publish", {"target": target, "md5": out["md5"], "pointer": pointer}):
+        mlflow.log_metrics(
+            {"files": out["nfiles"], "bytes": out["size"], "files_uploaded": pushed, "pointer_uploaded": int(uploaded)}
+        )
+
+
+def pull(run: str, names: list[str], remote: str = "s3", root: Path = Path(".")) -> list[Path]:
+    """Fetch a published run's datasets into ``published/<run>/`` of a DVC repository (a clone of this one).
+
+    Each pointer is copied from ``<remote>/runs/<run>/<name>.dvc`` to ``published/<run>/<name>.dvc``
+    and pulled with DVC, so the folder beside it is byte for byte what the run published; commit
+    the pointer to keep the reference.
+
+    Args:
+        run: The run's name (its workspace folder's name, or ``publish.run``).
+        names: Targets to fetch (``dp2_fullbody``, ``blur``, ``models``, ...); empty for every one
+            the run pushed.
+        remote: The DVC remote of this repository the run published to (configured with
+            ``dvc remote modify --local``).
+        root: The repository.
+
+    Returns:
+        The folders pulled.
+
+    Raises:
+        PublishError: If the remote has no such run or name, or a name was only hashed (the source).
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        store = repo.cloud.get_remote(remote)
+        folder = store.fs.join(store.path, RUNS, run)
+        listed = store.fs.find(folder) if store.fs.exists(folder) else []
+        found = {Path(p).stem: p for p in listed if p.endswith(".dvc")}
+        if not found:
+            raise PublishError(f"remote {remote!r} has no published run {run!r} (looked in {folder})")
+        wanted = names or sorted(n for n in found if n != "source")
+        missing = [n for n in wanted if n not in found]
+        if missing:
+            raise PublishError(f"run {run!r} published {sorted(found)}, not {missing}")
+        if "source" in wanted:
+            raise PublishError("the source is public data: it is hashed for lineage, not pushed; use anonbench fetch")
+        pulled = []
+        for name in wanted:
+            pointer = root / PUBLISHED / run / f"{name}.dvc"
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            store.fs.get_file(found[name], str(pointer))
+            repo.pull(targets=[str(pointer)], remote=remote)
+            out = yaml.safe_load(pointer.read_text(encoding="utf-8"))["outs"][0]
+            pulled.append(pointer.parent / out["path"])
+    return pulled

@@ -1,0 +1,374 @@
+"""DeepPrivacy2's real code path on coco-mini, with untrained generators (marker dp2: .venv-dp2, make test).
+
+`untrained: true` builds DP2's real generators from its configs with random weights (no checkpoint
+can be had here), so its pixels are noise; where it writes, what it leaves alone, its size filter
+and its determinism are DP2's own. The checks here are independent of DP2's code: person masks
+decoded with pycocotools, DP2's expanded boxes as DP2 reports them, pixels compared as decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from anonbench.anonymizers.dp2 import Dp2Anonymizer, Dp2Output, Dp2Unavailable
+from anonbench.anonymizers.dp2_weights import WeightsError, lay_out, required
+from anonbench.config import Config, load_config
+from anonbench.images import read_image
+from anonbench.stages import anonymize
+from tests.conftest import DP2_UNTRAINED_GT, PARAMS, coco_slice
+
+pytestmark = pytest.mark.dp2
+VAL = "val2017"
+METHOD = "dp2_fullbody"
+UNTRAINED_GT = ("anonymize.dp2.mode=gt", "anonymize.dp2.untrained=true", "policy=strict")
+# Persons of every size, one to two an image: 346x374 down to 3x3 px (the smallest are under DP2's
+# size filter, an expanded box of at least 32x32), and two images without a person.
+WITH_PERSONS = [
+    "000000085329.jpg",
+    "000000386912.jpg",
+    "000000143931.jpg",
+    "000000322864.jpg",
+    "000000460347.jpg",
+    "000000522713.jpg",
+]
+WITHOUT = ["000000006818.jpg", "000000037777.jpg"]
+# DP2 dilates in its 288 x 160 crop by int(sqrt(288 * 160) * 0.02) = 4 px; back in the image that is
+# 4 crop pixels times the crop's scale, plus a crop pixel for the nearest-neighbour resize.
+DILATION_CROP_PX = 4 + 1
+
+
+@pytest.fixture(scope="module")
+def slice_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return coco_slice(coco_mini, tmp_path_factory.mktemp("dp2-coco"), {VAL: WITH_PERSONS + WITHOUT})
+
+
+@pytest.fixture(scope="module")
+def module_monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def calls(module_monkeypatch: pytest.MonkeyPatch) -> list[tuple[np.ndarray, Dp2Output]]:
+    """Every image that reaches the adapter, with DP2's answer (a spy around the real call)."""
+    seen: list[tuple[np.ndarray, Dp2Output]] = []
+    real = Dp2Anonymizer.__call__
+
+    def spy(self: Dp2Anonymizer, image: np.ndarray, masks: Any, seed: int) -> Dp2Output:
+        out = real(self, image, masks, seed)
+        seen.append((image.copy(), out))
+        return out
+
+    module_monkeypatch.setattr(Dp2Anonymizer, "__call__", spy)
+    return seen
+
+
+def settings(tmp: Path) -> list[str]:
+    """Overrides for an untrained gt run writing under ``tmp``."""
+    return [f"paths.data={tmp / 'data'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *UNTRAINED_GT]
+
+
+def config(tmp: Path, source: Path, *overrides: str) -> Config:
+    """The real params.yaml with outputs under ``tmp`` and ``source`` as the original dataset."""
+    cfg = load_config(PARAMS, None, [*settings(tmp), *overrides])
+    cfg.source_root.parent.mkdir(parents=True, exist_ok=True)
+    cfg.source_root.symlink_to(source, target_is_directory=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(
+    slice_coco: Path, tmp_path_factory: pytest.TempPathFactory, calls: list[tuple[np.ndarray, Dp2Output]]
+) -> Config:
+    """The anonymize stage with dp2_fullbody, mode gt, untrained, on the slice (val)."""
+    cfg = config(tmp_path_factory.mktemp("dp2-run"), slice_coco)
+    anonymize.run(cfg, METHOD, splits=[VAL])
+    return cfg
+
+
+def persons(coco: Path) -> dict[str, list[tuple[np.ndarray, list[float]]]]:
+    """Ground-truth person masks (pycocotools) and boxes per file name."""
+    instances = json.loads((coco / "annotations" / f"instances_{VAL}.json").read_text())
+    names = {im["id"]: im for im in instances["images"]}
+    out: dict[str, list[tuple[np.ndarray, list[float]]]] = {im["file_name"]: [] for im in instances["images"]}
+    for ann in instances["annotations"]:
+        if ann["category_id"] != 1:
+            continue
+        im = names[ann["image_id"]]
+        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], im["height"], im["width"]))
+        out[im["file_name"]].append((mask_utils.decode(rle).astype(bool), ann["bbox"]))
+    return out
+
+
+def manifest(cfg: Config) -> dict[str, dict[str, Any]]:
+    data = json.loads((cfg.variant_root(METHOD) / f"manifest_{VAL}.json").read_text())
+    return {r["key"]: r for r in data["records"]}
+
+
+def dilated(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """A person's mask grown by DP2's dilation at the scale of its crop box."""
+    scale = max((box[3] - box[1]) / 288, (box[2] - box[0]) / 160)
+    radius = math.ceil(DILATION_CROP_PX * scale) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def test_the_slice_spans_person_sizes(slice_coco: Path) -> None:
+    sizes = [bbox[2] * bbox[3] for name in WITH_PERSONS for _, bbox in persons(slice_coco)[name]]
+    assert len(WITH_PERSONS) >= 5 and len(WITHOUT) >= 2
+    assert max(sizes) > 200 * 200 and min(sizes) < 10 * 10
+
+
+def test_person_free_images_are_copied_and_never_reach_dp2(
+    run: Config, slice_coco: Path, calls: list[tuple[np.ndarray, Dp2Output]]
+) -> None:
+    records = manifest(run)
+    for name in WITHOUT:
+        copy = run.image_dir(METHOD, VAL) / name
+        assert copy.read_bytes() == (slice_coco / VAL / name).read_bytes(), name
+        assert records[name]["status"] == "ok" and records[name]["details"]["copied"] is True
+        assert not (run.variant_root(METHOD) / "masks" / VAL / f"{Path(name).stem}.png").exists()
+    reached = {hashlib.sha256(image.tobytes()).hexdigest() for image, _ in calls}
+    originals = {
+        name: hashlib.sha256(read_image(slice_coco / VAL / name).tobytes()).hexdigest()
+        for name in WITH_PERSONS + WITHOUT
+    }
+    assert reached == {originals[name] for name in WITH_PERSONS}
+    variant = json.loads(run.annotation_file(METHOD, VAL).read_text())
+    assert sorted(im["file_name"] for im in variant["images"]) == sorted(
+        [f"{Path(n).stem}.png" for n in WITH_PERSONS] + WITHOUT
+    )
+
+
+def test_dp2_writes_only_inside_its_boxes_and_the_dilated_persons(
+    run: Config, slice_coco: Path, calls: list[tuple[np.ndarray, Dp2Output]]
+) -> None:
+    by_image = {hashlib.sha256(image.tobytes()).hexdigest(): out for image, out in calls}
+    truth = persons(slice_coco)
+    records = manifest(run)
+    generated = below = 0
+    for name in WITH_PERSONS:
+        before = read_image(slice_coco / VAL / name)
+        after = cv2.imread(str(run.image_dir(METHOD, VAL) / f"{Path(name).stem}.png"), cv2.IMREAD_COLOR)
+        out = by_image[hashlib.sha256(before.tobytes()).hexdigest()]
+        assert (after == out.image).all(), f"{name}: the written PNG is not DP2's output"
+        changed = (after != before).any(axis=2)
+        inside_boxes = np.zeros(changed.shape, dtype=bool)
+        for x0, y0, x1, y1 in out.boxes:
+            inside_boxes[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+        assert not (changed & ~inside_boxes).any(), f"{name}: pixels changed outside DP2's expanded boxes"
+        kept, dropped, allowed = 0, 0, np.zeros(changed.shape, dtype=bool)
+        for mask, bbox in truth[name]:
+            share = changed[mask].mean()
+            if share == 0:  # under DP2's size filter: left as it is
+                dropped += 1
+                continue
+            assert share >= 0.9, f"{name}: only {share:.1%} of a {bbox[2]:.0f}x{bbox[3]:.0f} person changed"
+            kept += 1
+            x, y, w, h = bbox
+            around = [b for b in out.boxes if b[0] <= x and b[1] <= y and b[2] >= x + w and b[3] >= y + h]
+            box = min(around, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))  # this person's crop box
+            allowed |= dilated(mask, box)
+            if max(bbox[2], bbox[3]) <= 11:
+                pytest.fail(f"{name}: a {bbox[2]:.0f}x{bbox[3]:.0f} person passed DP2's 32x32 size filter")
+        assert not (changed & ~allowed).any(), f"{name}: pixels changed outside the dilated person masks"
+        details = records[name]["details"]
+        assert (
+            (kept, dropped)
+            == (out.anonymized, out.below_size_filter)
+            == (
+                details["persons_anonymized"],
+                details["persons_below_size_filter"],
+            )
+        ), name
+        assert records[name]["status"] == ("ok" if kept else "skipped"), name
+        generated, below = generated + kept, below + dropped
+    assert generated >= 4 and below >= 3  # sizes on both sides of the filter
+    coverage = json.loads((run.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
+    assert coverage["persons_below_size_filter"] == below and coverage["persons_anonymized"] == generated
+
+
+def test_coverage_and_mlflow_say_which_dp2_ran(run: Config) -> None:
+    coverage = json.loads((run.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
+    assert coverage["dp2"] == DP2_UNTRAINED_GT
+    assert isinstance(coverage["persons_below_size_filter"], int)
+    mlflow.set_tracking_uri(run.tracking.resolved_uri)
+    runs = mlflow.search_runs(experiment_names=[run.tracking.experiment], filter_string="tags.stage = 'anonymize'")
+    assert len(runs) == 1
+    assert runs["tags.dp2_mode"][0] == "gt" and runs["tags.dp2_untrained"][0] == "true"
+
+
+def test_same_seed_same_bytes_on_the_cpu(run: Config, slice_coco: Path, tmp_path: Path) -> None:
+    again = config(tmp_path, slice_coco)
+    anonymize.run(again, METHOD, splits=[VAL])
+
+    def digests(cfg: Config) -> dict[str, str]:
+        root = cfg.variant_root(METHOD)
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and "records" not in p.parts and not p.name.startswith("timings_")
+        }
+
+    assert digests(again) == digests(run)
+
+
+def test_any_image_format_reaches_dp2_as_rgb(coco_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp2.anonymizer import Anonymizer
+
+    name = "000000143931.jpg"
+    coco = coco_slice(coco_mini, tmp_path / "coco", {VAL: [name]})
+    instances = json.loads((coco / "annotations" / f"instances_{VAL}.json").read_text())
+    rgb = np.asarray(Image.open(coco / VAL / name).convert("RGB"))
+    gray = np.asarray(Image.open(coco / VAL / name).convert("L"))
+    Image.fromarray(gray).save(coco / VAL / "gray.jpg", quality=100)
+    Image.fromarray(rgb).convert("CMYK").save(coco / VAL / "cmyk.jpg", quality=100)
+    cv2.imwrite(str(coco / VAL / "deep.png"), rgb[:, :, ::-1].astype(np.uint16) * 257)  # 16 bits a channel
+    original = instances["images"][0]
+    instances["images"] = [
+        {**original, "id": i, "file_name": f} for i, f in enumerate(("gray.jpg", "cmyk.jpg", "deep.png"), 1)
+    ]
+    person = next(a for a in instances["annotations"] if a["category_id"] == 1)
+    instances["annotations"] = [{**person, "id": i, "image_id": i} for i in (1, 2, 3)]
+    (coco / "annotations" / f"instances_{VAL}.json").write_text(json.dumps(instances))
+    assert Image.open(coco / VAL / "cmyk.jpg").mode == "CMYK"
+    assert cv2.imread(str(coco / VAL / "deep.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+    seen: list[np.ndarray] = []
+    forward = Anonymizer.forward
+
+    def spy(self: Anonymizer, im: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(im.cpu().numpy().copy())  # DP2 writes into its input
+        return forward(self, im, *args, **kwargs)
+
+    monkeypatch.setattr(Anonymizer, "forward", spy)
+    cfg = config(tmp_path, coco)
+    anonymize.run(cfg, METHOD, splits=[VAL])
+    assert len(seen) == 3 and all(t.shape == (3, *rgb.shape[:2]) and t.dtype == np.uint8 for t in seen)
+    gray_seen, cmyk_seen, deep_seen = (t.transpose(1, 2, 0) for t in seen)
+    decoded_gray = np.asarray(Image.open(coco / VAL / "gray.jpg").convert("L"))
+    assert (gray_seen == decoded_gray[:, :, None]).all()  # one value in all three channels
+    assert (deep_seen == rgb).all()  # the high byte of each 16-bit channel, in RGB order
+    reference = np.asarray(Image.open(coco / VAL / "cmyk.jpg").convert("RGB")).astype(int)
+    assert np.abs(cmyk_seen.astype(int) - reference).mean() < 3  # RGB, not CMY or BGR
+    assert manifest(cfg)["cmyk.jpg"]["status"] == "ok"
+
+
+def test_an_image_dp2_raises_on_is_a_failed_record(
+    coco_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dp2.anonymizer import Anonymizer
+
+    def broken(self: Anonymizer, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Anonymizer, "forward", broken)  # DP2's own call fails on every image with a person
+    coco = coco_slice(coco_mini, tmp_path / "coco", {VAL: ["000000143931.jpg", *WITHOUT]})
+    strict = config(tmp_path / "strict", coco)
+    with pytest.raises(anonymize.AnonymizeError, match=r"000000143931\.jpg.*DeepPrivacy2 raised RuntimeError"):
+        anonymize.run(strict, METHOD, splits=[VAL])
+    skip = config(tmp_path / "skip", coco, "policy=skip")
+    anonymize.run(skip, METHOD, splits=[VAL])
+    records = manifest(skip)
+    failed = records["000000143931.jpg"]
+    assert failed["status"] == "error" and "CUDA out of memory (simulated)" in failed["reason"]
+    assert json.loads((skip.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())["status"]["error"] == 1
+    assert not (skip.image_dir(METHOD, VAL) / "000000143931.png").exists()
+    variant = json.loads(skip.annotation_file(METHOD, VAL).read_text())
+    assert sorted(im["file_name"] for im in variant["images"]) == sorted(WITHOUT)
+
+
+def test_missing_weights_fail_at_once_naming_each_file(slice_coco: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, slice_coco, "anonymize.dp2.untrained=false", f"anonymize.dp2.weights_dir={tmp_path / 'w'}")
+    with pytest.raises(WeightsError) as caught:
+        anonymize.run(cfg, METHOD, splits=[VAL])
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / "w" / "torch/hub/checkpoints/fdh_styleganL_nocse.ckpt") in message
+    assert "anonbench dp2-weights --from" in message
+    assert not cfg.variant_root(METHOD).exists()  # nothing started
+    detector = config(
+        tmp_path / "d", slice_coco, "anonymize.dp2.mode=detector", f"anonymize.dp2.weights_dir={tmp_path}"
+    )
+    with pytest.raises(WeightsError) as caught:
+        anonymize.run(detector, METHOD, splits=[VAL])
+    for name in ("model_final_2d9806.pkl", "model_final_1d3314.pkl", "phi_smpl_27554_256.pkl"):
+        assert name in str(caught.value)
+
+
+def test_a_checkpoint_with_a_wrong_md5_is_refused_naming_it(tmp_path: Path) -> None:
+    from anonbench.anonymizers.dp2 import repo_dir
+    from anonbench.config import DeepPrivacy2
+
+    files = required(repo_dir(DeepPrivacy2()), "configs/fdh/styleganL_nocse.py")
+    assert [(f.name, f.md5) for f in files] == [("fdh_styleganL_nocse.ckpt", "fda0d809741bc67487abada793975c37")]
+    (tmp_path / "from").mkdir()
+    (tmp_path / "from" / "fdh_styleganL_nocse.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(
+        WeightsError, match=r"from/fdh_styleganL_nocse\.ckpt: md5 [0-9a-f]{32}, DP2's config expects fda0d8"
+    ):
+        lay_out(files, tmp_path / "from", tmp_path / "weights")
+    assert not (tmp_path / "weights" / files[0].path).exists()
+
+
+def test_the_study_detector_needs_these_files(tmp_path: Path) -> None:
+    from anonbench.anonymizers.dp2 import STUDY_CONFIG, repo_dir
+    from anonbench.config import DeepPrivacy2
+
+    repo = repo_dir(DeepPrivacy2())
+    files = {f.path: f for f in required(repo, STUDY_CONFIG)}
+    assert set(files) == {
+        "fvcore/detectron2/COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x/139653917/model_final_2d9806.pkl",
+        "torch/hub/checkpoints/densepose_rcnn_R_101_FPN_DL_soft_s1x.yaml",
+        "torch/hub/checkpoints/Base-DensePose-RCNN-FPN.yaml",
+        "torch/hub/checkpoints/Base-DensePose-RCNN-FPN-Human.yaml",
+        "torch/hub/checkpoints/model_final_1d3314.pkl",
+        "fvcore/densepose/data/cse/lbo/phi_smpl_27554_256.pkl",
+        next(p for p, f in files.items() if f.md5 == "3411478b5ec600a4219cccf4499732bd"),  # the CSE generator
+    }
+    assert all(f.bundled is not None and f.bundled.is_file() for f in files.values() if f.path.endswith(".yaml"))
+
+
+def test_wrong_repo_dir_or_missing_cuda_is_one_line(slice_coco: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, slice_coco, f"anonymize.dp2.repo_dir={tmp_path}")
+    with pytest.raises(Dp2Unavailable, match=rf"^anonymize.dp2.repo_dir {tmp_path}: not a DeepPrivacy2 source tree"):
+        anonymize.run(cfg, METHOD, splits=[VAL])
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = config(tmp_path / "cuda", slice_coco, "anonymize.dp2.device=cuda")
+        with pytest.raises(Dp2Unavailable, match=r"^anonymize.dp2.device=cuda, but torch .* sees no CUDA device") as e:
+            anonymize.run(cuda, METHOD, splits=[VAL])
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.gpu
+def test_cuda_with_amp_writes_where_the_cpu_does(slice_coco: Path, tmp_path: Path) -> None:
+    """On a lent GPU: the same untrained run through the CLI on CUDA with AMP (its own process: the CPU
+    runs of this session hide the GPU from theirs)."""
+    cfg = config(tmp_path, slice_coco, "anonymize.dp2.device=cuda", "anonymize.dp2.amp=true")
+    overrides = [arg for item in [*settings(tmp_path), "anonymize.dp2.device=cuda", "anonymize.dp2.amp=true"]
+                 for arg in ("--set", item)]  # fmt: skip
+    command = [sys.executable, "-m", "anonbench", "anonymize", "--method", METHOD, "--split", VAL, "--params", PARAMS]
+    env = {k: v for k, v in os.environ.items() if not (k == "CUDA_VISIBLE_DEVICES" and v == "")}  # device=cpu's
+    proc = subprocess.run([*map(str, command), *overrides], capture_output=True, text=True, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    coverage = json.loads((cfg.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
+    assert coverage["dp2"]["device"] == "cuda" and coverage["dp2"]["amp"] is True
+    for name in WITHOUT:
+        assert (cfg.image_dir(METHOD, VAL) / name).read_bytes() == (slice_coco / VAL / name).read_bytes()
+    assert coverage["persons_anonymized"] >= 4 and coverage["coverage"] > 0.5

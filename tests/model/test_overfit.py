@@ -1,0 +1,140 @@
+"""The detection path proven with real detections: YOLOv10n memorizes a handful of coco-mini images.
+
+``anonbench train`` fits YOLOv10n from its yaml to 8 coco-mini images (settings in tests/model/conftest.py,
+all ordinary parameters); ``anonbench evaluate`` on the same 8 images as the evaluation split must then
+find them: AP50 >= 0.5 through our own predict (letterbox, box format, class and image ids) and COCOeval.
+Ultralytics' own validator scores the same weights on the exported YOLO layout, a label path of its own
+(label files, its matching and AP integration, its letterboxing); the two AP50 must agree within
+``VALIDATOR_TOLERANCE``:
+
+- they differ by design in how AP is integrated (COCO: mean precision at 101 recall points; Ultralytics:
+  trapezoid over the interpolated precision envelope), in matching (COCO greedy by score, per category,
+  crowd-aware; Ultralytics by IoU), in letterboxing (rectangular validation batches vs per-image
+  padding) and in detections kept (100 vs 300): measured here 0.004-0.005 apart on memorized sets;
+- the bugs this is here to catch move AP50 by far more: boxes written as corners instead of width and
+  height, or a class index off by one, take AP50 from about 0.85 to below 0.1 (the last test shows it).
+
+0.05 is ten times the measured difference and a tenth of the smallest AP50 the test accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from anonbench.cocoeval import score
+from anonbench.config import Config, load_config
+from anonbench.offline import configure_ultralytics
+from anonbench.yolo import chosen_weights, dataset_yaml
+from tests.conftest import PARAMS
+from tests.model.conftest import MIN_AP50, OVERFIT, invoke, study_sets, write_memorized
+
+pytestmark = pytest.mark.slow
+VALIDATOR_TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def memorized(
+    coco_mini: Path, tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path
+) -> Iterator[tuple[Config, list[str]]]:
+    """Export, train and evaluate through the CLI once; the config and the ``--set`` list it used."""
+    root = tmp_path_factory.mktemp("overfit")
+    folder = write_memorized(coco_mini, root / "coco")
+    sets = [*study_sets(root, mlflow_template), *OVERFIT]
+    cfg = load_config(PARAMS, None, sets)
+    cfg.source_root.parent.mkdir(parents=True)
+    cfg.source_root.symlink_to(folder, target_is_directory=True)  # what fetch materializes, here 8 images
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # MLflow's sqlite store keeps artifacts in ./mlruns
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier test's store would win over tracking.uri
+        invoke("export", "--variant", "org", sets=sets)
+        invoke("train", "--variant", "org", "--size", "n", sets=sets)
+        invoke("evaluate", "--model", "org-n", "--on", "org", sets=sets)
+        yield cfg, sets
+
+
+def evaluation(cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    out = cfg.paths.metrics / "eval" / "org-n_on_org"
+    truth = json.loads(cfg.annotation_file("org", cfg.data.val_split).read_text())
+    return json.loads((out / "metrics.json").read_text()), json.loads((out / "predictions.json").read_text()), truth
+
+
+def test_train_and_evaluate_find_the_memorized_objects(memorized: tuple[Config, list[str]]) -> None:
+    cfg, _ = memorized
+    metrics, predictions, truth = evaluation(cfg)
+    assert not metrics["void"] and metrics["predictions"] == len(predictions) > 0
+    assert metrics["AP50"] >= MIN_AP50, f"AP50 {metrics['AP50']:.3f} on the images the model was trained on"
+    assert metrics["AP50"] == pytest.approx(score(truth, predictions, "pycocotools").stats["AP50"], abs=1e-12)
+    present = {c["name"] for c in truth["categories"] if any(a["category_id"] == c["id"] for a in truth["annotations"])}
+    found = [name for name in present if (metrics["per_class"][name]["AP50"] or 0.0) >= MIN_AP50]
+    assert len(found) >= len(present) / 2, f"most classes are found: {found} of {sorted(present)}"
+    assert metrics["checkpoint"] == "last" and metrics["protocol"] == "coco"
+    summary = json.loads((cfg.paths.models / "org-n" / "train.json").read_text())
+    assert summary["epochs_done"] == cfg.train.epochs
+    run = mlflow.MlflowClient(cfg.tracking.uri).get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["void"] == "false" and run.data.metrics["coco/AP50"] == metrics["AP50"]
+
+
+def ultralytics_map50(cfg: Config) -> float:
+    """mAP50 of the chosen weights by Ultralytics' validator on the exported YOLO layout's validation split."""
+    configure_ultralytics()
+    from ultralytics import YOLO
+
+    model = YOLO(str(chosen_weights(cfg, "org-n")))
+    results = model.val(
+        data=str(dataset_yaml(cfg, "org")),
+        split="val",
+        imgsz=cfg.train.imgsz,
+        batch=cfg.evaluate.batch,
+        conf=cfg.evaluate.conf,
+        iou=cfg.evaluate.iou,
+        max_det=cfg.evaluate.max_det,
+        device=cfg.train.device,
+        plots=False,
+        save_json=False,
+        verbose=False,
+        project=str(cfg.paths.models / "validator"),
+    )
+    return float(results.box.map50)
+
+
+def test_ultralytics_validator_agrees_on_the_exported_labels(memorized: tuple[Config, list[str]]) -> None:
+    cfg, _ = memorized
+    metrics, _, _ = evaluation(cfg)
+    theirs = ultralytics_map50(cfg)
+    print(f"AP50: anonbench {metrics['AP50']:.4f}, Ultralytics validator {theirs:.4f}")
+    assert theirs >= MIN_AP50
+    assert metrics["AP50"] == pytest.approx(theirs, abs=VALIDATOR_TOLERANCE)
+
+
+def test_the_cross_check_catches_box_format_and_class_bugs(memorized: tuple[Config, list[str]]) -> None:
+    """Two bugs the checks above exist for, injected into the stored predictions: both are far outside the
+    tolerance, so agreement with the validator is evidence that neither is present."""
+    cfg, _ = memorized
+    metrics, predictions, truth = evaluation(cfg)
+    corners = [{**p, "bbox": [*p["bbox"][:2], p["bbox"][0] + p["bbox"][2], p["bbox"][1] + p["bbox"][3]]}
+               for p in predictions]  # fmt: skip
+    ids = sorted(c["id"] for c in truth["categories"])
+    shifted = [{**p, "category_id": ids[(ids.index(p["category_id"]) + 1) % len(ids)]} for p in predictions]
+    for broken in (corners, shifted):
+        ap50 = score(truth, broken).stats["AP50"] or 0.0
+        assert metrics["AP50"] - ap50 > 5 * VALIDATOR_TOLERANCE
+
+
+def test_the_authors_protocol_on_real_detections(memorized: tuple[Config, list[str]]) -> None:
+    """The authors' protocol keeps only detections from conf 0.25, truncated to whole pixels."""
+    cfg, sets = memorized
+    coco, coco_predictions, _ = evaluation(cfg)
+    metrics_dir = cfg.paths.metrics.parent / "metrics_authors"
+    authors_sets = [*sets, "evaluate.protocol=authors", f"paths.metrics={metrics_dir}"]
+    invoke("evaluate", "--model", "org-n", "--on", "org", sets=authors_sets)
+    authors, predictions, _ = evaluation(load_config(PARAMS, None, authors_sets))
+    print(f"AP50: coco protocol {coco['AP50']:.4f}, authors' protocol {authors['AP50']:.4f}")
+    assert (authors["protocol"], authors["void"], authors["conf"], authors["max_det"]) == ("authors", False, 0.25, 300)
+    assert 0 < len(predictions) < len(coco_predictions)
+    assert all(p["score"] >= 0.25 and all(v == int(v) for v in p["bbox"]) for p in predictions)
