@@ -17,12 +17,14 @@ What is modelled rather than copied (COCO publishes no such tables; the choices 
   at least one;
 - about 1 % of the annotations are crowd regions (``iscrowd=1`` with an uncompressed RLE, as COCO writes
   them), 70 % of them persons in images with at least four;
-- box sizes in COCO's 640-pixel frame: sqrt(area) log-normal with median 42 px and sigma 1.1 (40 % small,
-  37 % medium, 23 % large by COCO's 32²/96² buckets; COCO reports 41/34/24), persons about 2.2 times as
-  tall as wide; everything is then scaled to the image (``--image-width``, default 160: 160x120,
-  160x107 and 120x160 images for COCO's 640x480, 640x427 and 480x640);
+- box sizes in COCO's 640-pixel frame: sqrt(box area) log-normal with median 55 px and sigma 1.1, persons
+  about 2.2 times as tall as wide; the polygons' areas (COCO's ``area``, about 0.57 of the box) then fall
+  into COCO's 32²/96² buckets as 40 / 36 / 24 % small / medium / large (COCO reports 41 / 34 / 24);
+  everything is then scaled to the image (``--image-width``, default 160: 160x120, 160x107 and 120x160
+  images for COCO's 640x480, 640x427 and 480x640);
 - polygons of 6 to 80 vertices (more for larger objects) around each box's inscribed ellipse, with two
-  decimals as COCO writes them, so the annotation JSON has COCO's size (about 450 MB at s = 1).
+  decimals as COCO writes them, so the annotation JSON has COCO's size (about 480 MB at s = 1; COCO's
+  is 448 MB).
 
 Images are real JPEGs (a gradient, noise, and every object drawn filled in its class colour), so every
 stage decodes, checks and writes real files. Everything is deterministic from ``--seed``: the plan is
@@ -53,7 +55,7 @@ from anonbench.coco_classes import COCO_CATEGORIES, PERSON
 
 STAMP = "generated.json"
 # Raise with any change to what the generator writes: older datasets are then made again.
-VERSION = 1
+VERSION = 2
 CHUNK = 1000
 DEFAULT_DATA = Path(os.environ.get("ANONBENCH_SCALE_DATA", "/var/tmp/anonbench-scale"))
 # COCO 2017 train: instances per class in instances_train2017.json (crowd regions included).
@@ -76,6 +78,8 @@ TRAIN_INSTANCES: dict[str, int] = {
 }  # fmt: skip
 # COCO's image sizes (most common three) in its own frame, with their shares.
 FRAMES = ((640, 480, 0.55), (640, 427, 0.30), (480, 640, 0.15))
+# Median side of a box in COCO's frame: its polygon (about 0.57 of the box) then has COCO's area buckets.
+BOX_MEDIAN = 55.0
 CLUSTER_MEAN = 2.2
 PERSON_SHAPE = 0.6
 CROWD_SHARE, CROWD_PERSON_SHARE = 0.01, 0.7
@@ -205,7 +209,7 @@ def _colour(category: int) -> tuple[int, int, int]:
 
 def _box(rng: np.random.Generator, person: bool, crowd: bool, frame_w: int, frame_h: int) -> tuple[float, ...]:
     """A COCO-like box ``x, y, w, h`` in COCO's own frame."""
-    side = math.exp(rng.normal(math.log(150 if crowd else 42), 0.6 if crowd else 1.1))
+    side = math.exp(rng.normal(math.log(150 if crowd else BOX_MEDIAN), 0.6 if crowd else 1.1))
     ratio = math.exp(rng.normal(math.log(2.2) if person else 0.0, 0.5 if person else 0.6))
     w = min(max(side / math.sqrt(ratio), 2.0), frame_w * 0.98)
     h = min(max(side * math.sqrt(ratio), 2.0), frame_h * 0.98)
@@ -215,7 +219,7 @@ def _box(rng: np.random.Generator, person: bool, crowd: bool, frame_w: int, fram
 def _polygon(rng: np.random.Generator, box: tuple[float, ...], area0: float, width: int, height: int) -> np.ndarray:
     """Vertices (n x 2) of a jittered ellipse inscribed in ``box``, inside the image."""
     x, y, w, h = box
-    n = int(np.clip(round(6 + 0.42 * math.sqrt(area0)), 6, 80))
+    n = int(np.clip(round(6 + 0.33 * math.sqrt(area0)), 6, 80))
     angles = np.sort(rng.uniform(0, 2 * np.pi, n))
     radius = rng.uniform(0.75, 1.0, n)
     xs = x + w / 2 + np.cos(angles) * radius * w / 2
