@@ -97,24 +97,22 @@ def _point(doc: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def per_image(doc: dict[str, Any], stage: str) -> tuple[float, float, float]:
-    """(fixed CPU s, CPU s per synthetic image, CPU s per real COCO image) of a per-image stage.
+    """(fixed CPU s, CPU s per synthetic 160-px image, CPU s per image of COCO's size) of a per-image stage.
 
-    The fixed part is the intercept of CPU seconds against images over the two largest synthetic scales;
-    the per-real-image part is the coco-mini run (real COCO images) less that fixed part.
+    The fixed part (start-up, worker pools, MLflow) is the intercept of CPU seconds against images over the
+    two largest 160-px scales; the per-image part at COCO's size is the run on 640-px synthetic images
+    (``-w640``) less that fixed part.
     """
-    points = sorted(
-        (p for p in doc["measurements"][stage] if p["key"].split("/")[1].startswith("s")), key=lambda p: p["images"]
-    )
-    small, large = points[-2], points[-1]
+    points = doc["measurements"][stage]
+    small, large = sorted(
+        (p for p in points if p["key"].split("/")[1][1:].replace(".", "").isdigit()), key=lambda p: p["images"]
+    )[-2:]
     slope = (large["cpu_seconds"] - small["cpu_seconds"]) / (large["images"] - small["images"])
     fixed = max(0.0, small["cpu_seconds"] - slope * small["images"])
-    real_key = f"{'export_blur' if stage == 'export_org' else stage}/coco-mini"
-    try:
-        real = _point(doc, real_key)
-        per_real = max(slope, (real["cpu_seconds"] - fixed) / real["images"])
-    except KeyError:
-        per_real = slope
-    return fixed, slope, per_real
+    name = "export_blur" if stage == "export_org" else stage
+    full = [p for p in doc["measurements"].get(name, []) if p["key"].endswith("-w640")]
+    per_full = (full[0]["cpu_seconds"] - fixed) / full[0]["images"] if full else slope
+    return fixed, slope, max(slope, per_full)
 
 
 def _output_gb(doc: dict[str, Any], stage: str) -> float:
@@ -138,6 +136,8 @@ def stages(doc: dict[str, Any], gpus_per_node: int) -> list[list[Stage]]:
     r_fixed, r_syn, _ = per_image(doc, "relabel")
     boot = _point(doc, "bootstrap/s1")
     score = _point(doc, "score_faster_coco_eval/s1")
+    if "predictions_bytes" not in score:
+        raise KeyError("score_faster_coco_eval/s1 has no predictions_bytes; run the rehearsal's evaluate step again")
     predictions_gb = score["predictions_bytes"] / 1e9
     report = _point(doc, "report/paper")
     train = [
@@ -301,8 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus-per-task", type=int, default=4)
     args = parser.parse_args(argv)
     doc = json.loads(args.results.read_text())
-    for nodes in (int(n) for n in args.nodes.split(",")):
-        print(markdown(doc, nodes, args.gpus_per_node, max(4, nodes), args.cpus_per_task) + "\n")
+    try:
+        for nodes in (int(n) for n in args.nodes.split(",")):
+            print(markdown(doc, nodes, args.gpus_per_node, max(4, nodes), args.cpus_per_task) + "\n")
+    except KeyError as exc:
+        parser.exit(1, f"{args.results}: {exc.args[0]}\n")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,15 @@ REPORT_GRIDS = {
 }
 
 
+def _code(src: Path | None) -> str:
+    """Which anonbench the measurements ran: a given source tree, else this checkout's commit (+ local changes)."""
+    if src is not None:
+        return str(src)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True)
+    return (head.stdout.strip() or "unknown") + (" + uncommitted changes in src/" if dirty.stdout.strip() else "")
+
+
 def _scales(text: str) -> list[float]:
     return sorted({float(v) for v in text.split(",") if v.strip()})
 
@@ -66,11 +75,30 @@ def _scales(text: str) -> list[float]:
 class Rehearsal:
     """Measurements of one data folder, kept in ``results.json`` as they finish."""
 
-    def __init__(self, data_dir: Path, redo: set[str], workers: int) -> None:
-        """Open (or start) the folder's results; steps in ``redo`` are measured again."""
+    def __init__(
+        self,
+        data_dir: Path,
+        redo: set[str],
+        workers: int,
+        suffix: str = "",
+        only: set[str] | None = None,
+        src: Path | None = None,
+    ) -> None:
+        """Open (or start) the folder's results.
+
+        Args:
+            data_dir: Datasets, workspaces, logs and ``results.json``.
+            redo: Steps to measure again.
+            workers: ``workers`` of every stage.
+            suffix: Appended to every measurement's name (``_before_fix`` for an older version's numbers).
+            only: Measurement names to record; the others still run (later ones need their outputs).
+            src: A source tree of anonbench to measure instead of the installed one (put first on PYTHONPATH).
+        """
         self.data_dir = data_dir
         self.redo = redo
         self.workers = workers
+        self.suffix = suffix
+        self.only = only
         self.store = data_dir / "results.json"
         self.records: dict[str, dict[str, Any]] = json.loads(self.store.read_text()) if self.store.is_file() else {}
         self.env = {
@@ -78,27 +106,51 @@ class Rehearsal:
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
             "DVC_NO_ANALYTICS": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": f"{src}:{REPO}" if src else str(REPO),
         }
         self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.code = _code(src)
+
+    def _name(self, key: str) -> str:
+        name, at = key.split("/", 1)
+        return f"{name}{self.suffix}/{at}"
+
+    def wanted(self, key: str) -> bool:
+        """Whether the measurement ``key`` is recorded (``only``)."""
+        return self.only is None or key.split("/", 1)[0] in self.only
 
     def done(self, key: str) -> bool:
-        """Whether ``key`` was measured (and its step is not to be redone)."""
-        return key in self.records and self.records[key]["step"] not in self.redo
+        """Whether ``key`` was measured (and its step is not to be redone), or is not wanted at all."""
+        if not self.wanted(key):
+            return True
+        found = self.records.get(self._name(key))
+        return found is not None and found["step"] not in self.redo
+
+    def get(self, key: str) -> dict[str, Any]:
+        """A copy of the record of ``key`` (empty when it is not recorded)."""
+        return dict(self.records.get(self._name(key), {}))
 
     def measure(self, key: str, step: str, command: list[str], cwd: Path, **info: Any) -> dict[str, Any]:
-        """Run and measure ``command`` and keep the record under ``key``."""
+        """Run and measure ``command`` and keep the record under ``key`` (only run it when not wanted)."""
+        if not self.wanted(key):
+            self.run(command, cwd)
+            return {}
         print(f"[rehearse] {key}: {' '.join(command)}", flush=True)
-        record = {"step": step, **info, **run_measured(command, cwd, self.env, self.data_dir / "logs" / f"{step}.log")}
-        if "RESULT " in (log := (self.data_dir / "logs" / f"{step}.log").read_text(errors="replace")):
-            record["result"] = json.loads(log.rsplit("RESULT ", 1)[1].splitlines()[0])
+        log = self.data_dir / "logs" / f"{step}.log"
+        record = {"step": step, **info, **run_measured(command, cwd, self.env, log), "code": self.code}
+        if "RESULT " in (text := log.read_text(errors="replace")):
+            record["result"] = json.loads(text.rsplit("RESULT ", 1)[1].splitlines()[0])
         self.keep(key, record)
         print(f"[rehearse] {key}: {record['seconds']} s, peak {record['peak_rss_mb']} MB", flush=True)
         return record
 
     def keep(self, key: str, record: dict[str, Any]) -> None:
-        """Store one record (results.json is rewritten whole, atomically)."""
-        self.records[key] = record
+        """Store one record (results.json is rewritten whole, atomically); unwanted ones are dropped."""
+        if self.wanted(key):
+            self.records[self._name(key)] = record
+            self._save()
+
+    def _save(self) -> None:
         tmp = self.store.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.records, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.store)
@@ -112,15 +164,21 @@ class Rehearsal:
             )
         return proc.stdout
 
-    def dataset(self, scale: float) -> Path:
+    def dataset(self, scale: float, image_width: int = 160) -> Path:
         """The generated dataset at ``scale`` (made now if missing or stale); its generation is recorded once."""
-        root = generate.dataset_dir(self.data_dir, scale)
+        root = generate.dataset_dir(self.data_dir, scale, image_width)
         stamp = root / generate.STAMP
         fresh = not stamp.is_file()
-        found = generate.generate(root, scale, workers=self.workers)
-        key = f"generate/s{scale:g}"
+        found = generate.generate(root, scale, image_width=image_width, workers=self.workers)
+        key = f"generate/{root.name.removeprefix('coco-')}"
         if fresh or key not in self.records:
-            self.keep(key, {"step": "generate", "scale": scale, "seconds": found["seconds"], "splits": found["splits"]})
+            self.records[key] = {
+                "step": "generate",
+                "scale": scale,
+                "seconds": found["seconds"],
+                "splits": found["splits"],
+            }
+            self._save()
         return root
 
     def workspace(self, name: str, scale: float, wipe: bool) -> Path:
@@ -237,41 +295,49 @@ def step_images(r: Rehearsal, scales: list[float]) -> None:
         rec["outputs"] = {s: _json(data / "relabel" / METHOD / f"proposals_{s}.json")["counts"] for s in size}
         rec["output_bytes"] = _du(data / "relabel" / METHOD)
         r.keep(keys[4], rec)
-        rec = dict(r.records[keys[0]])
+        rec = r.get(keys[0])
         rec["variant_files"] = sum(1 for p in variant.rglob("*") if p.is_file())
         rec["output_bytes"] = _du(variant)
         r.keep(keys[0], rec)
         shutil.rmtree(work)
 
 
-def step_real(r: Rehearsal, coco_mini: Path) -> None:
-    """The per-image stages on real COCO images (coco-mini): CPU per image and bytes per image at COCO's size."""
-    keys = [f"{stage}/coco-mini" for stage in ("anonymize", "ssim", "export_blur")]
-    if all(r.done(k) for k in keys):
-        return
-    work = r.data_dir / "work" / "real"
-    shutil.rmtree(work, ignore_errors=True)
-    raw = work / "data" / "raw" / "coco2017"
-    raw.parent.mkdir(parents=True)
-    raw.symlink_to(coco_mini.resolve(), target_is_directory=True)
-    r.run(
-        [str(BIN / "python"), "-c", f"import mlflow; mlflow.MlflowClient('{r.uri(work)}').search_experiments()"], work
-    )
-    splits = ("train2017", "val2017")
-    instances = {s: _json(coco_mini / "annotations" / f"instances_{s}.json") for s in splits}
-    info = {
-        "dataset": "coco-mini (real COCO 2017 images)",
-        "images": sum(len(v["images"]) for v in instances.values()),
-        "annotations": sum(len(v["annotations"]) for v in instances.values()),
-        "source_bytes": sum(_du(coco_mini / s) for s in splits),
-    }
-    rec = r.measure(keys[0], "real", r.anonbench(work, "anonymize", "--method", METHOD), work, **info)
-    rec["variant_image_bytes"] = sum(_du(work / "data" / "variants" / METHOD / s) for s in splits)
-    rec["variant_bytes"] = _du(work / "data" / "variants" / METHOD)
-    r.keep(keys[0], rec)
-    r.measure(keys[1], "real", r.anonbench(work, "ssim", "--variant", METHOD), work, **info)
-    r.measure(keys[2], "real", r.anonbench(work, "export", "--variant", METHOD), work, **info)
-    shutil.rmtree(work)
+def step_real(r: Rehearsal, coco_mini: Path, scale: float) -> None:
+    """The per-image stages at COCO's image size: on real COCO images (coco-mini: bytes per image) and on
+    the synthetic data at ``scale`` with 640-pixel-wide images (enough images for the CPU per image).
+    """
+    for label, root, dataset in (
+        ("coco-mini", coco_mini.resolve(), "coco-mini (real COCO 2017 images)"),
+        (f"s{scale:g}-w640", None, f"synthetic at s = {scale:g}, COCO's image sizes (640 px wide)"),
+    ):
+        keys = [f"{stage}/{label}" for stage in ("anonymize", "ssim", "export_blur")]
+        if all(r.done(k) for k in keys):
+            continue
+        root = root or r.dataset(scale, image_width=640)
+        work = r.data_dir / "work" / f"real-{label}"
+        shutil.rmtree(work, ignore_errors=True)
+        raw = work / "data" / "raw" / "coco2017"
+        raw.parent.mkdir(parents=True)
+        raw.symlink_to(root, target_is_directory=True)
+        r.run(
+            [str(BIN / "python"), "-c", f"import mlflow; mlflow.MlflowClient('{r.uri(work)}').search_experiments()"],
+            work,
+        )
+        splits = ("train2017", "val2017")
+        instances = {s: _json(root / "annotations" / f"instances_{s}.json") for s in splits}
+        info = {
+            "dataset": dataset,
+            "images": sum(len(v["images"]) for v in instances.values()),
+            "annotations": sum(len(v["annotations"]) for v in instances.values()),
+            "source_bytes": sum(_du(root / s) for s in splits),
+        }
+        rec = r.measure(keys[0], "real", r.anonbench(work, "anonymize", "--method", METHOD), work, **info)
+        rec["variant_image_bytes"] = sum(_du(work / "data" / "variants" / METHOD / s) for s in splits)
+        rec["variant_bytes"] = _du(work / "data" / "variants" / METHOD)
+        r.keep(keys[0], rec)
+        r.measure(keys[1], "real", r.anonbench(work, "ssim", "--variant", METHOD), work, **info)
+        r.measure(keys[2], "real", r.anonbench(work, "export", "--variant", METHOD), work, **info)
+        shutil.rmtree(work)
 
 
 def step_evaluate(r: Rehearsal, scales: list[float], samples: int) -> None:
@@ -423,7 +489,7 @@ def step_dvc(r: Rehearsal, scales: list[float], s3: bool) -> None:
                 r.run([dvc, "remote", "modify", "s3", "endpointurl", creds["AWS_ENDPOINT_URL"]], repo)
                 r.env.update({k: creds[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
                 r.measure(keys["push_s3"], "dvc", [dvc, "push", "-r", "s3"], repo, **info)
-                rec = dict(r.records[keys["push_s3"]])
+                rec = r.get(keys["push_s3"])
                 rec["objects_in_bucket"] = _count_objects(creds)
                 r.keep(keys["push_s3"], rec)
                 r.measure(keys["push_s3_again"], "dvc", [dvc, "push", "-r", "s3"], repo, **info)
@@ -459,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-scales", type=_scales, default=[0.01, 0.1, 1.0], help="val split of these s")
     parser.add_argument("--dvc-scales", type=_scales, default=[0.1, 1.0], help="train images of these s")
     parser.add_argument("--coco-mini", type=Path, default=COCO_MINI, help="real COCO images for the `real` step")
+    parser.add_argument("--fullsize-scale", type=float, default=0.01, help="s of the `real` step's 640-px data")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (the paper profile's)")
     parser.add_argument("--report-grids", default=",".join(REPORT_GRIDS), help=f"of {','.join(REPORT_GRIDS)}")
     parser.add_argument("--bootstrap-grid", default="paper", help="grid reported with every evaluation bootstrapped")
@@ -468,18 +535,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-s3", action="store_true", help="skip the push to the S3 server")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where scale.json and scale.png go")
+    parser.add_argument("--src", type=Path, help="measure this anonbench source tree (an older version, say)")
+    parser.add_argument("--suffix", default="", help="appended to the names of this run's measurements")
+    parser.add_argument("--only", default="", help="measurement names to record (the rest only run)")
     args = parser.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         (args.data_dir / "results.json").unlink(missing_ok=True)
-    rehearsal = Rehearsal(args.data_dir, set(args.redo.split(",")) - {""}, args.workers)
+    only = set(args.only.split(",")) - {""} or None
+    redo = set(args.redo.split(",")) - {""}
+    rehearsal = Rehearsal(args.data_dir, redo, args.workers, args.suffix, only, args.src)
     steps: dict[str, Callable[[], None]] = {
         "prepare": lambda: step_prepare(rehearsal, args.scales),
         "images": lambda: step_images(rehearsal, args.image_scales),
-        "real": lambda: step_real(rehearsal, args.coco_mini),
+        "real": lambda: step_real(rehearsal, args.coco_mini, args.fullsize_scale),
         "evaluate": lambda: step_evaluate(rehearsal, args.eval_scales, args.samples),
         "report": lambda: step_report(
-            rehearsal, args.eval_scales, args.report_grids.split(","), args.bootstrap_grid, args.samples
+            rehearsal,
+            args.eval_scales,
+            [g for g in args.report_grids.split(",") if g],
+            args.bootstrap_grid,
+            args.samples,
         ),
         "dvc": lambda: step_dvc(rehearsal, args.dvc_scales, not args.no_s3),
     }

@@ -165,11 +165,7 @@ def plot(grouped: dict[str, list[dict[str, Any]]]) -> bytes:
     families = [
         ("annotation-bound", ["prepare", "pycocotools_load"], "annotations"),
         ("per-image stages", list(PER_IMAGE), "images"),
-        (
-            "evaluation",
-            ["score_faster_coco_eval", "score_pycocotools", "bootstrap", "bootstrap" + BEFORE],
-            "detections",
-        ),
+        ("evaluation", ["score_faster_coco_eval", "score_pycocotools", "bootstrap"], "detections"),
         ("report", ["report"], "evaluations"),
         ("DVC", [n for n in grouped if n.startswith("dvc_")], "files"),
     ]
@@ -178,11 +174,12 @@ def plot(grouped: dict[str, list[dict[str, Any]]]) -> bytes:
         for row, (metric, label) in enumerate((("seconds", "wall seconds"), ("peak_rss_mb", "peak memory (MB)"))):
             ax = axes[row][col]
             ends, starts = [], []
-            for name in names:
+            for name in [n for base in names for n in (base, base + BEFORE)]:
                 points = [p for p in grouped.get(name, []) if p.get(unit) and not p.get("bootstrapped")]
                 if not points:
                     continue
-                ax.plot([p[unit] for p in points], [p[metric] for p in points], marker="o", label=name)
+                style = {"linestyle": "--", "marker": "x"} if name.endswith(BEFORE) else {"marker": "o"}
+                ax.plot([p[unit] for p in points], [p[metric] for p in points], label=name, **style)
                 ends.append((points[-1][unit], points[-1][metric]))
                 starts.append(points[0][unit])
             if ends and min(starts) < max(ends)[0]:  # slope 1 through the largest point: linear growth runs parallel
@@ -225,3 +222,40 @@ def write(
     (out / "scale.png").write_bytes(plot(grouped))
     print(f"wrote {out / 'scale.json'} and {out / 'scale.png'}")
     return doc
+
+
+def _count(value: int | None) -> str:
+    return f"{value:,}" if value else ""
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """Every measurement of a scale.json as a Markdown table (docs/scale.md shows it)."""
+    lines = [
+        "| measurement | at | images | annotations | other | wall s | CPU s | peak MB | load |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for name, points in doc["measurements"].items():
+        if name == "generate":
+            continue
+        for p in points:
+            other = ", ".join(
+                f"{key} {p[key]:,}" for key in ("detections", "files", "evaluations", "samples") if p.get(key)
+            )
+            at, images, annotations = p["key"].split("/", 1)[1], _count(p.get("images")), _count(p.get("annotations"))
+            lines.append(
+                f"| {name} | {at} | {images} | {annotations} | "
+                f"{other} | {p['seconds']:.1f} | {p['cpu_seconds']:.1f} | {p['peak_rss_mb']:,.0f} | "
+                f"{p['load_before']['loadavg_1min']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print a scale.json's measurements as a Markdown table.")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results" / "scale.json")
+    args = parser.parse_args(argv)
+    print(markdown(json.loads(args.results.read_text())))
+
+
+if __name__ == "__main__":
+    main()
