@@ -7,10 +7,12 @@ sample is a multiset of images, so its AP needs no new matching: the matches
 of an image drawn ``w`` times enter the cumulative true/false positive counts
 with weight ``w``. :func:`evaluate` runs pycocotools' matching once (through
 :mod:`anonbench.cocoeval`) and keeps its per-image results; :func:`accumulate` then scores any number of
-image multisets with numpy, following pycocotools' ``accumulate`` step by step,
+image multisets with numpy, computing pycocotools' ``accumulate`` quantities,
 so a resample gives the AP that pycocotools gives on the same images copied
 (up to the order of exactly tied scores), vectorized over resamples instead of
-one ``accumulate`` call per resample (:func:`anonbench.cocoeval.rescore`).
+one ``accumulate`` call per resample (:func:`anonbench.cocoeval.rescore`), and
+evaluating precision at the true positives only, where it can rise (a full
+evaluation at conf 0.001 has about twenty false positives per true one).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from anonbench.cocoeval import CocoScores, Evaluation, Prediction, evaluate_imag
 # pycocotools' recall thresholds (101 points) and IoU thresholds (0.50:0.05:0.95).
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
-# Bound on the float cells one accumulate chunk holds (resamples x IoU thresholds x detections).
+# Bound on the float cells one accumulate chunk holds (resamples x detections).
 _CHUNK_CELLS = 20_000_000
 
 
@@ -201,51 +203,85 @@ def accumulate(results: ImageResults, counts: np.ndarray) -> Resampled:
 
 
 def _class_precision(matches: ClassMatches, counts: np.ndarray) -> np.ndarray:
-    """Interpolated precision (samples, IoU thresholds, recall thresholds); NaN without ground truth."""
+    """Interpolated precision (samples, IoU thresholds, recall thresholds); NaN without ground truth.
+
+    Precision rises only at a true positive (between two of them the true positives stay and the false
+    ones grow), so pycocotools' interpolated precision, the best precision at or after the first
+    detection that reaches a recall level, is a running maximum over the true positives alone. The work
+    per IoU threshold is then over its true positives, not over every detection: one cumulative sum of
+    the weights over all detections serves every threshold. Weights are whole numbers, so every sum is
+    exact and each value is the one pycocotools computes, to the bit.
+    """
     n_samples = len(counts)
     npig = counts @ matches.gt_count
     precision = np.full((n_samples, len(IOU_THRS), len(REC_THRS)), np.nan)
     n_dets = len(matches.det_image)
-    step = max(1, _CHUNK_CELLS // max(1, len(IOU_THRS) * n_dets))
+    positives = [np.flatnonzero(row) for row in matches.tps]
+    ignored = [np.flatnonzero(row) for row in ~(matches.tps | matches.fps)]
+    step = max(1, _CHUNK_CELLS // max(1, n_dets))
     for start in range(0, n_samples, step):
         rows = np.arange(start, min(start + step, n_samples))
         rows = rows[npig[rows] > 0]
         if len(rows) == 0:
             continue
-        if n_dets == 0:
-            precision[rows] = 0.0
-            continue
-        weights = counts[rows][:, matches.det_image].astype(float)[:, None, :]
-        tp = np.cumsum(weights * matches.tps, axis=2)
-        fp = np.cumsum(weights * matches.fps, axis=2)
-        prec = tp / (fp + tp + np.spacing(1))
-        prec = np.maximum.accumulate(prec[..., ::-1], axis=2)[..., ::-1]
-        index = _first_reaching(tp, npig[rows])
-        found = index < n_dets
-        picked = np.take_along_axis(prec, np.minimum(index, n_dets - 1), axis=2)
-        precision[rows] = np.where(found, picked, 0.0)
+        weights = counts[rows][:, matches.det_image].astype(float)
+        seen = np.cumsum(weights, axis=1)  # detections up to each one, ignored ones included
+        needed = _tp_needed(npig[rows])
+        bound = float(npig[rows].max()) + 2.0
+        for t in range(len(IOU_THRS)):
+            precision[rows, t] = _threshold_precision(weights, seen, positives[t], ignored[t], needed, bound)
     return precision
 
 
-def _first_reaching(tp: np.ndarray, npig: np.ndarray) -> np.ndarray:
-    """The indices of pycocotools' ``searchsorted(tp / npig, REC_THRS, 'left')`` for all rows at once.
+def _tp_needed(npig: np.ndarray) -> np.ndarray:
+    """(samples, recall thresholds): the smallest whole true-positive count with ``tp / npig >= threshold``.
 
-    ``tp`` holds whole numbers that never decrease along a row, so ``tp / npig >= thr`` is
-    ``tp >= m`` for the smallest whole ``m`` with ``m / npig >= thr`` (found with the same float
-    division). Offsetting each row by a multiple of a bound above every count turns all rows into
-    one sorted array, searched once.
+    Found with the same float division pycocotools uses (``tp / npig`` against ``REC_THRS``).
     """
-    n_rows, n_ious, n_dets = tp.shape
     total = npig.astype(float)[:, None]
     needed = np.ceil(REC_THRS[None, :] * total)
     needed = np.where((needed - 1) / total >= REC_THRS, needed - 1, needed)
-    needed = np.where(needed / total < REC_THRS, needed + 1, needed)
-    bound = float(npig.max()) + 2.0
-    offset = (np.arange(n_rows * n_ious, dtype=float) * bound).reshape(n_rows, n_ious, 1)
-    keys = (tp + offset).ravel()
-    queries = (offset + needed[:, None, :]).ravel()
-    found = np.searchsorted(keys, queries, side="left").reshape(n_rows, n_ious, len(REC_THRS))
-    return found - (np.arange(n_rows * n_ious) * n_dets).reshape(n_rows, n_ious, 1)
+    return np.where(needed / total < REC_THRS, needed + 1, needed)
+
+
+def _threshold_precision(
+    weights: np.ndarray, seen: np.ndarray, positives: np.ndarray, ignored: np.ndarray, needed: np.ndarray, bound: float
+) -> np.ndarray:
+    """Interpolated precision at every recall threshold for one IoU threshold, (samples, recall thresholds).
+
+    Args:
+        weights: Each detection's weight per sample (samples, detections).
+        seen: Cumulative weights over all detections (samples, detections).
+        positives: Indices of this threshold's true positives, ascending.
+        ignored: Indices of this threshold's ignored detections (neither true nor false), ascending.
+        needed: True-positive counts that reach each recall threshold (:func:`_tp_needed`).
+        bound: Above every count of a row: separates the rows in one sorted search.
+    """
+    if len(positives) == 0:
+        return np.zeros(needed.shape)
+    tp = np.cumsum(weights[:, positives], axis=1)
+    scored = seen[:, positives]  # true + false positives up to each true positive: all seen minus the ignored
+    if len(ignored):
+        ahead = np.searchsorted(ignored, positives)
+        cumulative = np.cumsum(weights[:, ignored], axis=1)
+        scored = scored - np.where(ahead > 0, cumulative[:, np.maximum(ahead - 1, 0)], 0.0)
+    prec = tp / (scored + np.spacing(1))
+    prec = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+    first = _first_reaching(tp, needed, bound)
+    picked = np.take_along_axis(prec, np.minimum(first, len(positives) - 1), axis=1)
+    return np.where(first < len(positives), picked, 0.0)
+
+
+def _first_reaching(tp: np.ndarray, needed: np.ndarray, bound: float) -> np.ndarray:
+    """Per row, the first index where the non-decreasing ``tp`` reaches each of ``needed`` (the length if never).
+
+    Offsetting each row by a multiple of ``bound`` (above every count) turns all rows into one sorted
+    array, searched once.
+    """
+    n_rows, n = tp.shape
+    offset = (np.arange(n_rows, dtype=float) * bound)[:, None]
+    found = np.searchsorted((tp + offset).ravel(), (needed + offset).ravel(), side="left")
+    return found.reshape(n_rows, -1) - (np.arange(n_rows) * n)[:, None]
 
 
 def interval(values: np.ndarray, confidence: float) -> tuple[float, float]:

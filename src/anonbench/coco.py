@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ijson
+
 from anonbench.coco_classes import PERSON
 
 Instances = dict[str, Any]
@@ -47,6 +49,28 @@ def read_instances(path: Path) -> Instances:
     if missing:
         raise CocoError(f"{path}: missing required key(s) {missing}")
     return data
+
+
+def read_images(path: Path) -> list[dict[str, Any]]:
+    """The ``images`` list of an instances JSON, without reading its annotations into memory.
+
+    The file is streamed and left once the list is read (COCO files hold it before the annotations),
+    for stages that need only the image records of a file whose annotations are gigabytes in memory.
+
+    Raises:
+        CocoError: If the file is missing, not JSON, or has no ``images`` list.
+    """
+    try:
+        with Path(path).open("rb") as handle:
+            for images in ijson.items(handle, "images", use_float=True):
+                if isinstance(images, list):
+                    return images
+                break
+    except FileNotFoundError:
+        raise CocoError(f"{path}: annotation file not found") from None
+    except ijson.JSONError as exc:
+        raise CocoError(f"{path}: malformed JSON: {exc}") from None
+    raise CocoError(f"{path}: missing required key(s) ['images']")
 
 
 def image_path(image_dir: Path, file_name: str) -> Path:

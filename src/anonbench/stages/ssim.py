@@ -28,7 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anonbench.coco import CocoError, annotations_by_image, image_path, person_category_id, read_instances
+from anonbench.coco import (
+    CocoError,
+    annotations_by_image,
+    image_path,
+    person_category_id,
+    read_images,
+    read_instances,
+)
 from anonbench.config import ORIGINAL, Config
 from anonbench.images import UnreadableImage, read_image
 from anonbench.io import atomic_write_bytes, atomic_write_json
@@ -177,10 +184,10 @@ def measure_image(job: Job) -> Measured:
 def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[str, str]]]:
     """Pair every original image with its variant by image id; unpaired images are problems."""
     original = read_instances(cfg.annotation_file(ORIGINAL, split))
-    anonymized = read_instances(cfg.annotation_file(variant, split))
     names = {int(c["id"]): str(c["name"]) for c in original["categories"]}
     person = person_category_id(original)
-    variant_names = {int(im["id"]): str(im["file_name"]) for im in anonymized["images"]}
+    # Only the variant's image records: its annotations (the original's) would be a second copy in memory.
+    variant_names = {int(im["id"]): str(im["file_name"]) for im in read_images(cfg.annotation_file(variant, split))}
     by_image = annotations_by_image(original)
     masks = cfg.variant_root(variant) / "masks" / split
     jobs, problems = [], []

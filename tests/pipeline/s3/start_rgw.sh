@@ -5,7 +5,8 @@
 # Usage: start_rgw.sh DIR
 #   Everything (config, mon/osd data, logs, pid files) lives under DIR. On success DIR/s3.env holds
 #   AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for a ready user; stop with stop_rgw.sh DIR.
-#   Installs the Debian packages when missing (CI machines start fresh; needs root).
+#   Installs the Debian packages when missing (CI machines start fresh; needs root). The in-memory OSD
+#   holds RGW_MEMSTORE_BYTES (default 1 GiB): raise it to store more.
 set -euo pipefail
 
 DIR=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -61,7 +62,7 @@ mon data = $DIR/mon
 [osd.0]
 osd data = $DIR/osd
 osd objectstore = memstore
-memstore device bytes = 1073741824
+memstore device bytes = ${RGW_MEMSTORE_BYTES:-1073741824}
 [client.rgw]
 rgw data = $DIR/rgw
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT

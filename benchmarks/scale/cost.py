@@ -1,0 +1,312 @@
+"""The paper profile's cost on a cluster of N GPU nodes, from the rehearsal's measurements and stated GPU figures.
+
+CPU work is costed from ``benchmarks/results/scale.json``: CPU seconds measured by the rehearsal (the
+robust number on a shared machine; wall seconds there are noisy), per real COCO image from the coco-mini
+run, fixed start-up costs and growth from the synthetic scales. No GPU was lent to the rehearsal, so
+every GPU figure is an assumption, kept in :data:`GPU` with its source so that a measured number
+replaces it in one place:
+
+- training: the YOLOv5 README's "training times for YOLOv5n/s/m/l/x are 1/2/4/6/8 days on a V100 GPU"
+  (300 COCO epochs at 640 px; YOLOv5 n..x are 4.5 / 16.5 / 49.0 / 109.1 / 205.7 GFLOPs), interpolated
+  log-log in FLOPs to YOLOv10 n..x (6.7 / 21.6 / 59.1 / 120.3 / 160.4 GFLOPs, the YOLOv10 paper's table),
+  scaled to the paper's 100 epochs; an A100 taken as 2 V100s; DDP over the GPUs of one node at 85 %
+  efficiency (Ultralytics has no multi-node training, so one training is one node);
+- evaluation inference: 15 ms per validation image including pre- and post-processing at conf 0.001
+  (the YOLOv10 paper gives 1.8-10.7 ms for the network alone, T4 TensorRT) and 20 s to load a model;
+- DeepPrivacy2 full body: 0.1 s of detection per image and 0.4 s of generation per image with a person
+  on one A100 (no published throughput: an assumption to replace with a measured one);
+- layer drift (CKA over 64 images): 2 GPU-minutes per variant.
+
+The pipeline (pipelines/study.py) runs in phases joined by ``gather``: prepare; the anonymize fan-out with
+its SSIM; export; train; fine-tune together with the evaluations of the trained models; the evaluations of
+the fine-tunes; relabel next to drift; report. A fan-out runs at most ``parallelism`` tasks at once, GPU
+tasks on at most one GPU node each. Wall time is the sum of the phases, each the longest-first schedule of
+its tasks; a CPU task's per-image work spreads over its cores, its fixed part does not.
+
+    python -m benchmarks.scale.cost [--nodes 1,4,8] [--gpus-per-node 1] [--cpus-per-task 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS
+
+SIZES = "nsmlx"
+# The paper profile (params.yaml profiles.paper) on COCO 2017.
+IMAGES = 118_287 + 5_000
+VAL_IMAGES = 5_000
+PERSON_IMAGES = 64_115 + 2_693
+CLASSIC = 3  # blur, pixelate, mask
+ANONYMIZED = 4  # dp2_fullbody and the classic methods
+VARIANTS = 5  # org and the anonymized ones
+TRAINED = len(SIZES) * VARIANTS  # 25
+EPOCHS, FT_EPOCHS, FT_FRACTION, FT_CONFIGS, FT_SIZE = 100, 30, 0.2, 6, "m"
+EVALUATIONS = (TRAINED + FT_CONFIGS) * VARIANTS  # 155
+COCO_GB = 19.3 + 0.47  # train2017 + val2017 JPEGs, instances JSON
+PARAMS = {"n": 2_775_520, "s": 8_128_272, "m": 16_576_768, "l": 25_888_688, "x": 31_808_960}
+
+# V100-days per 300 COCO epochs of YOLOv10 n..x, interpolated from the YOLOv5 README (see above).
+V100_DAYS_PER_300_EPOCHS = {"n": 1.24, "s": 2.37, "m": 4.40, "l": 6.27, "x": 7.15}
+GPU = {
+    "a100_over_v100": 2.0,
+    "ddp_efficiency": 0.85,
+    "eval_seconds_per_image": 0.015,
+    "eval_model_load_seconds": 20.0,
+    "dp2_detect_seconds_per_image": 0.1,
+    "dp2_generate_seconds_per_person_image": 0.4,
+    "cka_seconds_per_variant": 120.0,
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a fan-out: serial CPU seconds, CPU seconds spread over its cores, GPU seconds."""
+
+    fixed_cpu: float = 0.0
+    parallel_cpu: float = 0.0
+    gpu: float = 0.0
+
+    def wall(self, cpus: int) -> float:
+        """Seconds on one node with ``cpus`` cores for the parallel part (GPU time already per node)."""
+        return self.fixed_cpu + self.parallel_cpu / max(1, cpus) + self.gpu
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A fan-out of tasks and what it leaves on disk."""
+
+    name: str
+    tasks: tuple[Task, ...]
+    gpu_task: bool
+    storage_gb: float
+    basis: str
+
+
+def _point(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    name = key.split("/", 1)[0]
+    for point in doc["measurements"].get(name, []):
+        if point["key"] == key:
+            return dict(point)
+    raise KeyError(f"{key}: not in scale.json; run the rehearsal step that measures it")
+
+
+def per_image(doc: dict[str, Any], stage: str) -> tuple[float, float, float]:
+    """(fixed CPU s, CPU s per synthetic 160-px image, CPU s per image of COCO's size) of a per-image stage.
+
+    The fixed part (start-up, worker pools, MLflow) is the intercept of CPU seconds against images over the
+    two largest 160-px scales; the per-image part at COCO's size is the run on 640-px synthetic images
+    (``-w640``) less that fixed part.
+    """
+    points = doc["measurements"][stage]
+    small, large = sorted(
+        (p for p in points if p["key"].split("/")[1][1:].replace(".", "").isdigit()), key=lambda p: p["images"]
+    )[-2:]
+    slope = (large["cpu_seconds"] - small["cpu_seconds"]) / (large["images"] - small["images"])
+    fixed = max(0.0, small["cpu_seconds"] - slope * small["images"])
+    name = "export_blur" if stage == "export_org" else stage
+    full = [p for p in doc["measurements"].get(name, []) if p["key"].endswith("-w640")]
+    per_full = (full[0]["cpu_seconds"] - fixed) / full[0]["images"] if full else slope
+    return fixed, slope, max(slope, per_full)
+
+
+def _output_gb(doc: dict[str, Any], stage: str) -> float:
+    """A per-image stage's outputs at COCO's size: its bytes per image at the largest synthetic scale."""
+    point = max((p for p in doc["measurements"][stage] if "output_bytes" in p), key=lambda p: p["images"], default=None)
+    return 0.0 if point is None else point["output_bytes"] / point["images"] * IMAGES / 1e9
+
+
+def stages(doc: dict[str, Any], gpus_per_node: int) -> list[list[Stage]]:
+    """The paper run as phases of stages (a phase waits for the one before)."""
+    a100 = GPU["a100_over_v100"]
+    ddp = gpus_per_node * GPU["ddp_efficiency"] if gpus_per_node > 1 else 1.0
+    prepare = _point(doc, "prepare/s1")
+    real = _point(doc, "anonymize/coco-mini")
+    variant_gb = real["variant_bytes"] / real["images"] * IMAGES / 1e9
+    fixed, _, cpu = per_image(doc, "anonymize")
+    classic = Task(fixed, cpu * IMAGES)
+    dp2 = IMAGES * GPU["dp2_detect_seconds_per_image"] + PERSON_IMAGES * GPU["dp2_generate_seconds_per_person_image"]
+    s_fixed, _, s_cpu = per_image(doc, "ssim")
+    e_fixed, _, e_cpu = per_image(doc, "export_org")
+    r_fixed, r_syn, _ = per_image(doc, "relabel")
+    boot = _point(doc, "bootstrap/s1")
+    score = _point(doc, "score_faster_coco_eval/s1")
+    if "predictions_bytes" not in score:
+        raise KeyError("score_faster_coco_eval/s1 has no predictions_bytes; run the rehearsal's evaluate step again")
+    predictions_gb = score["predictions_bytes"] / 1e9
+    report = _point(doc, "report/paper")
+    train = [
+        Task(gpu=V100_DAYS_PER_300_EPOCHS[s] * 86400 * EPOCHS / 300 / a100 / ddp)
+        for s in SIZES
+        for _ in range(VARIANTS)
+    ]
+    ft = Task(gpu=V100_DAYS_PER_300_EPOCHS[FT_SIZE] * 86400 * FT_EPOCHS * FT_FRACTION / 300 / a100 / ddp)
+    infer = VAL_IMAGES * GPU["eval_seconds_per_image"] + GPU["eval_model_load_seconds"]
+    evaluate = Task(fixed_cpu=score["cpu_seconds"], gpu=infer)
+    weights_gb = 2 * 2 * sum(PARAMS.values()) * VARIANTS / 1e9  # best.pt and last.pt, half precision
+    per_image_gb = {name: _output_gb(doc, name) for name in ("ssim", "export_org", "relabel")}
+    pairs = TRAINED + FT_CONFIGS  # models evaluated on each anonymized variant: relabel scores each twice
+    relabel = Task(r_fixed + 2 * pairs * boot["cpu_seconds"], r_syn * IMAGES)
+    return [
+        [
+            Stage(
+                "prepare",
+                (Task(prepare["cpu_seconds"]),),
+                False,
+                0.1,
+                f"measured at s = 1 ({prepare['peak_rss_mb']:.0f} MB)",
+            )
+        ],
+        [
+            Stage(
+                "anonymize, 3 classic",
+                (classic,) * CLASSIC,
+                False,
+                CLASSIC * variant_gb,
+                f"{cpu * 1e3:.0f} CPU-ms per COCO image; {variant_gb:.0f} GB PNG per variant",
+            ),
+            Stage("anonymize, dp2_fullbody", (Task(gpu=dp2),), True, variant_gb, "assumed GPU throughput"),
+            Stage(
+                "ssim, 4 variants",
+                (Task(s_fixed, s_cpu * IMAGES),) * ANONYMIZED,
+                False,
+                ANONYMIZED * per_image_gb["ssim"],
+                f"{s_cpu * 1e3:.0f} CPU-ms per COCO image",
+            ),
+        ],
+        [
+            Stage(
+                "export, 5 variants",
+                (Task(e_fixed, e_cpu * IMAGES),) * VARIANTS,
+                False,
+                VARIANTS * per_image_gb["export_org"],
+                "links and label files",
+            )
+        ],
+        [Stage("train, 25 models", tuple(train), True, weights_gb, "YOLOv5 README times scaled by FLOPs")],
+        [
+            Stage(
+                "finetune, 6 configs",
+                (ft,) * FT_CONFIGS,
+                True,
+                FT_CONFIGS * 4 * PARAMS[FT_SIZE] / 1e9,
+                "30 epochs on 20 % of train, size m",
+            ),
+            Stage(
+                "evaluate, 125 trained",
+                (evaluate,) * TRAINED * VARIANTS,
+                True,
+                TRAINED * VARIANTS * predictions_gb,
+                f"inference assumed, scoring measured ({score['cpu_seconds']:.0f} CPU-s)",
+            ),
+        ],
+        [
+            Stage(
+                "evaluate, 30 fine-tuned",
+                (evaluate,) * FT_CONFIGS * VARIANTS,
+                True,
+                FT_CONFIGS * VARIANTS * predictions_gb,
+                "",
+            )
+        ],
+        [
+            Stage(
+                "relabel, 4 variants",
+                (relabel,) * ANONYMIZED,
+                False,
+                ANONYMIZED * per_image_gb["relabel"],
+                f"2 bootstraps per model ({boot['cpu_seconds']:.0f} CPU-s each, measured)",
+            ),
+            Stage("drift, 4 variants", (Task(gpu=GPU["cka_seconds_per_variant"]),) * ANONYMIZED, True, 0.0, "assumed"),
+        ],
+        [
+            Stage(
+                "report",
+                (Task(report["cpu_seconds"], EVALUATIONS * boot["cpu_seconds"]),),
+                False,
+                0.01,
+                f"{EVALUATIONS} bootstraps ({boot['cpu_seconds']:.0f} CPU-s each) + the document",
+            )
+        ],
+    ]
+
+
+def makespan(seconds: list[float], slots: int) -> float:
+    """Longest-first list scheduling of independent tasks on ``slots`` equal workers."""
+    finish = [0.0] * max(1, slots)
+    for task in sorted(seconds, reverse=True):
+        heapq.heapreplace(finish, finish[0] + task)
+    return max(finish)
+
+
+def plan(doc: dict[str, Any], nodes: int, gpus_per_node: int, parallelism: int, cpus: int) -> dict[str, Any]:
+    """Per stage: wall, CPU and GPU hours and storage; the phases' wall times and their sum."""
+    rows: list[dict[str, Any]] = []
+    phases = []
+    for phase in stages(doc, gpus_per_node):
+        walls = []
+        for stage in phase:
+            slots = min(parallelism, nodes) if stage.gpu_task else parallelism
+            wall = makespan([t.wall(cpus) for t in stage.tasks], slots)
+            walls.append(wall)
+            rows.append(
+                {
+                    "stage": stage.name,
+                    "wall_h": wall / 3600,
+                    "cpu_h": sum(t.fixed_cpu + t.parallel_cpu for t in stage.tasks) / 3600,
+                    "gpu_h": sum(t.gpu for t in stage.tasks) * (gpus_per_node if stage.gpu_task else 0) / 3600,
+                    "storage_gb": stage.storage_gb,
+                    "basis": stage.basis,
+                }
+            )
+        phases.append(max(walls))
+    return {"rows": rows, "wall_h": sum(phases) / 3600, "storage_gb": COCO_GB + sum(r["storage_gb"] for r in rows)}
+
+
+def markdown(doc: dict[str, Any], nodes: int, gpus_per_node: int, parallelism: int, cpus: int) -> str:
+    """The plan as a Markdown table with its totals."""
+    result = plan(doc, nodes, gpus_per_node, parallelism, cpus)
+    lines = [
+        f"**{nodes} GPU node(s) x {gpus_per_node} A100, parallelism {parallelism}, {cpus} CPUs per CPU task: "
+        f"about {result['wall_h']:.0f} h ({result['wall_h'] / 24:.1f} days) end to end; "
+        f"{result['storage_gb']:.0f} GB of outputs (COCO included).**",
+        "",
+        "| stage | wall h | CPU-h | GPU-h | storage GB | basis |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['stage']} | {row['wall_h']:.1f} | {row['cpu_h']:.1f} | {row['gpu_h']:.1f} | "
+            f"{row['storage_gb']:.1f} | {row['basis']} |"
+        )
+    total_cpu = sum(r["cpu_h"] for r in result["rows"])
+    total_gpu = sum(r["gpu_h"] for r in result["rows"])
+    lines.append(
+        f"| **total** | **{result['wall_h']:.0f}** | **{total_cpu:.0f}** | **{total_gpu:.0f}** | "
+        f"**{result['storage_gb']:.0f}** | |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The paper profile's cost on N GPU nodes (docs/scale.md).")
+    parser.add_argument("--results", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--nodes", default="1,4,8")
+    parser.add_argument("--gpus-per-node", type=int, default=1)
+    parser.add_argument("--cpus-per-task", type=int, default=4)
+    args = parser.parse_args(argv)
+    doc = json.loads(args.results.read_text())
+    try:
+        for nodes in (int(n) for n in args.nodes.split(",")):
+            print(markdown(doc, nodes, args.gpus_per_node, max(4, nodes), args.cpus_per_task) + "\n")
+    except KeyError as exc:
+        parser.exit(1, f"{args.results}: {exc.args[0]}\n")
+
+
+if __name__ == "__main__":
+    main()
