@@ -51,26 +51,27 @@ def read_instances(path: Path) -> Instances:
     return data
 
 
-def read_images(path: Path) -> list[dict[str, Any]]:
-    """The ``images`` list of an instances JSON, without reading its annotations into memory.
+def read_list(path: Path, key: str) -> list[Any]:
+    """The top-level list ``key`` of an instances JSON, streamed: the rest of the file is not kept in memory.
 
-    The file is streamed and left once the list is read (COCO files hold it before the annotations),
-    for stages that need only the image records of a file whose annotations are gigabytes in memory.
+    Reading stops at the list, so ``images`` (before the annotations in COCO files) costs a fraction of a
+    full parse; for stages that need only image or category records of a file whose annotations are
+    gigabytes in memory.
 
     Raises:
-        CocoError: If the file is missing, not JSON, or has no ``images`` list.
+        CocoError: If the file is missing, not JSON, or has no list ``key``.
     """
     try:
         with Path(path).open("rb") as handle:
-            for images in ijson.items(handle, "images", use_float=True):
-                if isinstance(images, list):
-                    return images
+            for value in ijson.items(handle, key, use_float=True):
+                if isinstance(value, list):
+                    return value
                 break
     except FileNotFoundError:
         raise CocoError(f"{path}: annotation file not found") from None
     except ijson.JSONError as exc:
         raise CocoError(f"{path}: malformed JSON: {exc}") from None
-    raise CocoError(f"{path}: missing required key(s) ['images']")
+    raise CocoError(f"{path}: missing required key(s) [{key!r}]")
 
 
 def image_path(image_dir: Path, file_name: str) -> Path:

@@ -38,7 +38,7 @@ import ijson
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anonbench.coco import CategoryTable, CocoError, image_path
+from anonbench.coco import CategoryTable, CocoError, image_path, read_list
 from anonbench.coco_classes import PERSON
 from anonbench.config import ORIGINAL, Config, FrequencyBorders
 from anonbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -97,14 +97,6 @@ def _stream(path: Path, prefix: str) -> Iterator[Any]:
             raise CocoError(f"{path}: malformed JSON: {exc}") from None
 
 
-def _single(path: Path, key: str) -> list[Any]:
-    """The top-level list ``key`` (small ones only: images, categories)."""
-    found = list(_stream(path, key))
-    if not found or not isinstance(found[0], list):
-        raise CocoError(f"{path}: missing required key '{key}' (a list)")
-    return list(found[0])
-
-
 def _has_key(path: Path, key: str) -> bool:
     with path.open("rb") as handle:
         return any(p == "" and e == "map_key" and v == key for p, e, v in ijson.parse(handle))
@@ -161,7 +153,7 @@ def _validate_images(state: _Split, image_dir: Path, deep: bool, workers: int) -
     """Keep images with sane records and readable files; reject the rest."""
     candidates: list[tuple[dict[str, Any], Path]] = []
     seen: set[int] = set()
-    for record in _single(state.annotation_file, "images"):
+    for record in read_list(state.annotation_file, "images"):
         key = f"image {record.get('id', '?')} ({record.get('file_name', '?')})"
         if not _admit(state, record, key, ("id", "file_name", "width", "height"), seen):
             continue
@@ -324,7 +316,7 @@ def category_table(annotation_file: Path) -> CategoryTable:
     Raises:
         CocoError: Naming the file and the problem.
     """
-    table = CategoryTable.of({"categories": _single(annotation_file, "categories")}, annotation_file)
+    table = CategoryTable.of({"categories": read_list(annotation_file, "categories")}, annotation_file)
     if PERSON not in table.names:
         raise CocoError(f"{annotation_file}: no '{PERSON}' category: anonbench anonymizes persons")
     return table

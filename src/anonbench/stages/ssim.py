@@ -33,8 +33,8 @@ from anonbench.coco import (
     annotations_by_image,
     image_path,
     person_category_id,
-    read_images,
     read_instances,
+    read_list,
 )
 from anonbench.config import ORIGINAL, Config
 from anonbench.images import UnreadableImage, read_image
@@ -187,7 +187,9 @@ def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[
     names = {int(c["id"]): str(c["name"]) for c in original["categories"]}
     person = person_category_id(original)
     # Only the variant's image records: its annotations (the original's) would be a second copy in memory.
-    variant_names = {int(im["id"]): str(im["file_name"]) for im in read_images(cfg.annotation_file(variant, split))}
+    variant_names = {
+        int(im["id"]): str(im["file_name"]) for im in read_list(cfg.annotation_file(variant, split), "images")
+    }
     by_image = annotations_by_image(original)
     masks = cfg.variant_root(variant) / "masks" / split
     jobs, problems = [], []
