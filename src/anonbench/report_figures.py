@@ -190,12 +190,7 @@ def stacked_bars(
     for name, values in stacks.items():
         ax.bar(labels, values, bottom=bottom, label=name)
         bottom += np.asarray(values, dtype=float)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return _finish(fig, ax, labels, title, ylabel, path, legend=True)
 
 
 def grouped_boxes(
