@@ -51,7 +51,10 @@ def main() -> None:
         for split in cfg.data.splits:
             instances = read_instances(cfg.annotation_file(ORIGINAL, split))
             by_image = annotations_by_image(instances)
-            jobs += [(split, person_category_id(instances), im, by_image[im["id"]]) for im in instances["images"]]
+            jobs += [
+                (split, person_category_id(instances["categories"]), im, by_image[im["id"]])
+                for im in instances["images"]
+            ]
 
         def floor() -> None:
             for split, _, info, _ in jobs:

@@ -44,7 +44,7 @@ def main() -> None:
         cfg.source_root.parent.mkdir(parents=True)
         cfg.source_root.symlink_to(args.coco_mini.resolve(), target_is_directory=True)
         instances = read_instances(cfg.annotation_file(ORIGINAL, SPLIT))
-        person = person_category_id(instances)
+        person = person_category_id(instances["categories"])
         by_image = annotations_by_image(instances)
         with_person = [im for im in instances["images"] if any(a["category_id"] == person for a in by_image[im["id"]])]
         jobs = [(im, by_image[im["id"]]) for im in sorted(with_person, key=lambda im: im["file_name"])[: args.images]]

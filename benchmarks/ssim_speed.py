@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     go_offline()
     instances = read_instances(args.coco_mini / "annotations" / f"instances_{SPLIT}.json")
-    person = person_category_id(instances)
+    person = person_category_id(instances["categories"])
     by_image = annotations_by_image(instances)
     blurred: list[Pair] = []
     recoded: list[Pair] = []

@@ -2,12 +2,19 @@
 
 Shared by every stage that reads a split (the original or an anonymized
 variant: both have the same layout). Errors name the file and the record.
+Stages that work image by image read a split through :func:`indexed`: COCO's
+train annotations are 3.4 GB as Python objects, the index keeps them on disk
+and hands out one image's at a time.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,7 @@ from typing import Any
 import ijson
 
 from anonbench.coco_classes import PERSON
+from anonbench.io import atomic_open
 
 Instances = dict[str, Any]
 Annotation = dict[str, Any]
@@ -95,9 +103,9 @@ def annotations_by_image(instances: Instances) -> dict[int, list[Annotation]]:
     return {img["id"]: grouped.get(img["id"], []) for img in instances["images"]}
 
 
-def person_category_id(instances: Instances) -> int:
-    """COCO id of the 'person' category in this file."""
-    for cat in instances["categories"]:
+def person_category_id(categories: list[dict[str, Any]]) -> int:
+    """COCO id of the 'person' category in a file's ``categories``."""
+    for cat in categories:
         if cat["name"] == PERSON:
             return int(cat["id"])
     raise CocoError("no 'person' category in the annotation file")
@@ -158,3 +166,230 @@ class CategoryTable:
                 f"{where}: its categories differ from the training split's (category id {first}: "
                 f"{theirs.get(first)!r} here, {mine.get(first)!r} there)"
             )
+
+
+# Top-level entries an index keeps on disk (annotations) or as its own list (images).
+_BULK = ("images", "annotations")
+_INSERT_BATCH = 10_000
+_OPEN: dict[Path, sqlite3.Connection] = {}
+
+
+def _connection(database: Path) -> sqlite3.Connection:
+    """This process's read-only connection to an index database (one per process, opened on first use)."""
+    if database not in _OPEN:
+        _OPEN[database] = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+    return _OPEN[database]
+
+
+@dataclass(frozen=True)
+class AnnotationLookup:
+    """One image's annotations from an index database: a handle small enough to send with every worker task."""
+
+    database: Path
+
+    def of(self, image_id: int) -> list[Annotation]:
+        """The image's annotations in file order (empty for an image without any)."""
+        rows = _connection(self.database).execute(
+            "SELECT record FROM annotations WHERE image_id = ? ORDER BY seq", (image_id,)
+        )
+        return [json.loads(record) for (record,) in rows]
+
+
+@dataclass(frozen=True)
+class CocoIndex:
+    """An instances JSON with its annotations on disk, for stages that work image by image.
+
+    Attributes:
+        path: The instances JSON.
+        keys: Its top-level keys in file order.
+        head: Its top-level entries other than images and annotations (info, licenses, categories).
+        images: Its image records in file order.
+        lookup: Per-image annotations, also usable in worker processes.
+    """
+
+    path: Path
+    keys: tuple[str, ...]
+    head: dict[str, Any]
+    images: list[dict[str, Any]]
+    lookup: AnnotationLookup
+
+    @property
+    def categories(self) -> list[dict[str, Any]]:
+        """The file's category records."""
+        return list(self.head["categories"])
+
+    def with_category(self, category_id: int) -> list[int]:
+        """Ids of the images with an annotation of ``category_id``, ascending."""
+        rows = _connection(self.lookup.database).execute(
+            "SELECT DISTINCT image_id FROM annotations WHERE category_id = ? ORDER BY image_id", (category_id,)
+        )
+        return [image_id for (image_id,) in rows]
+
+    def annotation_ids(self) -> set[int]:
+        """Every annotation id of the file."""
+        rows = _connection(self.lookup.database).execute("SELECT ann_id FROM annotations WHERE ann_id IS NOT NULL")
+        return {ann_id for (ann_id,) in rows}
+
+    def of_images(self, image_ids: Iterable[int]) -> Instances:
+        """The file restricted to the annotations of ``image_ids``: every image record, category and other entry.
+
+        For whole-file functions (review exports, corrections) that touch only a few images.
+        """
+        wanted = sorted(set(image_ids))
+        annotations = [a for image_id in wanted for a in self.lookup.of(image_id)]
+        return {**self.head, "images": self.images, "annotations": annotations}
+
+    def write(self, target: Path, images: Iterable[dict[str, Any]], edits: dict[int, list[Annotation]]) -> Path:
+        """Write the file again with other image records and some images' annotations replaced.
+
+        Annotations stay in file order. An edited image's annotations are replaced by its edit (an
+        empty list drops them) where its first one was; the edits of images without any annotation
+        come last. Bytes are those of ``json.dumps(data, separators=(",", ":"))`` on the edited mapping,
+        written piece by piece: unedited annotations go from the index to the file without being parsed.
+
+        Args:
+            target: Where to write (atomically).
+            images: The image records to write instead of :attr:`images`.
+            edits: Image id -> its new annotations.
+
+        Returns:
+            ``target``.
+        """
+        database = _connection(self.lookup.database)
+        pending = dict(edits)
+
+        def annotations() -> Iterator[bytes]:
+            for image_id, record in database.execute("SELECT image_id, record FROM annotations ORDER BY seq"):
+                if image_id not in edits:
+                    yield record.encode()
+                elif image_id in pending:
+                    yield from map(_compact, pending.pop(image_id))
+            for anns in pending.values():
+                yield from map(_compact, anns)
+
+        with atomic_open(target) as out:
+            out.write(b"{")
+            for n, key in enumerate(self.keys):
+                out.write((b"," if n else b"") + _compact(key) + b":")
+                if key == "images":
+                    _write_list(out, map(_compact, images))
+                elif key == "annotations":
+                    _write_list(out, annotations())
+                else:
+                    out.write(_compact(self.head[key]))
+            out.write(b"}")
+        return target
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _write_list(out: Any, items: Iterable[bytes]) -> None:
+    out.write(b"[")
+    for n, item in enumerate(items):
+        out.write((b"," if n else b"") + item)
+    out.write(b"]")
+
+
+def _top_level(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The file's top-level keys and every entry but images and annotations, in one streamed pass.
+
+    Raises:
+        CocoError: For malformed JSON or a top level that is not an object.
+    """
+    keys: list[str] = []
+    head: dict[str, Any] = {}
+    builder: ijson.ObjectBuilder | None = None
+    if not path.is_file():
+        raise CocoError(f"{path}: annotation file not found")
+    with path.open("rb") as handle:
+        try:
+            for prefix, event, value in ijson.parse(handle, use_float=True):
+                if not prefix:
+                    if event == "map_key":
+                        keys.append(value)
+                        builder = None if value in _BULK else ijson.ObjectBuilder()
+                    elif event not in ("start_map", "end_map"):
+                        raise CocoError(f"{path}: expected a JSON object at the top level")
+                    continue
+                if builder is None:
+                    if prefix == keys[-1] and event not in ("start_array", "end_array"):
+                        raise CocoError(f"{path}: {keys[-1]!r} is not a list")
+                    continue
+                builder.event(event, value)
+                if prefix == keys[-1] and event not in ("start_map", "start_array"):
+                    head[keys[-1]] = builder.value
+        except ijson.JSONError as exc:
+            raise CocoError(f"{path}: malformed JSON: {exc}") from None
+    return keys, head
+
+
+def _integer(value: Any) -> int | None:
+    """An id column's value: the id if it is an integer (a malformed one is the stages' to report)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _fill(database: Path, path: Path) -> None:
+    """Stream the file's annotations into ``database``, grouped by image id.
+
+    Raises:
+        CocoError: For an annotation that is not an object with an integer ``image_id``.
+    """
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute(
+            "CREATE TABLE annotations (seq INTEGER PRIMARY KEY, image_id INTEGER NOT NULL, ann_id, category_id, record)"
+        )
+        insert = "INSERT INTO annotations (image_id, ann_id, category_id, record) VALUES (?, ?, ?, ?)"
+        batch: list[tuple[int, Any, Any, str]] = []
+        with path.open("rb") as handle:
+            for ann in ijson.items(handle, "annotations.item", use_float=True):
+                image_id = ann.get("image_id") if isinstance(ann, dict) else None
+                if not isinstance(image_id, int) or isinstance(image_id, bool):
+                    record = ann.get("id", "?") if isinstance(ann, dict) else ann
+                    raise CocoError(f"{path}: annotation {record!r} needs an integer 'image_id'")
+                batch.append(
+                    (image_id, _integer(ann.get("id")), _integer(ann.get("category_id")), _compact(ann).decode())
+                )
+                if len(batch) == _INSERT_BATCH:
+                    db.executemany(insert, batch)
+                    batch.clear()
+        db.executemany(insert, batch)
+        db.execute("CREATE INDEX by_image ON annotations (image_id, seq)")
+        db.execute("CREATE INDEX by_category ON annotations (category_id, image_id)")
+    db.close()
+
+
+@contextmanager
+def indexed(path: Path) -> Iterator[CocoIndex]:
+    """Index an instances JSON for the span of a stage: two streamed passes, annotations to a temporary database.
+
+    The database lives in the system's temporary folder (``TMPDIR``) and is about the size of the JSON;
+    it is removed on exit.
+
+    Args:
+        path: ``annotations/instances_<split>.json``.
+
+    Yields:
+        The index.
+
+    Raises:
+        CocoError: If the file is missing, not JSON, lacks images/annotations/categories, or has an
+            annotation without an integer image id.
+    """
+    path = Path(path)
+    keys, head = _top_level(path)
+    images = read_list(path, "images")
+    missing = [key for key in ("annotations", "categories") if key not in keys]
+    if missing or not isinstance(head["categories"], list):
+        raise CocoError(f"{path}: missing required key(s) {missing or ['categories']}")
+    with tempfile.TemporaryDirectory(prefix="anonbench-index-") as folder:
+        database = Path(folder) / "annotations.sqlite"
+        _fill(database, path)
+        try:
+            yield CocoIndex(path, tuple(keys), head, images, AnnotationLookup(database))
+        finally:
+            if database in _OPEN:
+                _OPEN.pop(database).close()

@@ -14,31 +14,41 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically.
+@contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing so that it appears complete or not at all, for outputs written piece by piece.
 
     Args:
         path: Destination file; parent folders are created.
-        data: Bytes to write.
 
-    Returns:
-        The destination path.
+    Yields:
+        A binary handle on a temporary file in the same folder, moved into place on success.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are shared data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`).
+
+    Returns:
+        The destination path.
+    """
+    with atomic_open(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

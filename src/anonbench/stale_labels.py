@@ -399,7 +399,10 @@ def _same(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def apply_review(
-    instances: Instances, proposals: Sequence[Proposal], reviewed: dict[int, list[ReviewedBox]]
+    instances: Instances,
+    proposals: Sequence[Proposal],
+    reviewed: dict[int, list[ReviewedBox]],
+    next_id: int | None = None,
 ) -> tuple[Instances, dict[str, Any]]:
     """The corrected ground truth: each reviewed image's boxes replaced by the reviewer's.
 
@@ -412,6 +415,8 @@ def apply_review(
         instances: The variant's ground truth.
         proposals: The proposals that were exported.
         reviewed: Reviewed boxes per image id.
+        next_id: The first id for new annotations; by default one above the largest in ``instances``
+            (pass the whole file's when ``instances`` holds only the reviewed images' annotations).
 
     Returns:
         The corrected instances and a summary: each proposal's decision and the other edits.
@@ -427,7 +432,8 @@ def apply_review(
     if unknown:
         raise CocoError(f"reviewed image {unknown[0]} (and {len(unknown) - 1} more) is not in the ground truth")
     proposal_of = {p.ann_id: p for p in proposals}
-    next_id = max((a["id"] for a in instances["annotations"]), default=0) + 1
+    if next_id is None:
+        next_id = max((a["id"] for a in instances["annotations"]), default=0) + 1
     kept: dict[int, list[float]] = {}
     added = []
     corrected = []

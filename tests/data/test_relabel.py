@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from anonbench.coco import CocoError
+from anonbench.coco import CocoError, indexed
 from anonbench.config import Config, load_config
 from anonbench.images import read_image
 from anonbench.stages import anonymize, relabel, ssim
@@ -248,7 +248,8 @@ def test_classic_methods_get_no_extension_proposals(
     anonymize.run(cfg, method, splits=[val])
     ssim.run(cfg, method, splits=[val])
     instances = read(cfg.annotation_file(method, val))
-    proposals, record = relabel.propose(cfg, method, val, instances)
+    with indexed(cfg.annotation_file(method, val)) as index:
+        proposals, record = relabel.propose(cfg, method, val, index)
     assert record["images_with_person"] > 0 and record["images_with_person_without_mask"] == 0
     assert [p for p in proposals if p.action == "extend"] == []
     masks = cfg.variant_root(method) / "masks" / val

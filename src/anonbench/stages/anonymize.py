@@ -34,10 +34,10 @@ import numpy as np
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.dp2 import Dp2Anonymizer, settings_record
 from anonbench.anonymizers.masks import COUNT_KEYS, PersonMasks, changed_pixels, person_masks, to_person, union
-from anonbench.coco import CocoError, Instances, annotations_by_image, image_path, person_category_id, read_instances
+from anonbench.coco import AnnotationLookup, CocoError, CocoIndex, image_path, indexed, person_category_id
 from anonbench.config import CLASSIC_METHODS, DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
 from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
-from anonbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from anonbench.io import atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
 from anonbench.parallel import map_with_progress, take_shard
 
@@ -284,7 +284,7 @@ def coverage_summary(method: str, split: str, manifest: Manifest) -> dict[str, A
     }
 
 
-def _assemble(ctx: Context, instances: Instances, records: list[dict[str, Any]]) -> tuple[list[Path], dict[str, Any]]:
+def _assemble(ctx: Context, index: CocoIndex, records: list[dict[str, Any]]) -> tuple[list[Path], dict[str, Any]]:
     """Write the split's manifest, coverage summary, timings and variant annotations from the records."""
     root = ctx.cfg.variant_root(ctx.method)
     manifest = Manifest("anonymize", ctx.split)
@@ -303,28 +303,24 @@ def _assemble(ctx: Context, instances: Instances, records: list[dict[str, Any]])
                 root / f"manifest_{ctx.split}.json",
             )
     failed = {r["key"] for r in records if r["status"] == "error"}
-    failed_ids = {im["id"] for im in instances["images"] if im["file_name"] in failed}
+    failed_ids = {im["id"] for im in index.images if im["file_name"] in failed}
     ext = EXTENSIONS[ctx.cfg.anonymize.output_format]
     copied = {r["key"] for r in records if r["details"].get("copied")}
-    variant = {
-        **instances,
-        "images": [
-            {
-                **im,
-                "file_name": Path(im["file_name"]).name
-                if im["file_name"] in copied
-                else f"{Path(im['file_name']).stem}{ext}",
-            }
-            for im in instances["images"]
-            if im["id"] not in failed_ids
-        ],
-        "annotations": [a for a in instances["annotations"] if a["image_id"] not in failed_ids],
-    }
+    images = (
+        {
+            **im,
+            "file_name": Path(im["file_name"]).name
+            if im["file_name"] in copied
+            else f"{Path(im['file_name']).stem}{ext}",
+        }
+        for im in index.images
+        if im["id"] not in failed_ids
+    )
     seconds = {r["key"]: r["seconds"] for r in records}
     paths = [
         manifest.write(root / f"manifest_{ctx.split}.json"),
         atomic_write_json(root / f"coverage_{ctx.split}.json", summary),
-        atomic_write_text(ctx.cfg.annotation_file(ctx.method, ctx.split), json.dumps(variant, separators=(",", ":"))),
+        index.write(ctx.cfg.annotation_file(ctx.method, ctx.split), images, {image_id: [] for image_id in failed_ids}),
         atomic_write_json(
             root / f"timings_{ctx.split}.json", {"seconds_total": round(sum(seconds.values()), 3), "seconds": seconds}
         ),
@@ -373,26 +369,31 @@ def anonymize_split(
         The paths written and the coverage summary, which is None while other
         shards still have images to do.
     """
-    instances = read_instances(cfg.annotation_file(ORIGINAL, split))
-    ctx = Context(cfg, method, split, person_category_id(instances))
-    _start_fresh_if_settings_changed(ctx)
-    by_image = annotations_by_image(instances)
-    images = sorted(instances["images"], key=lambda im: im["id"])
-    mine = take_shard(images, shard) if shard else images
-    jobs = [(im, by_image[im["id"]]) for im in mine if not _done(ctx, im["file_name"])]
-    log.info("%s %s: %d of %d images to do", method, split, len(jobs), len(mine))
-    for _ in map_with_progress(functools.partial(process_image, ctx), jobs, workers, f"anonymize {method} {split}"):
-        pass
-    folders = [ctx.images, ctx.masks]
-    missing = [im["file_name"] for im in images if not ctx.record_path(im["file_name"]).exists()]
-    if missing:
-        log.info(
-            "%s %s: %d images left to other shards; the manifest follows with the last", method, split, len(missing)
-        )
-        return folders, None
-    records = [json.loads(ctx.record_path(im["file_name"]).read_text()) for im in images]
-    paths, summary = _assemble(ctx, instances, records)
+    with indexed(cfg.annotation_file(ORIGINAL, split)) as index:
+        ctx = Context(cfg, method, split, person_category_id(index.categories))
+        _start_fresh_if_settings_changed(ctx)
+        images = sorted(index.images, key=lambda im: im["id"])
+        mine = take_shard(images, shard) if shard else images
+        todo = [im for im in mine if not _done(ctx, im["file_name"])]
+        log.info("%s %s: %d of %d images to do", method, split, len(todo), len(mine))
+        task = functools.partial(_process_indexed, ctx, index.lookup)
+        for _ in map_with_progress(task, todo, workers, f"anonymize {method} {split}"):
+            pass
+        folders = [ctx.images, ctx.masks]
+        missing = [im["file_name"] for im in images if not ctx.record_path(im["file_name"]).exists()]
+        if missing:
+            log.info(
+                "%s %s: %d images left to other shards; the manifest follows with the last", method, split, len(missing)
+            )
+            return folders, None
+        records = [json.loads(ctx.record_path(im["file_name"]).read_text()) for im in images]
+        paths, summary = _assemble(ctx, index, records)
     return folders + paths, summary
+
+
+def _process_indexed(ctx: Context, lookup: AnnotationLookup, info: dict[str, Any]) -> dict[str, Any]:
+    """Worker task: the image's annotations from the split's index, then :func:`process_image`."""
+    return process_image(ctx, (info, lookup.of(info["id"])))
 
 
 def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]], paths: list[Path]) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from anonbench.coco import CategoryTable, CocoError, annotations_by_image, image_path, read_instances
+from anonbench.coco import CategoryTable, CocoError, image_path, indexed
 from anonbench.config import Config
 from anonbench.io import atomic_dir, atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
@@ -125,49 +125,50 @@ def _plan_split(
 ) -> tuple[list[ImageJob], Manifest, dict[str, int], CategoryTable]:
     """Validate one split and decide every image's file work; bad records follow ``cfg.policy``."""
     where = cfg.annotation_file(variant, split)
-    instances = read_instances(where)
-    table = CategoryTable.of(instances, where)
-    classes = table.index
-    by_image = annotations_by_image(instances)
-    manifest = Manifest("export", split)
-    jobs: list[ImageJob] = []
-    ids: dict[str, int] = {}
-    for image in sorted(instances["images"], key=lambda im: str(im.get("file_name"))):
-        name = str(image.get("file_name"))
-        try:
-            source = image_path(cfg.image_dir(variant, split), name)
-        except CocoError as err:
-            _refuse(cfg, manifest, where, name, str(err))
-            continue
-        stem = source.stem
-        if stem in ids:
-            _refuse(cfg, manifest, where, name, f"file stem {stem!r} also used by image {ids[stem]}")
-            continue
-        if not source.is_file():
-            _refuse(cfg, manifest, where, name, f"image file {source} not found")
-            continue
-        width, height = image.get("width") or 0, image.get("height") or 0
-        if width <= 0 or height <= 0:
-            _refuse(cfg, manifest, where, name, f"invalid image size {width}x{height}")
-            continue
-        lines, crowd = [], 0
-        for ann in by_image[image["id"]]:
-            key = f"annotation {ann.get('id')}"
-            if ann.get("iscrowd"):
-                crowd += 1
+    with indexed(where) as index:
+        table = CategoryTable.of(index.head, where)
+        classes = table.index
+        manifest = Manifest("export", split)
+        jobs: list[ImageJob] = []
+        ids: dict[str, int] = {}
+        for image in sorted(index.images, key=lambda im: str(im.get("file_name"))):
+            name = str(image.get("file_name"))
+            try:
+                source = image_path(cfg.image_dir(variant, split), name)
+            except CocoError as err:
+                _refuse(cfg, manifest, where, name, str(err))
                 continue
-            if ann.get("category_id") not in classes:
-                _refuse(cfg, manifest, where, key, f"category_id {ann.get('category_id')} not in categories")
+            stem = source.stem
+            if stem in ids:
+                _refuse(cfg, manifest, where, name, f"file stem {stem!r} also used by image {ids[stem]}")
                 continue
-            line = yolo_line(classes[ann["category_id"]], ann.get("bbox") or [0, 0, 0, 0], width, height)
-            if line is None:
-                _refuse(cfg, manifest, where, key, f"box {ann.get('bbox')} is empty inside the {width}x{height} image")
+            if not source.is_file():
+                _refuse(cfg, manifest, where, name, f"image file {source} not found")
                 continue
-            lines.append(line)
-        ids[stem] = int(image["id"])
-        jobs.append(image_job(source, tmp, final, split, cfg.export.link, lines))
-        manifest.add(name, "ok", labels=len(lines), crowd=crowd)
-    return jobs, manifest, ids, table
+            width, height = image.get("width") or 0, image.get("height") or 0
+            if width <= 0 or height <= 0:
+                _refuse(cfg, manifest, where, name, f"invalid image size {width}x{height}")
+                continue
+            lines, crowd = [], 0
+            for ann in index.lookup.of(image["id"]):
+                key = f"annotation {ann.get('id')}"
+                if ann.get("iscrowd"):
+                    crowd += 1
+                    continue
+                if ann.get("category_id") not in classes:
+                    _refuse(cfg, manifest, where, key, f"category_id {ann.get('category_id')} not in categories")
+                    continue
+                line = yolo_line(classes[ann["category_id"]], ann.get("bbox") or [0, 0, 0, 0], width, height)
+                if line is None:
+                    _refuse(
+                        cfg, manifest, where, key, f"box {ann.get('bbox')} is empty inside the {width}x{height} image"
+                    )
+                    continue
+                lines.append(line)
+            ids[stem] = int(image["id"])
+            jobs.append(image_job(source, tmp, final, split, cfg.export.link, lines))
+            manifest.add(name, "ok", labels=len(lines), crowd=crowd)
+        return jobs, manifest, ids, table
 
 
 def _outputs(cfg: Config, root: Path) -> list[Path]:

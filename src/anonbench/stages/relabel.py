@@ -29,14 +29,23 @@ import logging
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anonbench import stale_labels
 from anonbench.anonymizers.masks import dilate, person_masks
 from anonbench.bootstrap import interval, resample_counts, score_and_resample
-from anonbench.coco import Annotation, CocoError, Instances, person_category_id, read_instances
+from anonbench.coco import (
+    Annotation,
+    AnnotationLookup,
+    CocoError,
+    CocoIndex,
+    Instances,
+    indexed,
+    person_category_id,
+    read_instances,
+)
 from anonbench.coco_classes import PERSON
 from anonbench.config import Config
 from anonbench.data.download import file_digest
@@ -47,8 +56,11 @@ from anonbench.stale_labels import Proposal
 from anonbench.study import evaluated_image_ids
 from anonbench.tracking import mlflow_run
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
-BOX_COLUMNS = ("image_id", "ann_id", "category", "x", "y", "w", "h", "inside_anonymized", "ssim")
+BOX_COLUMNS = ("image_id", "ann_id", "category", "iscrowd", "x", "y", "w", "h", "inside_anonymized", "ssim")
 STAT_KEYS = ("AP", "AP50")
 
 
@@ -77,27 +89,27 @@ def metrics_file(cfg: Config, model_id: str, variant: str) -> Path:
     return cfg.paths.metrics / "relabel" / f"{model_id}_on_{variant}.json"
 
 
-def _read_boxes(path: Path, instances: Instances) -> list[dict[str, Any]]:
-    """Rows of the boxes table, checked against the variant's annotations, by annotation id."""
+def _read_boxes(path: Path, index: CocoIndex) -> pd.DataFrame:
+    """The boxes table, checked against the variant's annotations, sorted by annotation id."""
     import pandas as pd
 
     table = pd.read_parquet(path)
     missing = [c for c in BOX_COLUMNS if c not in table.columns]
     if missing:
         raise CocoError(f"{path}: missing column(s) {missing} (is it the ssim stage's boxes table?)")
-    anns = {a["id"]: a for a in instances["annotations"]}
-    unknown = sorted(set(table["ann_id"].astype(int)) - set(anns))
+    unknown = sorted(set(table["ann_id"].astype(int)) - index.annotation_ids())
     if unknown:
         raise CocoError(f"{path}: ann_id {unknown[0]} (and {len(unknown) - 1} more) not in the variant's annotations")
-    return table.sort_values("ann_id").to_dict("records")
+    return table.sort_values("ann_id")
 
 
 @dataclass(frozen=True)
 class _ExtendJob:
-    """One image's extension check: its anonymized-region mask, its persons, the thresholds."""
+    """One image's extension check: its anonymized-region mask, where its persons are, the thresholds."""
 
     mask: Path
-    persons: list[Annotation]
+    image_id: int
+    annotations: AnnotationLookup
     person_id: int
     dilation_px: int
     min_extend_px: float
@@ -105,23 +117,21 @@ class _ExtendJob:
 
 def _extend_image(job: _ExtendJob) -> list[Proposal]:
     """Extension proposals of one image (worker task): its region against its dilated ground-truth persons."""
+    persons = [a for a in job.annotations.of(job.image_id) if a["category_id"] == job.person_id]
     region = read_image(job.mask)[..., 0] > 127
     height, width = region.shape
-    truth = person_masks(job.persons, job.person_id, height, width, 0, 0).gt  # undilated, every person
+    truth = person_masks(persons, job.person_id, height, width, 0, 0).gt  # undilated, every person
     explained = dilate(truth, job.dilation_px)
-    return stale_labels.extension_proposals(job.persons, region, job.min_extend_px, explained)
+    return stale_labels.extension_proposals(persons, region, job.min_extend_px, explained)
 
 
-def _image_urls(cfg: Config, variant: str, split: str, instances: Instances) -> dict[int, str]:
+def _image_urls(cfg: Config, variant: str, split: str, images: list[dict[str, Any]]) -> dict[int, str]:
     """Label Studio local-file URLs (document root: the project folder, or / for absolute paths)."""
     folder = cfg.image_dir(variant, split)
-    return {
-        im["id"]: "/data/local-files/?d=" + (folder / im["file_name"]).as_posix().lstrip("/")
-        for im in instances["images"]
-    }
+    return {im["id"]: "/data/local-files/?d=" + (folder / im["file_name"]).as_posix().lstrip("/") for im in images}
 
 
-def propose(cfg: Config, variant: str, split: str, instances: Instances) -> tuple[list[Proposal], dict[str, Any]]:
+def propose(cfg: Config, variant: str, split: str, index: CocoIndex) -> tuple[list[Proposal], dict[str, Any]]:
     """All proposals of one split and the record of what was looked at.
 
     Raises:
@@ -132,37 +142,37 @@ def propose(cfg: Config, variant: str, split: str, instances: Instances) -> tupl
     if not table.is_file():
         raise FileNotFoundError(f"{table}: no SSIM boxes table (run `anonbench ssim --variant {variant}` first)")
     params = cfg.relabel
-    rows = _read_boxes(table, instances)
-    crowd = {a["id"] for a in instances["annotations"] if a.get("iscrowd")}
+    boxes = _read_boxes(table, index)
+    # Only boxes that may be inside the region become rows (an undefined share is looked at, as unassessed).
+    candidates = boxes[
+        (boxes["category"] != PERSON) & ~boxes["iscrowd"] & ~(boxes["inside_anonymized"] < params.inside_threshold)
+    ]
     removals, unassessed = stale_labels.removal_proposals(
-        [r for r in rows if r["category"] != PERSON and r["ann_id"] not in crowd],
-        params.inside_threshold,
-        params.ssim_threshold,
+        candidates.to_dict("records"), params.inside_threshold, params.ssim_threshold
     )
-    person = person_category_id(instances)
-    persons: dict[int, list[Annotation]] = {}
-    for ann in instances["annotations"]:
-        if ann["category_id"] == person:
-            persons.setdefault(ann["image_id"], []).append(ann)
+    person = person_category_id(index.categories)
     masks = cfg.variant_root(variant) / "masks" / split
+    with_person = set(index.with_category(person))
     jobs = [
         _ExtendJob(
             masks / f"{Path(im['file_name']).stem}.png",
-            persons[im["id"]],
+            im["id"],
+            index.lookup,
             person,
             cfg.anonymize.dilation_px,
             params.min_extend_px,
         )
-        for im in instances["images"]
-        if im["id"] in persons
+        for im in index.images
+        if im["id"] in with_person
     ]
     with_mask = [job for job in jobs if job.mask.is_file()]
-    measured = {int(r["ann_id"]): r for r in rows}
+    found = [p for image in map_with_progress(_extend_image, with_mask, cfg.n_workers, "relabel") for p in image]
+    rows = boxes[boxes["ann_id"].isin([p.ann_id for p in found])]
+    measured = {int(r["ann_id"]): r for r in rows.to_dict("records")}
     extensions = [
         replace(p, evidence={**stale_labels.box_evidence(measured[p.ann_id]), **p.evidence})
         if p.ann_id in measured
         else p
-        for found in map_with_progress(_extend_image, with_mask, cfg.n_workers, "relabel")
         for p in found
     ]
     record = {
@@ -191,37 +201,53 @@ def _read_review(path: Path, instances: Instances) -> tuple[dict[int, list[stale
 
 
 def relabel_split(cfg: Config, variant: str, split: str) -> list[Path]:
-    """Proposals, review exports and the corrected ground truth of one split."""
-    instances = read_instances(cfg.annotation_file(variant, split))
-    proposals, record = propose(cfg, variant, split, instances)
-    out = output_dir(cfg, variant)
-    tasks = stale_labels.labelstudio_tasks(instances, proposals, _image_urls(cfg, variant, split, instances))
-    reviewed_path = review_file(cfg, variant, split)
-    if reviewed_path.is_file():
-        reviewed, unreviewed = _read_review(reviewed_path, instances)
-        source = {
-            "corrections": "reviewed",
-            "review": str(reviewed_path),
-            "sha256": file_digest(reviewed_path, "sha256"),
+    """Proposals, review exports and the corrected ground truth of one split.
+
+    Only the images with a proposal or a review are held with their annotations; the corrected
+    ground truth is the variant's file with the reviewed images' annotations replaced.
+    """
+    with indexed(cfg.annotation_file(variant, split)) as index:
+        proposals, record = propose(cfg, variant, split, index)
+        proposed = {p.image_id for p in proposals}
+        exported = index.of_images(proposed)
+        urls = _image_urls(cfg, variant, split, [im for im in index.images if im["id"] in proposed])
+        tasks = stale_labels.labelstudio_tasks(exported, proposals, urls)
+        reviewed_path = review_file(cfg, variant, split)
+        if reviewed_path.is_file():
+            reviewed, unreviewed = _read_review(reviewed_path, exported)
+            source = {
+                "corrections": "reviewed",
+                "review": str(reviewed_path),
+                "sha256": file_digest(reviewed_path, "sha256"),
+            }
+        else:
+            reviewed, unreviewed = stale_labels.parse_labelstudio(stale_labels.accept_all(tasks), "proposals")
+            source = {"corrections": "auto-accepted", "review": "automatic: every proposal accepted"}
+        corrected, summary = stale_labels.apply_review(
+            index.of_images({*proposed, *reviewed}),
+            proposals,
+            reviewed,
+            next_id=max(index.annotation_ids(), default=0) + 1,
+        )
+        edits: dict[int, list[Annotation]] = {image_id: [] for image_id in sorted(reviewed)}
+        for ann in corrected["annotations"]:
+            if ann["image_id"] in edits:
+                edits[ann["image_id"]].append(ann)
+        counts = {action: sum(p.action == action for p in proposals) for action in ("remove", "extend")}
+        proposals_doc = {
+            **record,
+            "counts": {**counts, "images": len(proposed)},
+            "proposals": stale_labels.proposal_dicts(proposals),
         }
-    else:
-        reviewed, unreviewed = stale_labels.parse_labelstudio(stale_labels.accept_all(tasks), "proposals")
-        source = {"corrections": "auto-accepted", "review": "automatic: every proposal accepted"}
-    corrected, summary = stale_labels.apply_review(instances, proposals, reviewed)
-    counts = {action: sum(p.action == action for p in proposals) for action in ("remove", "extend")}
-    proposals_doc = {
-        **record,
-        "counts": {**counts, "images": len({p.image_id for p in proposals})},
-        "proposals": stale_labels.proposal_dicts(proposals),
-    }
-    return [
-        atomic_write_json(out / f"proposals_{split}.json", proposals_doc),
-        atomic_write_json(out / f"labelstudio_{split}.json", tasks),
-        atomic_write_text(out / "labelstudio_config.xml", stale_labels.labelstudio_config(instances)),
-        atomic_write_json(out / f"cvat_{split}.json", stale_labels.cvat_coco(instances, proposals)),
-        atomic_write_json(out / f"review_{split}.json", {**source, **summary, "unreviewed_images": unreviewed}),
-        atomic_write_text(corrected_file(cfg, variant, split), json.dumps(corrected, separators=(",", ":"))),
-    ]
+        out = output_dir(cfg, variant)
+        return [
+            atomic_write_json(out / f"proposals_{split}.json", proposals_doc),
+            atomic_write_json(out / f"labelstudio_{split}.json", tasks),
+            atomic_write_text(out / "labelstudio_config.xml", stale_labels.labelstudio_config(exported)),
+            atomic_write_json(out / f"cvat_{split}.json", stale_labels.cvat_coco(exported, proposals)),
+            atomic_write_json(out / f"review_{split}.json", {**source, **summary, "unreviewed_images": unreviewed}),
+            index.write(corrected_file(cfg, variant, split), index.images, edits),
+        ]
 
 
 def _delta(after: float | None, before: float | None, samples: np.ndarray, confidence: float) -> dict[str, Any]:

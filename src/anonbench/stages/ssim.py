@@ -17,7 +17,6 @@ change since its tables were written is not measured again.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anonbench.coco import (
-    CocoError,
-    annotations_by_image,
-    image_path,
-    person_category_id,
-    read_instances,
-    read_list,
-)
+from anonbench.coco import AnnotationLookup, CocoError, image_path, indexed, person_category_id, read_list
 from anonbench.config import ORIGINAL, Config
+from anonbench.data.download import file_digest
 from anonbench.images import UnreadableImage, read_image
-from anonbench.io import atomic_write_bytes, atomic_write_json
+from anonbench.io import atomic_open, atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
 from anonbench.parallel import map_with_progress
 from anonbench.ssim_fast import COMPONENTS, SsimIndex, crop_bounds
@@ -90,6 +83,30 @@ class GtBox(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Truth:
+    """The original's ground truth as a worker reads it: one image's boxes at a time, from the split's index."""
+
+    annotations: AnnotationLookup
+    names: dict[int, str]
+    person: int
+
+    def boxes(self, image_id: int) -> tuple[tuple[GtBox, ...], bool]:
+        """The image's ground-truth boxes and whether one of them is a person."""
+        anns = self.annotations.of(image_id)
+        boxes = tuple(
+            GtBox(
+                int(a["id"]),
+                self.names[a["category_id"]],
+                bool(a.get("iscrowd", 0)),
+                float(a["area"]),
+                tuple(a["bbox"]),
+            )
+            for a in anns
+        )
+        return boxes, any(a["category_id"] == self.person for a in anns)
+
+
+@dataclass(frozen=True)
 class Job:
     """One image pair to measure, with everything a worker process needs."""
 
@@ -98,8 +115,7 @@ class Job:
     original: Path
     variant: Path
     mask: Path
-    has_person: bool
-    boxes: tuple[GtBox, ...]
+    truth: Truth
     win_size: int
 
 
@@ -149,8 +165,9 @@ def measure_image(job: Job) -> Measured:
     index = SsimIndex(original, variant, job.win_size)
     inside = cv2.integral(mask, sdepth=cv2.CV_64F)
     height, width = mask.shape
+    boxes, has_person = job.truth.boxes(job.image_id)
     rows = []
-    for box in job.boxes:
+    for box in sorted(boxes):
         x0, y0, x1, y1 = crop_bounds(box.bbox, width, height)
         pixels = (x1 - x0) * (y1 - y0)
         covered = inside[y1, x1] - inside[y0, x1] - inside[y1, x0] + inside[y0, x0]
@@ -173,7 +190,7 @@ def measure_image(job: Job) -> Measured:
     image = {
         "image_id": job.image_id,
         "file_name": job.key,
-        "has_person": job.has_person,
+        "has_person": has_person,
         "changed_fraction": index.changed_fraction,
         "anonymized_fraction": float(inside[-1, -1]) / mask.size,
         **index.whole().as_dict(),
@@ -181,19 +198,17 @@ def measure_image(job: Job) -> Measured:
     return Measured(job.key, image, rows)
 
 
-def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[str, str]]]:
+def _jobs(
+    cfg: Config, variant: str, split: str, truth: Truth, images: list[dict[str, Any]]
+) -> tuple[list[Job], list[tuple[str, str]]]:
     """Pair every original image with its variant by image id; unpaired images are problems."""
-    original = read_instances(cfg.annotation_file(ORIGINAL, split))
-    names = {int(c["id"]): str(c["name"]) for c in original["categories"]}
-    person = person_category_id(original)
-    # Only the variant's image records: its annotations (the original's) would be a second copy in memory.
+    # Only the variant's image records: its annotations are the original's, already indexed.
     variant_names = {
         int(im["id"]): str(im["file_name"]) for im in read_list(cfg.annotation_file(variant, split), "images")
     }
-    by_image = annotations_by_image(original)
     masks = cfg.variant_root(variant) / "masks" / split
     jobs, problems = [], []
-    for info in sorted(original["images"], key=lambda im: im["id"]):
+    for info in sorted(images, key=lambda im: im["id"]):
         key, image_id = str(info["file_name"]), int(info["id"])
         if image_id not in variant_names:
             problems.append(
@@ -201,10 +216,6 @@ def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[
             )
             continue
         variant_name = variant_names.pop(image_id)
-        boxes = tuple(
-            GtBox(int(a["id"]), names[a["category_id"]], bool(a.get("iscrowd", 0)), float(a["area"]), tuple(a["bbox"]))
-            for a in by_image[image_id]
-        )
         jobs.append(
             Job(
                 image_id=image_id,
@@ -212,8 +223,7 @@ def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[
                 original=image_path(cfg.image_dir(ORIGINAL, split), key),
                 variant=image_path(cfg.image_dir(variant, split), variant_name),
                 mask=masks / f"{Path(variant_name).stem}.png",
-                has_person=any(a["category_id"] == person for a in by_image[image_id]),
-                boxes=boxes,
+                truth=truth,
                 win_size=cfg.ssim.win_size,
             )
         )
@@ -226,7 +236,7 @@ def _stamp(cfg: Config, variant: str, split: str, jobs: list[Job]) -> str:
     """Fingerprint of a split's inputs: annotation files, and size and mtime of every image and mask."""
     digest = hashlib.sha256(f"{cfg.ssim.win_size} {cfg.policy}".encode())
     for path in (cfg.annotation_file(ORIGINAL, split), cfg.annotation_file(variant, split)):
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(bytes.fromhex(file_digest(path, "sha256")))
     for job in jobs:
         for path in (job.original, job.variant, job.mask):
             stat = path.stat() if path.exists() else None
@@ -234,13 +244,37 @@ def _stamp(cfg: Config, variant: str, split: str, jobs: list[Job]) -> str:
     return digest.hexdigest()
 
 
-def _parquet(rows: list[dict[str, Any]], schema: pa.Schema, order: list[str]) -> bytes:
-    """Rows as a Parquet file with a fixed schema, sorted, so reruns are byte-identical."""
-    rows = sorted(rows, key=lambda row: tuple(row[k] for k in order))
-    table = pa.Table.from_pylist(rows, schema=schema)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
+class _TableWriter:
+    """Rows written to Parquet as they come, in row groups of a fixed size, so a split's table never sits in memory.
+
+    Rows must arrive in the table's order; the fixed group size keeps reruns byte-identical.
+    """
+
+    ROWS_PER_GROUP = 65_536
+
+    def __init__(self, handle: Any, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.writer = pq.ParquetWriter(handle, schema)
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Queue rows; full groups go to the file."""
+        self.pending += rows
+        while len(self.pending) >= self.ROWS_PER_GROUP:
+            self._flush(self.pending[: self.ROWS_PER_GROUP])
+            self.pending = self.pending[self.ROWS_PER_GROUP :]
+
+    def __enter__(self) -> _TableWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Write the last group and the footer, or on an error just let go of the file."""
+        if kind is None and self.pending:
+            self._flush(self.pending)
+        self.writer.close()
+
+    def _flush(self, rows: list[dict[str, Any]]) -> None:
+        self.writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
 
 
 def _outputs(folder: Path, split: str) -> list[Path]:
@@ -260,29 +294,36 @@ def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bo
     """
     paths = _outputs(cfg.paths.data / STAGE / variant, split)
     stamp_file = paths.pop()
-    jobs, problems = _jobs(cfg, variant, split)
-    stamp = _stamp(cfg, variant, split, jobs)
-    if all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp:
-        return paths, False
-    strict = cfg.policy == "strict"
-    if strict and problems:
-        raise SsimStageError(problems[0][1])
-    manifest = Manifest(STAGE, split)
-    for key, problem in problems:
-        manifest.add(key, "skipped", problem)
-    images, boxes = [], []
-    for result in map_with_progress(measure_image, jobs, cfg.n_workers, f"ssim {variant} {split}"):
-        if result.problem:
-            if strict:
-                raise SsimStageError(result.problem)
-            manifest.add(result.key, "skipped", result.problem)
-            continue
-        assert result.image is not None
-        manifest.add(result.key, "ok", image_id=result.image["image_id"], boxes=len(result.boxes))
-        images.append(result.image)
-        boxes.extend(result.boxes)
-    atomic_write_bytes(paths[0], _parquet(boxes, BOX_SCHEMA, ["image_id", "ann_id"]))
-    atomic_write_bytes(paths[1], _parquet(images, IMAGE_SCHEMA, ["image_id"]))
+    with indexed(cfg.annotation_file(ORIGINAL, split)) as index:
+        names = {int(c["id"]): str(c["name"]) for c in index.categories}
+        truth = Truth(index.lookup, names, person_category_id(index.categories))
+        jobs, problems = _jobs(cfg, variant, split, truth, index.images)
+        stamp = _stamp(cfg, variant, split, jobs)
+        if all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp:
+            return paths, False
+        strict = cfg.policy == "strict"
+        if strict and problems:
+            raise SsimStageError(problems[0][1])
+        manifest = Manifest(STAGE, split)
+        for key, problem in problems:
+            manifest.add(key, "skipped", problem)
+        # Jobs go in image id order and each image's boxes in annotation id order: the tables come out sorted.
+        with (
+            atomic_open(paths[0]) as box_file,
+            atomic_open(paths[1]) as image_file,
+            _TableWriter(box_file, BOX_SCHEMA) as box_table,
+            _TableWriter(image_file, IMAGE_SCHEMA) as image_table,
+        ):
+            for result in map_with_progress(measure_image, jobs, cfg.n_workers, f"ssim {variant} {split}"):
+                if result.problem:
+                    if strict:
+                        raise SsimStageError(result.problem)
+                    manifest.add(result.key, "skipped", result.problem)
+                    continue
+                assert result.image is not None
+                manifest.add(result.key, "ok", image_id=result.image["image_id"], boxes=len(result.boxes))
+                image_table.add([result.image])
+                box_table.add(result.boxes)
     manifest.write(paths[2])
     atomic_write_bytes(stamp_file, stamp.encode())
     return paths, True
