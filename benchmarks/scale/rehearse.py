@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from anonbench.config import load_config
 from benchmarks.common import REPO, RESULTS, machine
 from benchmarks.scale import generate
 from benchmarks.scale.measure import run_measured
@@ -138,6 +139,7 @@ class Rehearsal:
         print(f"[rehearse] {key}: {' '.join(command)}", flush=True)
         log = self.data_dir / "logs" / f"{step}.log"
         record = {"step": step, **info, **run_measured(command, cwd, self.env, log), "code": self.code}
+        record["command"] = command
         if "RESULT " in (text := log.read_text(errors="replace")):
             record["result"] = json.loads(text.rsplit("RESULT ", 1)[1].splitlines()[0])
         self.keep(key, record)
@@ -387,6 +389,8 @@ def step_report(r: Rehearsal, scales: list[float], grids: list[str], bootstrap_g
             truth = r.dataset(smallest) / "annotations" / "instances_val2017.json"
             info["images"] = _counts(truth.parents[1], "val2017")["images"]
             grid += ["--predictions-on", str(truth), "--images", str(info["images"])]
+            # Each evaluation's resamples as the evaluate stage keeps them, drawn with the study's seed.
+            grid += ["--resamples", str(samples), str(load_config(REPO / "params.yaml", "paper").seed)]
             for variant in variants[1:]:  # an anonymized variant's val annotations are the original's
                 link = work / "data" / "variants" / variant / "annotations" / truth.name
                 link.parent.mkdir(parents=True)

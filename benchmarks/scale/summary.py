@@ -26,12 +26,18 @@ UNIT = {
     "bootstrap": "detections",
     "report": "evaluations",
 }
-BEFORE = "_before_fix"  # measurements of a stage before a fix in this branch, kept for the comparison
+# Measurements of a stage before a fix (``ssim_before_fix``, ``anonymize_before_index``), kept for the comparison.
+BEFORE = "_before_"
+
+
+def base_of(name: str) -> str:
+    """The stage a measurement name belongs to (``anonymize_before_index`` -> ``anonymize``)."""
+    return name.split(BEFORE, 1)[0]
 
 
 def unit_of(name: str) -> str:
     """What a measurement's cost grows with."""
-    base = name.removesuffix(BEFORE)
+    base = base_of(name)
     return UNIT.get(base, "files" if base.startswith("dvc_") else "scale")
 
 
@@ -96,7 +102,8 @@ def targets(grouped: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         judged["prepare_time_growth"] = growth(grouped["prepare"], "annotations")
     per_image = {}
     for name in PER_IMAGE:
-        points = grouped.get(name, [])
+        # The growth is judged on the synthetic scales; the `real` step's points (COCO-sized images) are listed apart.
+        points = [p for p in grouped.get(name, []) if p.get("step") == "images"]
         if points:
             per_image[name] = {
                 "images_per_s": [round(p["images"] / p["seconds"], 1) for p in points],
@@ -106,6 +113,22 @@ def targets(grouped: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             }
     if per_image:
         judged["per_image_stages"] = per_image
+    real = {
+        name: {
+            p["key"].split("/", 1)[1]: {
+                "images": p["images"],
+                "images_per_s": round(p["images"] / p["seconds"], 1),
+                "cpu_seconds_per_image": round(p["cpu_seconds"] / p["images"], 4),
+                "peak_rss_mb": p["peak_rss_mb"],
+            }
+            for p in grouped[name]
+            if p.get("step") == "real"
+        }
+        for name in PER_IMAGE
+        if any(p.get("step") == "real" for p in grouped.get(name, []))
+    }
+    if real:
+        judged["per_image_stages_real_sizes"] = real
     boot = grouped.get("bootstrap", [])
     if boot:
         big = boot[-1]
@@ -125,9 +148,9 @@ def targets(grouped: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "no_resample_rereads_files": all(v == 1 for v in big.get("result", {}).get("file_opens", {"": 0}).values()),
         }
     fixes = {}
-    for name in (n for n in grouped if n.endswith(BEFORE)):
-        after = {p["key"].split("/", 1)[1]: p for p in grouped.get(name.removesuffix(BEFORE), [])}
-        fixes[name.removesuffix(BEFORE)] = [
+    for name in (n for n in grouped if BEFORE in n):
+        after = {p["key"].split("/", 1)[1]: p for p in grouped.get(base_of(name), [])}
+        fixes[name] = [
             {
                 "at": p["key"].split("/", 1)[1],
                 "before": {k: p[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb")},
@@ -174,11 +197,15 @@ def plot(grouped: dict[str, list[dict[str, Any]]]) -> bytes:
         for row, (metric, label) in enumerate((("seconds", "wall seconds"), ("peak_rss_mb", "peak memory (MB)"))):
             ax = axes[row][col]
             ends, starts = [], []
-            for name in [n for base in names for n in (base, base + BEFORE)]:
-                points = [p for p in grouped.get(name, []) if p.get(unit) and not p.get("bootstrapped")]
+            for name in [n for base in names for n in grouped if base_of(n) == base]:
+                points = [
+                    p
+                    for p in grouped.get(name, [])
+                    if p.get(unit) and not p.get("bootstrapped") and p.get("step") != "real"
+                ]
                 if not points:
                     continue
-                style = {"linestyle": "--", "marker": "x"} if name.endswith(BEFORE) else {"marker": "o"}
+                style = {"linestyle": "--", "marker": "x"} if BEFORE in name else {"marker": "o"}
                 ax.plot([p[unit] for p in points], [p[metric] for p in points], label=name, **style)
                 ends.append((points[-1][unit], points[-1][metric]))
                 starts.append(points[0][unit])
@@ -211,7 +238,10 @@ def write(
         "command": "python -m benchmarks.scale.rehearse",
         "what": "the real stages on COCO-2017-shaped synthetic data (benchmarks/scale/generate.py) at scale s; "
         "s = 1 is COCO 2017's size. Each measurement is one process tree: wall and CPU seconds, peak memory.",
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "results"},
+        # Records come from several invocations; each keeps its own code version and command.
+        "arguments_last_run": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "results"
+        },
         "rehearsal_seconds_this_run": round(seconds, 1),
         "machine": machine,
         "targets": targets(grouped),

@@ -146,6 +146,7 @@ def report_grid(
     images: int,
     seed: int = 0,
     truth: Path | None = None,
+    resamples: tuple[int, int] | None = None,
 ) -> int:
     """Write the outputs the report reads for the paper's grid; return the number of evaluations.
 
@@ -153,9 +154,14 @@ def report_grid(
     freeze config a fine-tune with its evaluations, all in the real formats (metrics.json as the evaluate
     stage writes it), each with a real MLflow run in ``tracking_uri`` so the report's links resolve.
     With ``truth``, every evaluation also gets its own synthetic predictions on it (and the report
-    bootstraps each of them).
+    bootstraps each of them); with ``resamples`` (samples, seed) also the bootstrap resamples the evaluate
+    stage keeps beside them (:func:`anonbench.stages.evaluate.write_resamples`), which the report then reads.
     """
     import mlflow
+
+    from anonbench.coco import read_instances
+    from anonbench.stages.evaluate import write_resamples
+    from anonbench.study import evaluated_image_ids
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("anonbench-paper")
@@ -223,6 +229,13 @@ def report_grid(
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             if truth is not None:
                 make_predictions(truth, out, 100, seed + evaluations)
+                if resamples is not None:
+                    predictions = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+                    ids = evaluated_image_ids(out) or []
+                    metrics["bootstrap"] = write_resamples(
+                        out / "resamples.npy", read_instances(truth), predictions, ids, *resamples
+                    )
+                    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             evaluations += 1
     return evaluations
 
@@ -255,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     grid.add_argument("--images", type=int, default=5000)
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--predictions-on", type=Path, help="ground truth to make every evaluation's predictions on")
+    grid.add_argument("--resamples", type=int, nargs=2, metavar=("SAMPLES", "SEED"), help="keep bootstrap resamples")
     args = parser.parse_args(argv)
     result: Any
     if args.task == "coco-load":
@@ -278,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.images,
                 args.seed,
                 args.predictions_on,
+                tuple(args.resamples) if args.resamples else None,
             )
         }
     print("RESULT " + json.dumps(result))

@@ -17,13 +17,17 @@ evaluation at conf 0.001 has about twenty false positives per true one).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from anonbench.coco import Instances
 from anonbench.cocoeval import CocoScores, Evaluation, Prediction, evaluate_images, rescore
+from anonbench.io import atomic_open
 
 # pycocotools' recall thresholds (101 points) and IoU thresholds (0.50:0.05:0.95).
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -300,3 +304,51 @@ def interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(finite, [tail, 1.0 - tail])
     return (float(low), float(high))
+
+
+def resample(
+    instances: Instances, predictions: list[Prediction], image_ids: list[int] | None, samples: int, seed: int
+) -> tuple[tuple[int, ...], Resampled]:
+    """One evaluation's bootstrap resamples: match once, then score every resample.
+
+    Args:
+        instances: Ground truth.
+        predictions: COCO results.
+        image_ids: Images to evaluate (default: all of the ground truth).
+        samples: Bootstrap samples (params ``report.bootstrap_samples``).
+        seed: The study's seed: every evaluation on the same images draws the same resamples (paired).
+
+    Returns:
+        The evaluated image ids (sorted) and the resampled per-class AP.
+    """
+    results = evaluate(instances, predictions, image_ids)
+    return results.image_ids, accumulate(results, resample_counts(len(results.image_ids), samples, seed))
+
+
+def image_ids_digest(image_ids: Sequence[int]) -> str:
+    """A short fingerprint of the evaluated images: resamples pair only over the same images."""
+    return hashlib.sha256(",".join(map(str, image_ids)).encode()).hexdigest()
+
+
+def save_resamples(path: Path, resampled: Resampled | None) -> Path:
+    """Write AP and AP50 per resample and class as one ``.npy`` (2 x samples x classes; 2 x 0 x 0 for none).
+
+    ``.npy`` bytes depend only on the array, so reruns are byte-identical; the class names go in the
+    evaluation's metrics file.
+    """
+    values = np.stack([resampled.ap, resampled.ap50]) if resampled is not None else np.zeros((2, 0, 0))
+    with atomic_open(path) as handle:
+        np.save(handle, values.astype(np.float64), allow_pickle=False)
+    return path
+
+
+def load_resamples(path: Path, classes: Sequence[str]) -> Resampled:
+    """Read what :func:`save_resamples` wrote.
+
+    Raises:
+        ValueError: If the array does not have one column per class.
+    """
+    values = np.load(path, allow_pickle=False)
+    if values.ndim != 3 or values.shape[0] != 2 or values.shape[2] != len(classes):
+        raise ValueError(f"{path}: shape {values.shape} does not fit {len(classes)} classes")
+    return Resampled(tuple(classes), values[0], values[1])

@@ -3,9 +3,10 @@
 Reads the output contracts (metrics/eval, models/*/train.json, data/prepared
 class statistics, data/ssim, data/variants coverage, data/finetune_subset,
 metrics/relabel, metrics/drift, data/relabel proposals and reviews),
-re-matches each evaluation's stored predictions once to get bootstrap
-resamples over the same validation images for every evaluation (paired
-deltas), and turns MLflow run ids into links to the tracking UI.
+reads each evaluation's bootstrap resamples over the validation images (paired
+deltas: the evaluate stage drew them with the same seed; an evaluation without
+them, or drawn with other settings, is re-matched from its stored predictions
+here), and turns MLflow run ids into links to the tracking UI.
 
 An evaluation is void when its metrics file says so (``"void": true``, with
 ``void_reason``): it has no AP, and it takes part in no difference or
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anonbench.bootstrap import Resampled, accumulate, evaluate, interval, resample_counts
+from anonbench.bootstrap import Resampled, image_ids_digest, interval, load_resamples, resample
 from anonbench.coco import read_instances
 from anonbench.config import Config
 from anonbench.parallel import map_with_progress
@@ -43,6 +44,7 @@ class EvalRecord:
     per_class: dict[str, dict[str, float | None]]
     folder: Path
     void_reason: str | None = None
+    bootstrap: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -128,18 +130,32 @@ def load_evaluations(cfg: Config) -> list[EvalRecord]:
                 per_class=doc.get("per_class", {}),
                 folder=path.parent,
                 void_reason=(doc.get("void_reason") or "no reason given") if doc.get("void") else None,
+                bootstrap=doc.get("bootstrap"),
             )
         )
     return records
 
 
-def _resample_job(job: tuple[Path, Path, int, int]) -> tuple[tuple[int, ...], Resampled]:
+def rematch_resamples(job: tuple[Path, Path, int, int]) -> tuple[tuple[int, ...], Resampled]:
     """Bootstrap resamples of one evaluation (worker task): match once, accumulate every resample."""
     eval_dir, truth, samples, seed = job
-    instances = read_instances(truth)
-    image_ids = evaluated_image_ids(eval_dir)
-    results = evaluate(instances, _read_json(eval_dir / "predictions.json"), image_ids)
-    return results.image_ids, accumulate(results, resample_counts(len(results.image_ids), samples, seed))
+    predictions = _read_json(eval_dir / "predictions.json")
+    return resample(read_instances(truth), predictions, evaluated_image_ids(eval_dir), samples, seed)
+
+
+def stored_resamples(record: EvalRecord, samples: int, seed: int) -> tuple[tuple[int, ...], Resampled] | None:
+    """The resamples the evaluate stage kept beside the evaluation, if drawn as asked over the images it lists.
+
+    None when they are missing or were drawn with other settings or over other images (the caller
+    re-matches then).
+    """
+    kept, path = record.bootstrap, record.folder / "resamples.npy"
+    if not kept or not path.is_file() or (kept.get("samples"), kept.get("seed")) != (samples, seed):
+        return None
+    image_ids = evaluated_image_ids(record.folder)
+    if image_ids is None or image_ids_digest(image_ids) != kept.get("image_ids_sha256"):
+        return None
+    return tuple(image_ids), load_resamples(path, kept["classes"])
 
 
 @dataclass
@@ -191,15 +207,20 @@ def load_study(cfg: Config) -> Study:
     report = cfg.report
     # A void evaluation takes part in no interval: nothing to resample.
     resampled = [e for e in study.evaluations if not e.void and (e.folder / "predictions.json").is_file()]
+    missing = []
+    for e in resampled:
+        if (stored := stored_resamples(e, report.bootstrap_samples, cfg.seed)) is not None:
+            study.resamples[e.key] = stored
+        else:
+            missing.append(e)
     jobs = [
         (e.folder, cfg.annotation_file(e.eval_data, cfg.data.val_split), report.bootstrap_samples, cfg.seed)
-        for e in resampled
+        for e in missing
     ]
-    keys = [e.key for e in resampled]
-    for key, result in zip(
-        keys, map_with_progress(_resample_job, jobs, cfg.n_workers, "bootstrap", "eval"), strict=True
+    for e, result in zip(
+        missing, map_with_progress(rematch_resamples, jobs, cfg.n_workers, "bootstrap", "eval"), strict=True
     ):
-        study.resamples[key] = result
+        study.resamples[e.key] = result
     study.trainings = {p.parent.name: _read_json(p) for p in sorted(cfg.paths.models.glob("*/train.json"))}
     data = cfg.paths.data
     for variant in cfg.anonymize.methods:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
@@ -21,6 +22,7 @@ from anonbench.config import Config
 from anonbench.offline import configure_ultralytics
 from anonbench.predict import sort_results
 from anonbench.stages import evaluate as stage
+from anonbench.study import load_evaluations, rematch_resamples, stored_resamples
 from anonbench.yolo import chosen_weights
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -161,9 +163,21 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"predictions.json", "metrics.json", "manifest.json"} <= artifacts
 
+    # resamples: what the report would get by matching the stored predictions again, drawn as configured
+    record = next(e for e in load_evaluations(cfg) if e.key == (MODEL_ID, "org"))
+    stored = stored_resamples(record, cfg.report.bootstrap_samples, cfg.seed)
+    assert stored is not None and metrics["bootstrap"]["images"] == len(stored[0]) == len(instances["images"])
+    ids, again = rematch_resamples((out, annotation_file, cfg.report.bootstrap_samples, cfg.seed))
+    assert stored[0] == ids and stored[1].classes == again.classes
+    assert stored[1].ap.shape == (cfg.report.bootstrap_samples, len(again.classes))
+    np.testing.assert_array_equal(stored[1].ap, again.ap)
+    np.testing.assert_array_equal(stored[1].ap50, again.ap50)
+    assert stored_resamples(record, cfg.report.bootstrap_samples + 1, cfg.seed) is None, "other settings: re-match"
+
     # a rerun with nothing changed does nothing: same files, no second run
     before = {p: p.read_bytes() for p in out.iterdir()}
-    assert stage.run(cfg, MODEL_ID, "org") == [out / "predictions.json", out / "metrics.json", out / "manifest.json"]
+    files = [out / name for name in ("predictions.json", "metrics.json", "manifest.json", "resamples.npy")]
+    assert stage.run(cfg, MODEL_ID, "org") == files
     assert {p: p.read_bytes() for p in out.iterdir()} == before
     assert len(mlflow.search_runs(experiment_names=[cfg.tracking.experiment])) == 1
 
@@ -205,6 +219,7 @@ def test_no_detection_is_void_not_zero(evaluation_config: Callable[..., Config],
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads((out / "predictions.json").read_text()) == []
     assert (metrics["void"], metrics["void_reason"], metrics["predictions"]) == (True, "no detections", 0)
+    assert metrics["bootstrap"] is None and np.load(out / "resamples.npy").shape == (2, 0, 0)
     assert all(metrics[name] is None for name in STAT_NAMES), "never 0.0"
     assert set(metrics["per_class"]) == set(COCO_NAMES)
     assert all(v is None for values in metrics["per_class"].values() for v in values.values())

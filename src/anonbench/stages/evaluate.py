@@ -5,7 +5,10 @@ on Anon, for every variant and size). Writes, under
 ``metrics/eval/<model-id>_on_<eval-variant>/``: ``predictions.json`` (COCO
 results over the variant's validation split), ``metrics.json`` (the 12 COCO
 stats, per-class AP and AP50, what was evaluated and how) and ``manifest.json``
-(every image's status), and logs one MLflow run with the same numbers. A rerun
+(every image's status), ``resamples.npy`` (per-class AP and AP50 of every
+bootstrap resample of the validation images, ``report.bootstrap_samples`` drawn
+with ``seed``: the report's intervals read them instead of matching 155
+evaluations again), and logs one MLflow run with the same numbers. A rerun
 with the same weights, ground truth and settings does nothing.
 
 An evaluation without a single detection is void: it has no precision to
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from anonbench.coco import CategoryTable, CocoError, read_instances
+from anonbench.bootstrap import image_ids_digest, resample, save_resamples
+from anonbench.coco import CategoryTable, CocoError, Instances, read_instances
 from anonbench.cocoeval import CocoScores, score, void_scores
 from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize
 from anonbench.data.download import file_digest
@@ -127,6 +131,32 @@ def _up_to_date(outputs: list[Path], settings: dict[str, Any]) -> bool:
     return all(previous.get(key) == value for key, value in settings.items())
 
 
+def write_resamples(
+    path: Path, instances: Instances, predictions: list[Any], image_ids: list[int], samples: int, seed: int
+) -> dict[str, Any] | None:
+    """Write an evaluation's bootstrap resamples (none for a void one) and return their record for metrics.json.
+
+    The matching behind them is paid here, once per evaluation in its own task, so the report with the
+    paper's 155 evaluations takes seconds.
+
+    Returns:
+        ``samples``, ``seed``, ``classes`` (the array's columns), ``images`` and ``image_ids_sha256`` (the
+        report pairs two evaluations' resamples only over the same images); None without predictions.
+    """
+    if not predictions:
+        save_resamples(path, None)
+        return None
+    evaluated, resampled = resample(instances, predictions, image_ids, samples, seed)
+    save_resamples(path, resampled)
+    return {
+        "samples": samples,
+        "seed": seed,
+        "classes": list(resampled.classes),
+        "images": len(evaluated),
+        "image_ids_sha256": image_ids_digest(evaluated),
+    }
+
+
 def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     """Evaluate ``models/<model_id>/weights/<train.checkpoint>.pt`` on the validation split of ``eval_variant``.
 
@@ -153,8 +183,8 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     split = cfg.data.val_split
     annotation_file = cfg.annotation_file(eval_variant, split)
     out = output_dir(cfg, model_id, eval_variant)
-    outputs = [out / "predictions.json", out / "metrics.json", out / "manifest.json"]
-    predictions_file, metrics_file, manifest_file = outputs
+    outputs = [out / "predictions.json", out / "metrics.json", out / "manifest.json", out / "resamples.npy"]
+    predictions_file, metrics_file, manifest_file, resamples_file = outputs
     protocol = PredictSettings.of(cfg)
     settings = {
         "protocol": protocol.protocol,
@@ -167,6 +197,8 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         "backend": cfg.evaluate.backend,
         "weights_sha256": file_digest(weights, "sha256"),
         "annotations_sha256": file_digest(annotation_file, "sha256"),
+        "bootstrap_samples": cfg.report.bootstrap_samples,
+        "seed": cfg.seed,
     }
     if _up_to_date(outputs, settings):
         return outputs
@@ -180,8 +212,12 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     manifest.write(manifest_file)
     if predictions:
         scores, void_reason = score(instances, predictions, cfg.evaluate.backend, [i for i, _ in images]), None
+        bootstrap = write_resamples(
+            resamples_file, instances, predictions, [i for i, _ in images], cfg.report.bootstrap_samples, cfg.seed
+        )
     else:
         scores, void_reason = void_scores(instances), NO_DETECTIONS
+        bootstrap = write_resamples(resamples_file, instances, [], [], 0, cfg.seed)
 
     tags = info.tags(eval_variant)
     run_tags = {**tags, "protocol": protocol.protocol, "void": str(void_reason is not None).lower()}
@@ -204,6 +240,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
             "per_class": scores.per_class,
             "void": void_reason is not None,
             "void_reason": void_reason,
+            "bootstrap": bootstrap,
             **tags,
             "freeze": info.freeze,
             "split": split,
@@ -213,6 +250,6 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
             **settings,
         }
         atomic_write_json(metrics_file, metrics)
-        for path in outputs:
+        for path in (predictions_file, metrics_file, manifest_file):
             mlflow.log_artifact(str(path))
     return outputs
