@@ -190,3 +190,26 @@ def test_cli_measures_a_split_and_names_a_missing_variant(variant_cfg: Config) -
     assert f"wrote {variant_cfg.paths.data / 'ssim' / 'mask' / 'summary.json'}" in result.output
     result = CliRunner().invoke(app, ["ssim", "--variant", "blur", "--split", VAL, *settings])
     assert result.exit_code == 1 and "no such variant" in result.output
+
+
+def test_tables_written_in_row_groups_hold_the_rows_one_group_holds(
+    variant_cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tables are written as results come, a row group at a time; a split bigger than one group gives the
+    same sorted rows as a split that fits in one."""
+    import pyarrow.parquet as pq
+
+    folder = variant_cfg.paths.data / "ssim" / "mask"
+    ssim.measure_split(variant_cfg, "mask", VAL)
+    whole = {name: pq.read_table(folder / f"{VAL}_{name}.parquet") for name in ("boxes", "images")}
+    monkeypatch.setattr(ssim._TableWriter, "ROWS_PER_GROUP", 3)
+    (folder / f".stamp_{VAL}").unlink()
+    ssim.measure_split(variant_cfg, "mask", VAL)
+    for name, table in whole.items():
+        grouped = pq.ParquetFile(folder / f"{VAL}_{name}.parquet")
+        assert grouped.metadata.num_row_groups == math.ceil(table.num_rows / 3) > 1
+        assert grouped.read().equals(table)
+    boxes = whole["boxes"].to_pandas()
+    assert list(zip(boxes["image_id"], boxes["ann_id"], strict=True)) == sorted(
+        zip(boxes["image_id"], boxes["ann_id"], strict=True)
+    )
