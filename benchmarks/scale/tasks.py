@@ -106,8 +106,8 @@ def score_once(truth: Path, eval_dir: Path, backend: str) -> dict[str, Any]:
 
 
 def bootstrap(truth: Path, eval_dir: Path, samples: int, seed: int) -> dict[str, Any]:
-    """One evaluation's bootstrap as the report runs it, counting how often each input file is opened."""
-    from anonbench.study import _resample_job
+    """One evaluation's bootstrap as the evaluate stage draws it, counting how often each input file is opened."""
+    from anonbench.study import rematch_resamples
 
     watched = {str(truth.resolve()): "truth", str((eval_dir / "predictions.json").resolve()): "predictions"}
     opened = dict.fromkeys(watched.values(), 0)
@@ -119,7 +119,7 @@ def bootstrap(truth: Path, eval_dir: Path, samples: int, seed: int) -> dict[str,
                 opened[name] += 1
 
     sys.addaudithook(hook)
-    image_ids, resampled = _resample_job((eval_dir, truth, samples, seed))
+    image_ids, resampled = rematch_resamples((eval_dir, truth, samples, seed))
     mean = resampled.mean()
     return {
         "images": len(image_ids),
