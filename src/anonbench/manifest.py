@@ -7,12 +7,14 @@ closing summary and MLflow show; a ``skip`` policy run lists every skip here.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from anonbench.io import atomic_write_json
+from anonbench.io import atomic_open
 
 Status = Literal["ok", "skipped", "error"]
 
@@ -45,15 +47,25 @@ class Manifest:
         counted = Counter(r.status for r in self.records)
         return {status: counted.get(status, 0) for status in ("ok", "skipped", "error")}
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serializable form, records sorted by key so reruns are byte-identical."""
-        return {
-            "stage": self.stage,
-            "split": self.split,
-            "counts": self.counts,
-            "records": [asdict(r) for r in sorted(self.records, key=lambda r: r.key)],
-        }
+    def to_dict(self, with_records: bool = True) -> dict[str, Any]:
+        """Serializable form, records sorted by key so reruns are byte-identical (or without them)."""
+        head = {"stage": self.stage, "split": self.split, "counts": self.counts}
+        if not with_records:
+            return head
+        return {**head, "records": [asdict(r) for r in sorted(self.records, key=lambda r: r.key)]}
 
     def write(self, path: Path) -> Path:
-        """Write the manifest atomically as JSON and return its path."""
-        return atomic_write_json(path, self.to_dict())
+        """Write the manifest atomically as JSON and return its path.
+
+        The bytes are :func:`anonbench.io.atomic_write_json`'s for :meth:`to_dict`, written a record at a
+        time: a COCO-sized manifest as one indented string would be hundreds of MB.
+        """
+        shell = json.dumps({**self.to_dict(with_records=False), "records": []}, indent=2, sort_keys=True)
+        head, tail = shell.split('"records": []', 1)
+        with atomic_open(path) as out:
+            out.write(f'{head}"records": ['.encode())
+            for n, record in enumerate(sorted(self.records, key=lambda r: r.key)):
+                item = json.dumps(asdict(record), indent=2, sort_keys=True, allow_nan=True)
+                out.write(("," if n else "").encode() + b"\n" + textwrap.indent(item, "    ").encode())
+            out.write((f"\n  ]{tail}\n" if self.records else f"]{tail}\n").encode())
+        return path
