@@ -57,10 +57,11 @@ from anonbench.study import evaluated_image_ids
 from anonbench.tracking import mlflow_run
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 BOX_COLUMNS = ("image_id", "ann_id", "category", "iscrowd", "x", "y", "w", "h", "inside_anonymized", "ssim")
+EVIDENCE_COLUMNS = ("luminance", "contrast", "structure")  # shown with a proposal when the table has them
 STAT_KEYS = ("AP", "AP50")
 
 
@@ -89,18 +90,23 @@ def metrics_file(cfg: Config, model_id: str, variant: str) -> Path:
     return cfg.paths.metrics / "relabel" / f"{model_id}_on_{variant}.json"
 
 
-def _read_boxes(path: Path, index: CocoIndex) -> pd.DataFrame:
-    """The boxes table, checked against the variant's annotations, sorted by annotation id."""
-    import pandas as pd
+def _read_boxes(path: Path, index: CocoIndex) -> pa.Table:
+    """The boxes table's columns that relabel uses, checked against the variant's annotations, by annotation id.
 
-    table = pd.read_parquet(path)
-    missing = [c for c in BOX_COLUMNS if c not in table.columns]
+    Read as Arrow columns: at COCO's size the table has 860,000 rows, and only the few inside an
+    anonymized region become Python records.
+    """
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    missing = [c for c in BOX_COLUMNS if c not in names]
     if missing:
         raise CocoError(f"{path}: missing column(s) {missing} (is it the ssim stage's boxes table?)")
-    unknown = sorted(set(table["ann_id"].astype(int)) - index.annotation_ids())
+    table = pq.read_table(path, columns=[*BOX_COLUMNS, *(c for c in EVIDENCE_COLUMNS if c in names)])
+    unknown = sorted(set(table["ann_id"].to_pylist()) - index.annotation_ids())
     if unknown:
         raise CocoError(f"{path}: ann_id {unknown[0]} (and {len(unknown) - 1} more) not in the variant's annotations")
-    return table.sort_values("ann_id")
+    return table.sort_by("ann_id")
 
 
 @dataclass(frozen=True)
@@ -142,13 +148,19 @@ def propose(cfg: Config, variant: str, split: str, index: CocoIndex) -> tuple[li
     if not table.is_file():
         raise FileNotFoundError(f"{table}: no SSIM boxes table (run `anonbench ssim --variant {variant}` first)")
     params = cfg.relabel
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     boxes = _read_boxes(table, index)
     # Only boxes that may be inside the region become rows (an undefined share is looked at, as unassessed).
-    candidates = boxes[
-        (boxes["category"] != PERSON) & ~boxes["iscrowd"] & ~(boxes["inside_anonymized"] < params.inside_threshold)
-    ]
+    candidates = boxes.filter(
+        pc.and_(
+            pc.and_(pc.not_equal(boxes["category"], PERSON), pc.invert(boxes["iscrowd"])),
+            pc.invert(pc.less(boxes["inside_anonymized"], params.inside_threshold)),
+        )
+    )
     removals, unassessed = stale_labels.removal_proposals(
-        candidates.to_dict("records"), params.inside_threshold, params.ssim_threshold
+        candidates.to_pylist(), params.inside_threshold, params.ssim_threshold
     )
     person = person_category_id(index.categories)
     masks = cfg.variant_root(variant) / "masks" / split
@@ -167,8 +179,8 @@ def propose(cfg: Config, variant: str, split: str, index: CocoIndex) -> tuple[li
     ]
     with_mask = [job for job in jobs if job.mask.is_file()]
     found = [p for image in map_with_progress(_extend_image, with_mask, cfg.n_workers, "relabel") for p in image]
-    rows = boxes[boxes["ann_id"].isin([p.ann_id for p in found])]
-    measured = {int(r["ann_id"]): r for r in rows.to_dict("records")}
+    rows = boxes.filter(pc.is_in(boxes["ann_id"], pa.array([p.ann_id for p in found], pa.int64())))
+    measured = {int(r["ann_id"]): r for r in rows.to_pylist()}
     extensions = [
         replace(p, evidence={**stale_labels.box_evidence(measured[p.ann_id]), **p.evidence})
         if p.ann_id in measured
