@@ -16,6 +16,7 @@ change since its tables were written is not measured again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -115,7 +116,6 @@ class Job:
     original: Path
     variant: Path
     mask: Path
-    truth: Truth
     win_size: int
 
 
@@ -143,11 +143,12 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return (mask > 0).astype(np.uint8)
 
 
-def measure_image(job: Job) -> Measured:
+def measure_image(truth: Truth, job: Job) -> Measured:
     """Whole-image and per-box SSIM, l, c, s of one image pair (runs in a worker process).
 
     Args:
-        job: The pair, its mask and its ground-truth boxes.
+        truth: The original's ground truth, read image by image.
+        job: The pair and its mask.
 
     Returns:
         The rows for both tables, or the problem (missing, unreadable, sizes differ).
@@ -165,7 +166,7 @@ def measure_image(job: Job) -> Measured:
     index = SsimIndex(original, variant, job.win_size)
     inside = cv2.integral(mask, sdepth=cv2.CV_64F)
     height, width = mask.shape
-    boxes, has_person = job.truth.boxes(job.image_id)
+    boxes, has_person = truth.boxes(job.image_id)
     rows = []
     for box in sorted(boxes):
         x0, y0, x1, y1 = crop_bounds(box.bbox, width, height)
@@ -198,11 +199,10 @@ def measure_image(job: Job) -> Measured:
     return Measured(job.key, image, rows)
 
 
-def _jobs(
-    cfg: Config, variant: str, split: str, truth: Truth, images: list[dict[str, Any]]
-) -> tuple[list[Job], list[tuple[str, str]]]:
+def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[str, str]]]:
     """Pair every original image with its variant by image id; unpaired images are problems."""
-    # Only the variant's image records: its annotations are the original's, already indexed.
+    images = read_list(cfg.annotation_file(ORIGINAL, split), "images")
+    # Only the variant's image records: its annotations are the original's.
     variant_names = {
         int(im["id"]): str(im["file_name"]) for im in read_list(cfg.annotation_file(variant, split), "images")
     }
@@ -223,7 +223,6 @@ def _jobs(
                 original=image_path(cfg.image_dir(ORIGINAL, split), key),
                 variant=image_path(cfg.image_dir(variant, split), variant_name),
                 mask=masks / f"{Path(variant_name).stem}.png",
-                truth=truth,
                 win_size=cfg.ssim.win_size,
             )
         )
@@ -294,36 +293,36 @@ def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bo
     """
     paths = _outputs(cfg.paths.data / STAGE / variant, split)
     stamp_file = paths.pop()
-    with indexed(cfg.annotation_file(ORIGINAL, split)) as index:
+    jobs, problems = _jobs(cfg, variant, split)
+    stamp = _stamp(cfg, variant, split, jobs)
+    if all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return paths, False
+    strict = cfg.policy == "strict"
+    if strict and problems:
+        raise SsimStageError(problems[0][1])
+    manifest = Manifest(STAGE, split)
+    for key, problem in problems:
+        manifest.add(key, "skipped", problem)
+    # Jobs go in image id order and each image's boxes in annotation id order: the tables come out sorted.
+    with (
+        indexed(cfg.annotation_file(ORIGINAL, split)) as index,
+        atomic_open(paths[0]) as box_file,
+        atomic_open(paths[1]) as image_file,
+        _TableWriter(box_file, BOX_SCHEMA) as box_table,
+        _TableWriter(image_file, IMAGE_SCHEMA) as image_table,
+    ):
         names = {int(c["id"]): str(c["name"]) for c in index.categories}
-        truth = Truth(index.lookup, names, person_category_id(index.categories))
-        jobs, problems = _jobs(cfg, variant, split, truth, index.images)
-        stamp = _stamp(cfg, variant, split, jobs)
-        if all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp:
-            return paths, False
-        strict = cfg.policy == "strict"
-        if strict and problems:
-            raise SsimStageError(problems[0][1])
-        manifest = Manifest(STAGE, split)
-        for key, problem in problems:
-            manifest.add(key, "skipped", problem)
-        # Jobs go in image id order and each image's boxes in annotation id order: the tables come out sorted.
-        with (
-            atomic_open(paths[0]) as box_file,
-            atomic_open(paths[1]) as image_file,
-            _TableWriter(box_file, BOX_SCHEMA) as box_table,
-            _TableWriter(image_file, IMAGE_SCHEMA) as image_table,
-        ):
-            for result in map_with_progress(measure_image, jobs, cfg.n_workers, f"ssim {variant} {split}"):
-                if result.problem:
-                    if strict:
-                        raise SsimStageError(result.problem)
-                    manifest.add(result.key, "skipped", result.problem)
-                    continue
-                assert result.image is not None
-                manifest.add(result.key, "ok", image_id=result.image["image_id"], boxes=len(result.boxes))
-                image_table.add([result.image])
-                box_table.add(result.boxes)
+        measure = functools.partial(measure_image, Truth(index.lookup, names, person_category_id(index.categories)))
+        for result in map_with_progress(measure, jobs, cfg.n_workers, f"ssim {variant} {split}"):
+            if result.problem:
+                if strict:
+                    raise SsimStageError(result.problem)
+                manifest.add(result.key, "skipped", result.problem)
+                continue
+            assert result.image is not None
+            manifest.add(result.key, "ok", image_id=result.image["image_id"], boxes=len(result.boxes))
+            image_table.add([result.image])
+            box_table.add(result.boxes)
     manifest.write(paths[2])
     atomic_write_bytes(stamp_file, stamp.encode())
     return paths, True
