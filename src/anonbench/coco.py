@@ -135,8 +135,8 @@ class CategoryTable:
         table: dict[int, str] = {}
         for category in instances["categories"]:
             record = category if isinstance(category, dict) else {}
-            cid, name = record.get("id"), record.get("name")
-            if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str) or not name:
+            cid, name = _integer(record.get("id")), record.get("name")
+            if cid is None or not isinstance(name, str) or not name:
                 raise CocoError(f"{where}: category {category!r} needs an integer 'id' and a non-empty 'name'")
             if cid in table:
                 raise CocoError(f"{where}: category id {cid} appears twice")
@@ -224,6 +224,11 @@ class CocoIndex:
             "SELECT DISTINCT image_id FROM annotations WHERE category_id = ? ORDER BY image_id", (category_id,)
         )
         return [image_id for (image_id,) in rows]
+
+    def max_annotation_id(self) -> int:
+        """The largest integer annotation id of the file (0 without any)."""
+        (largest,) = _connection(self.lookup.database).execute("SELECT MAX(ann_id) FROM annotations").fetchone()
+        return int(largest or 0)
 
     def annotation_ids(self) -> set[int]:
         """Every annotation id of the file."""
@@ -326,7 +331,7 @@ def _top_level(path: Path) -> tuple[list[str], dict[str, Any]]:
 
 
 def _integer(value: Any) -> int | None:
-    """An id column's value: the id if it is an integer (a malformed one is the stages' to report)."""
+    """``value`` if it is an integer id (not a bool), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -346,8 +351,8 @@ def _fill(database: Path, path: Path) -> None:
         batch: list[tuple[int, Any, Any, str]] = []
         with path.open("rb") as handle:
             for ann in ijson.items(handle, "annotations.item", use_float=True):
-                image_id = ann.get("image_id") if isinstance(ann, dict) else None
-                if not isinstance(image_id, int) or isinstance(image_id, bool):
+                image_id = _integer(ann.get("image_id")) if isinstance(ann, dict) else None
+                if image_id is None:
                     record = ann.get("id", "?") if isinstance(ann, dict) else ann
                     raise CocoError(f"{path}: annotation {record!r} needs an integer 'image_id'")
                 batch.append(

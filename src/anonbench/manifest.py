@@ -47,12 +47,9 @@ class Manifest:
         counted = Counter(r.status for r in self.records)
         return {status: counted.get(status, 0) for status in ("ok", "skipped", "error")}
 
-    def to_dict(self, with_records: bool = True) -> dict[str, Any]:
-        """Serializable form, records sorted by key so reruns are byte-identical (or without them)."""
-        head = {"stage": self.stage, "split": self.split, "counts": self.counts}
-        if not with_records:
-            return head
-        return {**head, "records": [asdict(r) for r in sorted(self.records, key=lambda r: r.key)]}
+    def to_dict(self) -> dict[str, Any]:
+        """Serializable form, records sorted by key so reruns are byte-identical."""
+        return {**self._head(), "records": [asdict(r) for r in self._sorted()]}
 
     def write(self, path: Path) -> Path:
         """Write the manifest atomically as JSON and return its path.
@@ -60,12 +57,18 @@ class Manifest:
         The bytes are :func:`anonbench.io.atomic_write_json`'s for :meth:`to_dict`, written a record at a
         time: a COCO-sized manifest as one indented string would be hundreds of MB.
         """
-        shell = json.dumps({**self.to_dict(with_records=False), "records": []}, indent=2, sort_keys=True)
+        shell = json.dumps({**self._head(), "records": []}, indent=2, sort_keys=True)
         head, tail = shell.split('"records": []', 1)
         with atomic_open(path) as out:
             out.write(f'{head}"records": ['.encode())
-            for n, record in enumerate(sorted(self.records, key=lambda r: r.key)):
+            for n, record in enumerate(self._sorted()):
                 item = json.dumps(asdict(record), indent=2, sort_keys=True, allow_nan=True)
                 out.write(("," if n else "").encode() + b"\n" + textwrap.indent(item, "    ").encode())
             out.write((f"\n  ]{tail}\n" if self.records else f"]{tail}\n").encode())
         return path
+
+    def _head(self) -> dict[str, Any]:
+        return {"stage": self.stage, "split": self.split, "counts": self.counts}
+
+    def _sorted(self) -> list[Record]:
+        return sorted(self.records, key=lambda r: r.key)

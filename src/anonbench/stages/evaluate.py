@@ -133,19 +133,16 @@ def _up_to_date(outputs: list[Path], settings: dict[str, Any]) -> bool:
 
 def write_resamples(
     path: Path, instances: Instances, predictions: list[Any], image_ids: list[int], samples: int, seed: int
-) -> dict[str, Any] | None:
-    """Write an evaluation's bootstrap resamples (none for a void one) and return their record for metrics.json.
+) -> dict[str, Any]:
+    """Write an evaluation's bootstrap resamples and return their record for metrics.json.
 
     The matching behind them is paid here, once per evaluation in its own task, so the report with the
     paper's 155 evaluations takes seconds.
 
     Returns:
         ``samples``, ``seed``, ``classes`` (the array's columns), ``images`` and ``image_ids_sha256`` (the
-        report pairs two evaluations' resamples only over the same images); None without predictions.
+        report pairs two evaluations' resamples only over the same images).
     """
-    if not predictions:
-        save_resamples(path, None)
-        return None
     evaluated, resampled = resample(instances, predictions, image_ids, samples, seed)
     save_resamples(path, resampled)
     return {
@@ -210,14 +207,16 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     predictions = predict(weights, images, categories, protocol)
     atomic_write_text(predictions_file, json.dumps(predictions, separators=(",", ":")) + "\n")
     manifest.write(manifest_file)
+    bootstrap: dict[str, Any] | None = None
     if predictions:
-        scores, void_reason = score(instances, predictions, cfg.evaluate.backend, [i for i, _ in images]), None
+        image_ids = [i for i, _ in images]
+        scores, void_reason = score(instances, predictions, cfg.evaluate.backend, image_ids), None
         bootstrap = write_resamples(
-            resamples_file, instances, predictions, [i for i, _ in images], cfg.report.bootstrap_samples, cfg.seed
+            resamples_file, instances, predictions, image_ids, cfg.report.bootstrap_samples, cfg.seed
         )
-    else:
+    else:  # void: nothing to resample
         scores, void_reason = void_scores(instances), NO_DETECTIONS
-        bootstrap = write_resamples(resamples_file, instances, [], [], 0, cfg.seed)
+        save_resamples(resamples_file, None)
 
     tags = info.tags(eval_variant)
     run_tags = {**tags, "protocol": protocol.protocol, "void": str(void_reason is not None).lower()}

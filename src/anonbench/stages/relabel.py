@@ -147,10 +147,10 @@ def propose(cfg: Config, variant: str, split: str, index: CocoIndex) -> tuple[li
     table = boxes_table(cfg, variant, split)
     if not table.is_file():
         raise FileNotFoundError(f"{table}: no SSIM boxes table (run `anonbench ssim --variant {variant}` first)")
-    params = cfg.relabel
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    params = cfg.relabel
     boxes = _read_boxes(table, index)
     # Only boxes that may be inside the region become rows (an undefined share is looked at, as unassessed).
     candidates = boxes.filter(
@@ -239,7 +239,7 @@ def relabel_split(cfg: Config, variant: str, split: str) -> list[Path]:
             index.of_images({*proposed, *reviewed}),
             proposals,
             reviewed,
-            next_id=max(index.annotation_ids(), default=0) + 1,
+            next_id=index.max_annotation_id() + 1,
         )
         edits: dict[int, list[Annotation]] = {image_id: [] for image_id in sorted(reviewed)}
         for ann in corrected["annotations"]:
