@@ -167,6 +167,7 @@ def report_grid(
     experiment = client.get_experiment_by_name("anonbench-paper")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("anonbench-paper")
     rng = np.random.default_rng(seed)
+    instances = read_instances(truth) if truth is not None and resamples is not None else None
     models: list[tuple[str, str, str, str | None, float]] = []
     for size in sizes:
         for variant in variants:
@@ -226,16 +227,15 @@ def report_grid(
             }
             out = root / "metrics" / "eval" / f"{model_id}_on_{eval_data}"
             out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             if truth is not None:
                 make_predictions(truth, out, 100, seed + evaluations)
-                if resamples is not None:
+                if instances is not None and resamples is not None:
                     predictions = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
                     ids = evaluated_image_ids(out) or []
                     metrics["bootstrap"] = write_resamples(
-                        out / "resamples.npy", read_instances(truth), predictions, ids, *resamples
+                        out / "resamples.npy", instances, predictions, ids, *resamples
                     )
-                    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             evaluations += 1
     return evaluations
 
