@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from anonbench.coco import Instances
-from anonbench.cocoeval import CocoScores, Evaluation, Prediction, evaluate_images, rescore
+from anonbench.cocoeval import CocoScores, Evaluation, Prediction, Scorer, evaluate_images, rescore
 from anonbench.io import atomic_open
 
 # pycocotools' recall thresholds (101 points) and IoU thresholds (0.50:0.05:0.95).
@@ -109,22 +109,29 @@ def image_results(evaluation: Evaluation) -> ImageResults:
     return ImageResults(evaluation.image_ids, classes)
 
 
-def evaluate(instances: Instances, predictions: list[Prediction], image_ids: list[int] | None = None) -> ImageResults:
+def evaluate(
+    instances: Instances, predictions: list[Prediction], image_ids: list[int] | None = None, scorer: Scorer = "coco"
+) -> ImageResults:
     """Match predictions to ground truth once (pycocotools) and keep the per-image results.
 
     Args:
         instances: Ground truth (COCO instances mapping).
         predictions: COCO results with the ground truth's image and category ids.
         image_ids: Images to evaluate (default: all of the ground truth).
+        scorer: The evaluation's scorer: a resample is matched by the rule its full score was.
 
     Returns:
         Per-image results for :func:`accumulate`.
     """
-    return image_results(evaluate_images(instances, predictions, "pycocotools", image_ids))
+    return image_results(evaluate_images(instances, predictions, "pycocotools", image_ids, scorer))
 
 
 def score_and_resample(
-    instances: Instances, predictions: list[Prediction], counts: np.ndarray, image_ids: list[int] | None = None
+    instances: Instances,
+    predictions: list[Prediction],
+    counts: np.ndarray,
+    image_ids: list[int] | None = None,
+    scorer: Scorer = "coco",
 ) -> tuple[CocoScores, Resampled]:
     """The COCO scores of one prediction set and its resampled per-class AP, from one matching pass.
 
@@ -133,11 +140,12 @@ def score_and_resample(
         predictions: COCO results.
         counts: Resample multiplicities over the evaluated images (sorted ids), see :func:`resample_counts`.
         image_ids: Images to evaluate (default: all of the ground truth).
+        scorer: ``coco`` or ``authors`` (:mod:`anonbench.cocoeval`).
 
     Returns:
         The 12 stats with per-class AP (:func:`anonbench.cocoeval.rescore`) and the resampled AP.
     """
-    evaluation = evaluate_images(instances, predictions, "pycocotools", image_ids)
+    evaluation = evaluate_images(instances, predictions, "pycocotools", image_ids, scorer)
     return rescore(evaluation), accumulate(image_results(evaluation), counts)
 
 
@@ -307,7 +315,12 @@ def interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def resample(
-    instances: Instances, predictions: list[Prediction], image_ids: list[int] | None, samples: int, seed: int
+    instances: Instances,
+    predictions: list[Prediction],
+    image_ids: list[int] | None,
+    samples: int,
+    seed: int,
+    scorer: Scorer = "coco",
 ) -> tuple[tuple[int, ...], Resampled]:
     """One evaluation's bootstrap resamples: match once, then score every resample.
 
@@ -317,11 +330,12 @@ def resample(
         image_ids: Images to evaluate (default: all of the ground truth).
         samples: Bootstrap samples (params ``report.bootstrap_samples``).
         seed: The study's seed: every evaluation on the same images draws the same resamples (paired).
+        scorer: The evaluation's scorer (``coco`` or ``authors``).
 
     Returns:
         The evaluated image ids (sorted) and the resampled per-class AP.
     """
-    results = evaluate(instances, predictions, image_ids)
+    results = evaluate(instances, predictions, image_ids, scorer)
     return results.image_ids, accumulate(results, resample_counts(len(results.image_ids), samples, seed))
 
 

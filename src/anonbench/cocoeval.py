@@ -17,6 +17,10 @@ Two evaluations of different models on the same ground truth list their images
 in the same order (sorted ids), so drawing one index array per bootstrap
 sample and rescoring both gives paired deltas.
 
+Two scorers (``evaluate.protocol`` picks one). ``coco``: the COCO API as
+released. ``authors``: the COCO API as the study's authors ran it, their copy of
+fdet-api's ``cocoeval.py`` (see :func:`_authors_rule`); only pycocotools runs it.
+
 Undefined numbers (no ground truth in a category or area range; COCO's
 ``summarize`` prints -1) are ``None`` here.
 """
@@ -38,6 +42,9 @@ from anonbench.coco import Instances
 
 Backend = Literal["faster-coco-eval", "pycocotools"]
 BACKENDS: tuple[Backend, ...] = ("faster-coco-eval", "pycocotools")
+Scorer = Literal["coco", "authors"]
+# The authors' rule is a change to pycocotools' Python matching; faster-coco-eval matches in C++.
+AUTHORS_BACKEND: Backend = "pycocotools"
 # COCOeval.stats order for boxes: AP at IoU .50:.95, .50, .75, by area; AR at 1/10/100 detections, by area.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 Prediction = dict[str, Any]
@@ -89,8 +96,61 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _api(backend: Backend) -> tuple[Any, Any]:
-    """The COCO and COCOeval classes of a backend (imported lazily: only the chosen one loads)."""
+def _authors_rule(coco_eval_class: Any) -> Any:
+    """The COCOeval of pycocotools, changed as the authors' scorer is (their copy of fdet-api's cocoeval.py).
+
+    Their file (iki-wgt/anonymized_data_evaluation_and_training_pipeline,
+    cocoapi/PythonAPI/pycocotools/cocoeval.py, forked from yhsmiley/fdet-api at b246a28) differs from
+    pycocotools' in what it scores in exactly two places; everything else is the same code:
+
+    - ``computeIoU`` (line 218) and ``evaluateImg`` (line 291) build the crowd flags as
+      ``int(o['iscrowd']) if 'iscrowd' in gt else 0``, where ``gt`` is the list of ground-truth
+      dicts, so the test is always false and every flag is 0. A crowd region is then compared by
+      IoU (not by the detection's area inside it) and, once matched, absorbs no further detection.
+      ``_prepare`` (line 139) still sets ``ignore`` from ``iscrowd`` as pycocotools does, so a crowd
+      region stays an ignore region: the one detection it absorbs is neither a true nor a false
+      positive, and it is not in the recall denominator (``npig`` counts non-ignored ground truth).
+      Here: ``_prepare`` runs unchanged (``ignore`` = ``iscrowd``), then sets ``iscrowd`` to 0 on the
+      prepared ground truth, the only input those two lines read; pycocotools reads ``iscrowd``
+      nowhere else. Setting ``iscrowd: 0`` in the ground truth before scoring would not do: it would
+      clear ``ignore`` too.
+    - ``Params.setDetParams`` rounds the IoU thresholds to two decimals: the ninth is 0.9, not
+      linspace's 0.8999999999999999 (a match at an IoU between the two counts in pycocotools only).
+
+    Differences that change no number kept here: ``maxDets`` is [1, 10, 100, 1000], so images are
+    matched over their best 1000 detections, not 100; matching is greedy in score order, so the best
+    100's matches (the only ones the 12 stats and per-class AP read) are the same. Their
+    ``summarize`` also prints per-class AP, and fdet-api adds F-beta reports; neither feeds AP.
+
+    Args:
+        coco_eval_class: pycocotools' ``COCOeval``.
+
+    Returns:
+        A subclass that scores as the authors' file does.
+    """
+
+    class _AuthorsRule(coco_eval_class):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.params.iouThrs = np.around(self.params.iouThrs, 2)
+
+        def _prepare(self) -> None:
+            super()._prepare()
+            for ground_truth in self._gts.values():
+                for annotation in ground_truth:
+                    annotation["iscrowd"] = 0
+
+    return _AuthorsRule
+
+
+def _api(backend: Backend, scorer: Scorer = "coco") -> tuple[Any, Any]:
+    """The COCO and COCOeval classes of a backend and scorer (imported lazily: only the chosen one loads).
+
+    Raises:
+        ValueError: For an unknown backend, or the authors' scorer on a backend other than pycocotools.
+    """
+    if scorer == "authors" and backend != AUTHORS_BACKEND:
+        raise ValueError(f"the authors' scorer runs on {AUTHORS_BACKEND}, not {backend}")
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCO, COCOeval_faster
 
@@ -99,7 +159,7 @@ def _api(backend: Backend) -> tuple[Any, Any]:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        return COCO, COCOeval
+        return COCO, _authors_rule(COCOeval) if scorer == "authors" else COCOeval
     raise ValueError(f"unknown COCO evaluation backend {backend!r}; choose one of {BACKENDS}")
 
 
@@ -144,14 +204,17 @@ def evaluate_images(
     predictions: Sequence[Prediction],
     backend: Backend = "faster-coco-eval",
     image_ids: Sequence[int] | None = None,
+    scorer: Scorer = "coco",
 ) -> Evaluation:
     """Match predictions to the ground truth per image and category (COCOeval's ``evaluate``).
 
     Args:
-        instances: Ground truth, a COCO instances mapping; not modified. Crowd regions are handled as COCO does.
+        instances: Ground truth, a COCO instances mapping; not modified. Crowd regions are handled as the
+            scorer does.
         predictions: COCO results (``image_id``, ``category_id``, ``bbox`` as float xywh, ``score``); not modified.
         backend: ``faster-coco-eval`` or ``pycocotools``.
         image_ids: Evaluate only these images (default: every image of the ground truth).
+        scorer: ``coco`` or ``authors`` (:func:`_authors_rule`; needs the ``pycocotools`` backend).
 
     Returns:
         The per-image results; :func:`rescore` turns them into numbers.
@@ -160,7 +223,7 @@ def evaluate_images(
         PredictionError: If a prediction names an image or category the ground truth lacks, or has a bad box.
     """
     check_predictions(instances, predictions)
-    coco_class, eval_class = _api(backend)
+    coco_class, eval_class = _api(backend, scorer)
     # COCOeval writes "ignore" into ground-truth records and loadRes fills area/id into results: give it copies.
     gt = _index(coco_class, {**instances, "annotations": [dict(a) for a in instances["annotations"]]})
     results = [dict(p) for p in predictions]
@@ -242,6 +305,7 @@ def score(
     predictions: Sequence[Prediction],
     backend: Backend = "faster-coco-eval",
     image_ids: Sequence[int] | None = None,
+    scorer: Scorer = "coco",
 ) -> CocoScores:
-    """Score predictions against the ground truth with the COCO protocol (see :func:`evaluate_images`)."""
-    return rescore(evaluate_images(instances, predictions, backend, image_ids))
+    """Score predictions against the ground truth with a scorer's COCO protocol (see :func:`evaluate_images`)."""
+    return rescore(evaluate_images(instances, predictions, backend, image_ids, scorer))

@@ -26,6 +26,7 @@ import pandas as pd
 
 from anonbench.bootstrap import Resampled, image_ids_digest, interval, load_resamples, resample
 from anonbench.coco import read_instances
+from anonbench.cocoeval import Scorer
 from anonbench.config import Config
 from anonbench.parallel import map_with_progress
 
@@ -109,6 +110,15 @@ def evaluated_image_ids(eval_dir: Path) -> list[int] | None:
     return sorted(r["details"]["image_id"] for r in records if r["status"] == "ok")
 
 
+def evaluated_scorer(eval_dir: Path) -> Scorer:
+    """The scorer the evaluate stage used (metrics.json); ``coco`` for evaluations written before it was recorded.
+
+    Every evaluation written before the field existed was scored with the COCO API, whatever its protocol.
+    """
+    scorer: Scorer = _read_json(eval_dir / "metrics.json").get("scorer", "coco")
+    return scorer
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -137,10 +147,11 @@ def load_evaluations(cfg: Config) -> list[EvalRecord]:
 
 
 def rematch_resamples(job: tuple[Path, Path, int, int]) -> tuple[tuple[int, ...], Resampled]:
-    """Bootstrap resamples of one evaluation (worker task): match once, accumulate every resample."""
+    """Bootstrap resamples of one evaluation (worker task): match once (by its scorer), accumulate every resample."""
     eval_dir, truth, samples, seed = job
     predictions = _read_json(eval_dir / "predictions.json")
-    return resample(read_instances(truth), predictions, evaluated_image_ids(eval_dir), samples, seed)
+    image_ids = evaluated_image_ids(eval_dir)
+    return resample(read_instances(truth), predictions, image_ids, samples, seed, evaluated_scorer(eval_dir))
 
 
 def stored_resamples(record: EvalRecord, samples: int, seed: int) -> tuple[tuple[int, ...], Resampled] | None:

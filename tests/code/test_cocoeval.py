@@ -14,6 +14,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from anonbench.bootstrap import accumulate, evaluate
 from anonbench.cocoeval import (
     BACKENDS,
     STAT_NAMES,
@@ -208,3 +209,70 @@ def test_evaluation_can_be_restricted_to_some_images(ground_truth: dict[str, Any
     assert evaluation.image_ids == tuple(keep)
     assert evaluation.per_image().shape == (80, 4, 10)
     assert rescore(evaluation).stats["AP"] == pytest.approx(1.0)
+
+
+# One 300x100 image. A: a crowd person region [0, 0, 100, 100]; B: an ordinary person [200, 0, 50, 100].
+# d2 [0, 0, 50, 100] (score 0.9) and d3 [50, 0, 50, 100] (0.8) lie inside A; d1 [200, 0, 50, 100] (0.7) is B.
+CROWD_CASE = {
+    "images": [{"id": 1, "width": 300, "height": 100, "file_name": "1.jpg"}],
+    "categories": [{"id": 1, "name": "person", "supercategory": "person"}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000, "iscrowd": 1},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [200, 0, 50, 100], "area": 5000, "iscrowd": 0},
+    ],
+}
+CROWD_DETECTIONS = [
+    {"image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 100], "score": 0.9},
+    {"image_id": 1, "category_id": 1, "bbox": [50, 0, 50, 100], "score": 0.8},
+    {"image_id": 1, "category_id": 1, "bbox": [200, 0, 50, 100], "score": 0.7},
+]
+# Worked by hand. Both rules: A is ignored (ignore = iscrowd), so the recall denominator is 1 (B), and d1 is a
+# true positive at every IoU threshold (IoU 1 with B). Precision at the 101 recall points is the best precision
+# at or after the first detection whose recall reaches the point, over detections in score order d2, d3, d1.
+# COCO API: a crowd region is compared by the detection's area inside it (5000 / 5000 = 1 for d2 and d3) and
+#   absorbs any number of detections: d2, d3 ignored, d1 TP. tp = 0, 0, 1; fp = 0, 0, 0; recall 0, 0, 1;
+#   precision after d1 is 1, so all 101 points are 1 at every threshold: AP = AP50 = AP75 = 1.
+# Authors' rule: A is compared by IoU (5000 / 10000 = 0.5 for d2 and d3) and absorbs one detection.
+#   IoU threshold 0.50 (0.5 >= 0.5 matches): d2 -> A (ignored); d3 finds A taken -> FP; d1 TP.
+#     tp = 0, 0, 1; fp = 0, 1, 1; precision at d1 = 1/2; all 101 points 1/2: AP@0.50 = 1/2.
+#   Thresholds 0.55 ... 0.95 (nine): d2 and d3 match nothing -> FP, FP; d1 TP.
+#     tp = 0, 0, 1; fp = 1, 2, 2; precision at d1 = 1/3; all 101 points 1/3: AP@t = 1/3.
+#   AP = (1/2 + 9 * 1/3) / 10 = 0.35; AP50 = 0.5; AP75 = 1/3.
+# (Were A counted in the recall denominator as well, AP50 would be (51 * 1 + 50 * 2/3) / 101: not this rule.)
+CROWD_EXPECTED = {"coco": (1.0, 1.0, 1.0), "authors": (0.35, 0.5, 1 / 3)}
+
+
+@pytest.mark.parametrize("scorer", ["coco", "authors"])
+def test_crowd_region_known_answer(scorer: Any) -> None:
+    scores = score(CROWD_CASE, CROWD_DETECTIONS, "pycocotools", scorer=scorer)
+    ap, ap50, ap75 = CROWD_EXPECTED[scorer]
+    assert scores.stats["AP"] == pytest.approx(ap, abs=1e-12)
+    assert scores.stats["AP50"] == pytest.approx(ap50, abs=1e-12)
+    assert scores.stats["AP75"] == pytest.approx(ap75, abs=1e-12)
+    assert scores.per_class["person"]["AP"] == pytest.approx(ap, abs=1e-12)
+    assert scores.stats["AR100"] == 1.0  # d1 finds B at every threshold under both rules
+
+
+def test_authors_rule_keeps_coco_numbers_without_crowd(ground_truth: dict[str, Any]) -> None:
+    """Without crowd regions the authors' rule is the COCO API (on coco-mini: crowd-free images only)."""
+    crowded = {a["image_id"] for a in ground_truth["annotations"] if a["iscrowd"]}
+    assert crowded  # coco-mini has crowd regions: the full set differs, the crowd-free subset must not
+    clear = sorted({im["id"] for im in ground_truth["images"]} - crowded)
+    preds = noisy_predictions(ground_truth)
+    coco, authors = (score(ground_truth, preds, "pycocotools", clear, scorer) for scorer in ("coco", "authors"))
+    assert_same_scores(coco, authors)
+    full = [score(ground_truth, preds, "pycocotools", scorer=scorer).stats["AP"] for scorer in ("coco", "authors")]
+    assert full[0] != full[1]
+
+
+def test_authors_bootstrap_matches_by_the_authors_rule() -> None:
+    """The intervals of the authors' protocol resample the authors' matches: a row of ones gives its AP."""
+    results = evaluate(CROWD_CASE, CROWD_DETECTIONS, scorer="authors")
+    resampled = accumulate(results, np.ones((1, 1), dtype=np.int64))
+    assert resampled.ap[0, 0] == pytest.approx(0.35, abs=1e-12)
+    assert resampled.ap50[0, 0] == pytest.approx(0.5, abs=1e-12)
+
+
+def test_authors_scorer_needs_pycocotools() -> None:
+    with pytest.raises(ValueError, match="runs on pycocotools"):
+        score(CROWD_CASE, CROWD_DETECTIONS, "faster-coco-eval", scorer="authors")

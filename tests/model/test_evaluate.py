@@ -28,7 +28,7 @@ from anonbench.yolo import chosen_weights
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 MODEL_ID = "org-n"
 METADATA = {"model_id", "train_data", "model_size", "eval_data", "combination", "mlflow_run_id", "conf", "backend"}
-METADATA |= {"void", "void_reason", "protocol", "checkpoint", "predictions", "batch", "max_det"}
+METADATA |= {"void", "void_reason", "protocol", "scorer", "checkpoint", "predictions", "batch", "max_det"}
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,7 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
         "coco",
         "last",
     )
+    assert metrics["scorer"] == "coco"
     assert metrics["predictions"] == len(predictions)
 
     # one MLflow run with the tags, metrics and artifacts
@@ -157,7 +158,7 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
         "combination": "org on org",
         "void": "false",
     }
-    assert tags["protocol"] == "coco"
+    assert tags["protocol"] == tags["scorer"] == "coco"
     assert {f"coco/{name}" for name in STAT_NAMES} <= run.data.metrics.keys()
     assert run.data.metrics["AP/person"] == pytest.approx(metrics["per_class"]["person"]["AP"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
@@ -207,9 +208,12 @@ def test_the_authors_protocol_is_recorded_and_scored_their_way(evaluation_config
     assert max(Counter(p["image_id"] for p in predictions).values()) <= 300
     assert all(v == int(v) for p in predictions for v in p["bbox"]), "boxes truncated to integers"
     truth = json.loads(cfg.annotation_file("org", cfg.data.val_split).read_text())
-    assert metrics["AP"] == pytest.approx(score(truth, predictions, "pycocotools").stats["AP"], abs=1e-12)
+    assert (metrics["scorer"], metrics["backend"]) == ("authors", "pycocotools")
+    authors = score(truth, predictions, "pycocotools", scorer="authors")
+    assert metrics["AP"] == pytest.approx(authors.stats["AP"], abs=1e-12)
     run = mlflow.MlflowClient(cfg.tracking.uri).get_run(metrics["mlflow_run_id"])
     assert run.data.tags["protocol"] == "authors" and run.data.params["protocol"] == "authors"
+    assert run.data.tags["scorer"] == "authors" and run.data.params["scorer"] == "authors"
 
 
 def test_no_detection_is_void_not_zero(evaluation_config: Callable[..., Config], untrained: Path) -> None:

@@ -4,7 +4,7 @@ One cell of the train x eval matrix (Org on Org, Org on Anon, Anon on Org, Anon
 on Anon, for every variant and size). Writes, under
 ``metrics/eval/<model-id>_on_<eval-variant>/``: ``predictions.json`` (COCO
 results over the variant's validation split), ``metrics.json`` (the 12 COCO
-stats, per-class AP and AP50, what was evaluated and how) and ``manifest.json``
+stats, per-class AP and AP50, what was evaluated and how, ``scorer`` included) and ``manifest.json``
 (every image's status), ``resamples.npy`` (per-class AP and AP50 of every
 bootstrap resample of the validation images, ``report.bootstrap_samples`` drawn
 with ``seed``: the report's intervals read them instead of matching 155
@@ -26,7 +26,7 @@ from typing import Any, get_args
 
 from anonbench.bootstrap import image_ids_digest, resample, save_resamples
 from anonbench.coco import CategoryTable, CocoError, Instances, read_instances
-from anonbench.cocoeval import CocoScores, score, void_scores
+from anonbench.cocoeval import AUTHORS_BACKEND, CocoScores, Scorer, score, void_scores
 from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize
 from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json, atomic_write_text
@@ -132,7 +132,13 @@ def _up_to_date(outputs: list[Path], settings: dict[str, Any]) -> bool:
 
 
 def write_resamples(
-    path: Path, instances: Instances, predictions: list[Any], image_ids: list[int], samples: int, seed: int
+    path: Path,
+    instances: Instances,
+    predictions: list[Any],
+    image_ids: list[int],
+    samples: int,
+    seed: int,
+    scorer: Scorer,
 ) -> dict[str, Any]:
     """Write an evaluation's bootstrap resamples and return their record for metrics.json.
 
@@ -143,7 +149,7 @@ def write_resamples(
         ``samples``, ``seed``, ``classes`` (the array's columns), ``images`` and ``image_ids_sha256`` (the
         report pairs two evaluations' resamples only over the same images).
     """
-    evaluated, resampled = resample(instances, predictions, image_ids, samples, seed)
+    evaluated, resampled = resample(instances, predictions, image_ids, samples, seed, scorer)
     save_resamples(path, resampled)
     return {
         "samples": samples,
@@ -183,15 +189,19 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     outputs = [out / "predictions.json", out / "metrics.json", out / "manifest.json", out / "resamples.npy"]
     predictions_file, metrics_file, manifest_file, resamples_file = outputs
     protocol = PredictSettings.of(cfg)
+    # The scorer follows the protocol: the authors' predictions are scored as the authors' code scored them.
+    scorer: Scorer = protocol.protocol
+    backend = AUTHORS_BACKEND if scorer == "authors" else cfg.evaluate.backend
     settings = {
         "protocol": protocol.protocol,
+        "scorer": scorer,
         "checkpoint": cfg.train.checkpoint,
         "conf": protocol.conf,
         "iou": protocol.iou,
         "max_det": protocol.max_det,
         "batch": protocol.batch,
         "imgsz": protocol.imgsz,
-        "backend": cfg.evaluate.backend,
+        "backend": backend,
         "weights_sha256": file_digest(weights, "sha256"),
         "annotations_sha256": file_digest(annotation_file, "sha256"),
         "bootstrap_samples": cfg.report.bootstrap_samples,
@@ -210,16 +220,16 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     bootstrap: dict[str, Any] | None = None
     if predictions:
         image_ids = [i for i, _ in images]
-        scores, void_reason = score(instances, predictions, cfg.evaluate.backend, image_ids), None
+        scores, void_reason = score(instances, predictions, backend, image_ids, scorer), None
         bootstrap = write_resamples(
-            resamples_file, instances, predictions, image_ids, cfg.report.bootstrap_samples, cfg.seed
+            resamples_file, instances, predictions, image_ids, cfg.report.bootstrap_samples, cfg.seed, scorer
         )
     else:  # void: nothing to resample
         scores, void_reason = void_scores(instances), NO_DETECTIONS
         save_resamples(resamples_file, None)
 
     tags = info.tags(eval_variant)
-    run_tags = {**tags, "protocol": protocol.protocol, "void": str(void_reason is not None).lower()}
+    run_tags = {**tags, "protocol": protocol.protocol, "scorer": scorer, "void": str(void_reason is not None).lower()}
     with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", run_tags) as active:
         import mlflow
 

@@ -53,7 +53,7 @@ from anonbench.images import read_image
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.parallel import map_with_progress
 from anonbench.stale_labels import Proposal
-from anonbench.study import evaluated_image_ids
+from anonbench.study import evaluated_image_ids, evaluated_scorer
 from anonbench.tracking import mlflow_run
 
 if TYPE_CHECKING:
@@ -276,8 +276,9 @@ def relabel_metrics(cfg: Config, eval_dir: Path, original: Instances, corrected:
     report = cfg.report
     n_images = len(image_ids) if image_ids is not None else len({im["id"] for im in original["images"]})
     counts = resample_counts(n_images, report.bootstrap_samples, cfg.seed)
-    before, r_before = score_and_resample(original, predictions, counts, image_ids)
-    after, r_after = score_and_resample(corrected, predictions, counts, image_ids)
+    scorer = evaluated_scorer(eval_dir)
+    before, r_before = score_and_resample(original, predictions, counts, image_ids, scorer)
+    after, r_after = score_and_resample(corrected, predictions, counts, image_ids, scorer)
     diff_ap = r_after.ap - r_before.ap
     diff_ap50 = r_after.ap50 - r_before.ap50
     per_class = {}
@@ -301,6 +302,7 @@ def relabel_metrics(cfg: Config, eval_dir: Path, original: Instances, corrected:
             "per_class": per_class,
         },
         "images": n_images,
+        "scorer": scorer,
         "bootstrap": {"samples": report.bootstrap_samples, "confidence": report.confidence, "seed": cfg.seed},
     }
 
