@@ -237,6 +237,28 @@ def make_subset(cfg: Config) -> tuple[list[Path], dict[str, Any]]:
     return outputs, summary
 
 
+def finetune_args(cfg: Config, data: Path, layers: list[int]) -> dict[str, Any]:
+    """The Ultralytics arguments of a fine-tune on the subset's dataset yaml ``data`` with ``layers`` frozen.
+
+    docs/fidelity.md compares them, resolved over Ultralytics' defaults, with the authors' run.
+    """
+    ft = cfg.finetune
+    return {
+        **runtime_args(cfg),
+        "data": str(data.resolve()),
+        "epochs": ft.epochs,
+        "batch": ft.batch,
+        "optimizer": ft.optimizer,
+        "lr0": ft.lr0,
+        "lrf": ft.lrf,
+        "momentum": ft.momentum,
+        "weight_decay": ft.weight_decay,
+        "warmup_epochs": ft.warmup_epochs,
+        "warmup_momentum": ft.warmup_momentum,
+        "freeze": layers,
+    }
+
+
 def run(cfg: Config, freeze_name: str) -> list[Path]:
     """Fine-tune the base model with freeze config ``freeze_name`` into ``models/ft-<freeze_name>/``.
 
@@ -259,26 +281,12 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
     layers = check_layers(load_net(base), ft.frozen_layers(freeze_name))
     require(dataset_yaml(cfg, ft.variant), f"export --variant {ft.variant}")
     subset, summary = make_subset(cfg)
-    args = {
-        **runtime_args(cfg),
-        "data": str((subset_root(cfg) / "dataset.yaml").resolve()),
-        "epochs": ft.epochs,
-        "batch": ft.batch,
-        "optimizer": ft.optimizer,
-        "lr0": ft.lr0,
-        "lrf": ft.lrf,
-        "momentum": ft.momentum,
-        "weight_decay": ft.weight_decay,
-        "warmup_epochs": ft.warmup_epochs,
-        "warmup_momentum": ft.warmup_momentum,
-        "freeze": layers,
-    }
     keys = ("train_images", "eligible_images", "subset_images", "max_abs_share_diff", "chi2", "chi2_p")
     stats = {k: summary[k] for k in keys}
     job = TrainJob(
         out_dir=model_dir(cfg, finetune_model_id(freeze_name)),
         start=str(base),
-        args=args,
+        args=finetune_args(cfg, subset_root(cfg) / "dataset.yaml", layers),
         stage="finetune",
         tags={"freeze": freeze_name, "train_data": ft.variant, "model_size": ft.base.size, "base_model": base_id},
         params={

@@ -9,10 +9,24 @@ and ``train.json``. The run is offline, tracked as one MLflow run, resumed from
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from anonbench.config import Config, ModelSize
 from anonbench.yolo import TrainJob, check_variant, dataset_yaml, model_dir, require, runtime_args, train_tracked
+
+
+def train_args(cfg: Config, data: Path) -> dict[str, Any]:
+    """The Ultralytics arguments of a training from scratch on the dataset yaml ``data``.
+
+    docs/fidelity.md compares them, resolved over Ultralytics' defaults, with the authors' run.
+    """
+    return {
+        **runtime_args(cfg),
+        "data": str(data.resolve()),
+        "epochs": cfg.train.epochs,
+        "batch": cfg.train.batch,
+        "optimizer": cfg.train.optimizer,
+    }
 
 
 def run(cfg: Config, variant: str, size: str) -> list[Path]:
@@ -34,17 +48,10 @@ def run(cfg: Config, variant: str, size: str) -> list[Path]:
     if size not in get_args(ModelSize):
         raise ValueError(f"size {size!r} is not one of {get_args(ModelSize)}")
     data = require(dataset_yaml(cfg, variant), f"export --variant {variant}")
-    args = {
-        **runtime_args(cfg),
-        "data": str(data.resolve()),
-        "epochs": cfg.train.epochs,
-        "batch": cfg.train.batch,
-        "optimizer": cfg.train.optimizer,
-    }
     job = TrainJob(
         out_dir=model_dir(cfg, f"{variant}-{size}"),
         start=f"yolov10{size}.yaml",
-        args=args,
+        args=train_args(cfg, data),
         stage="train",
         tags={"train_data": variant, "model_size": size},
     )
