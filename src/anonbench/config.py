@@ -265,8 +265,9 @@ class Train(_Section):
 class Evaluate(_Section):
     """How detections are made and scored: the COCO protocol, or the study authors' (``protocol: authors``).
 
-    ``conf``, ``max_det`` and ``batch`` belong to the COCO protocol; the authors'
-    protocol fixes its own (conf 0.25, 300 detections, batch 1, integer boxes).
+    ``conf``, ``max_det``, ``batch`` and ``backend`` belong to the COCO protocol; the authors'
+    protocol fixes its own (conf 0.25, 300 detections, batch 1, integer boxes) and scores with the
+    authors' scorer on pycocotools (:mod:`anonbench.cocoeval`).
     """
 
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]

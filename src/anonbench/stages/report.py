@@ -235,7 +235,8 @@ def _protocol(study: Study) -> str:
         if protocol == "coco":
             text = f"COCO (every detection down to conf {conf}, at most {max_det} per image)"
         elif protocol == "authors":
-            text = f"the authors' (detections above conf {conf} only: not the COCO protocol)"
+            scorer = "their crowd rule" if e.stats.get("scorer") == "authors" else "the COCO API"
+            text = f"the authors' (detections above conf {conf} only, scored with {scorer}: not the COCO protocol)"
         else:
             text = f"not recorded in the metrics files (conf {conf}, at most {max_det} per image)"
         checkpoint = e.stats.get("checkpoint")
