@@ -217,6 +217,7 @@ def report_grid(
                 "images": images,
                 "predictions": images * 100,
                 "mlflow_run_id": eval_run.info.run_id,
+                "scorer": "coco",
                 "conf": 0.001,
                 "iou": 0.7,
                 "max_det": 100,
@@ -233,7 +234,7 @@ def report_grid(
                     predictions = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
                     ids = evaluated_image_ids(out) or []
                     metrics["bootstrap"] = write_resamples(
-                        out / "resamples.npy", instances, predictions, ids, *resamples
+                        out / "resamples.npy", instances, predictions, ids, *resamples, metrics["scorer"]
                     )
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             evaluations += 1

@@ -111,11 +111,13 @@ def evaluated_image_ids(eval_dir: Path) -> list[int] | None:
 
 
 def evaluated_scorer(eval_dir: Path) -> Scorer:
-    """The scorer the evaluate stage used (metrics.json); ``coco`` for evaluations written before it was recorded.
+    """The scorer the evaluate stage used (its metrics.json), or ``coco`` for predictions it did not score.
 
-    Every evaluation written before the field existed was scored with the COCO API, whatever its protocol.
+    ``coco`` also for an evaluation written before the field existed: those were all scored with the COCO
+    API, whatever their protocol.
     """
-    scorer: Scorer = _read_json(eval_dir / "metrics.json").get("scorer", "coco")
+    metrics = eval_dir / "metrics.json"
+    scorer: Scorer = _read_json(metrics).get("scorer", "coco") if metrics.is_file() else "coco"
     return scorer
 
 
