@@ -3,9 +3,9 @@
 ``anonbench train`` fits YOLOv10n from its yaml to 8 coco-mini images (settings in tests/model/conftest.py,
 all ordinary parameters); ``anonbench evaluate`` on the same 8 images as the evaluation split must then
 find them: AP50 >= 0.5 through our own predict (letterbox, box format, class and image ids) and COCOeval.
-Ultralytics' own validator scores the same weights on the exported YOLO layout, a label path of its own
-(label files, its matching and AP integration, its letterboxing); the two AP50 must agree within
-``VALIDATOR_TOLERANCE``:
+Ultralytics' own validator, at ``nms=False`` (YOLOv10's NMS-free one-to-one head, as evaluate uses it),
+scores the same weights on the exported YOLO layout, a label path of its own (label files, its matching
+and AP integration, its letterboxing); the two AP50 must agree within ``VALIDATOR_TOLERANCE``:
 
 - they differ by design in how AP is integrated (COCO: mean precision at 101 recall points; Ultralytics:
   trapezoid over the interpolated precision envelope), in matching (COCO greedy by score, per category,
@@ -30,7 +30,7 @@ import pytest
 from anonbench.cocoeval import score
 from anonbench.config import Config, load_config
 from anonbench.offline import configure_ultralytics
-from anonbench.yolo import chosen_weights, dataset_yaml
+from anonbench.yolo import NMS_FREE, chosen_weights, dataset_yaml
 from tests.conftest import PARAMS
 from tests.model.conftest import MIN_AP50, OVERFIT, invoke, study_sets, write_memorized
 
@@ -94,6 +94,7 @@ def ultralytics_map50(cfg: Config) -> float:
         conf=cfg.evaluate.conf,
         iou=cfg.evaluate.iou,
         max_det=cfg.evaluate.max_det,
+        nms=not NMS_FREE,  # YOLOv10's one-to-one head, as evaluate scores it
         device=cfg.train.device,
         plots=False,
         save_json=False,
