@@ -232,7 +232,7 @@ class _Tracker:
         from anonbench.criterion import describe, summary
 
         record = describe(cast("BaseModel", trainer.model).criterion)
-        self.summary["criterion"] = record
+        self.summary["criterion"] = {**record, "text": summary(record)}  # the report reads the text
         if self.fresh:
             mlflow.log_param("criterion", summary(record))
             mlflow.set_tag("criterion", record["class"])

@@ -23,6 +23,7 @@ V10_CRITERION = {
     "class": "E2EDetectLoss",
     "one2many": {"tal_topk": 10, "weight": 1.0},
     "one2one": {"tal_topk": 1, "weight": 1.0},
+    "text": "E2EDetectLoss: one2many tal_topk 10 weight 1.0 + one2one tal_topk 1 weight 1.0",
 }
 TINY = ("workers=1", "train.epochs=1", "train.imgsz=64", "train.batch=4", "train.workers=0")
 # A preempted pod: the process dies by SIGKILL right after writing the first epoch's checkpoint.
@@ -87,7 +88,7 @@ def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(
     expected = {"model": "yolov10n.yaml", "epochs": "1", "imgsz": "64", "batch": "4", "optimizer": "SGD"}
     assert params.items() >= {**expected, "deterministic": "True", "seed": "0"}.items()
     assert (params["params"], params["params_fused"]) == ("2775520", "2299264")
-    assert params["criterion"] == "E2EDetectLoss: one2many tal_topk 10 weight 1.0 + one2one tal_topk 1 weight 1.0"
+    assert params["criterion"] == V10_CRITERION["text"]
     assert tags["criterion"] == "E2EDetectLoss" and params["nms"] == "False"  # validation on the one-to-one head
     client = mlflow.MlflowClient(cfg.tracking.uri)
     for metric in ("train/box_loss", "val/box_loss", "metrics/mAP50-95B", "lr/pg0"):
