@@ -46,9 +46,8 @@ def install_criterion(model: BaseModel) -> Any:
 
 
 def _assigner(loss: v8DetectionLoss) -> dict[str, int]:
-    """The task-aligned assigner's top-k (and second-stage top-k where it differs) of one branch's loss."""
-    topk, topk2 = loss.assigner.topk, loss.assigner.topk2
-    return {"tal_topk": topk} | ({"tal_topk2": topk2} if topk2 != topk else {})
+    """The top-k of one branch's task-aligned assigner, as built."""
+    return {"tal_topk": loss.assigner.topk}
 
 
 def describe(criterion: Any) -> dict[str, Any]:

@@ -209,7 +209,7 @@ class _Tracker:
         self.summary: dict[str, Any] = {}
 
     def attach(self, model: YOLO) -> None:
-        events = ("on_pretrain_routine_end", "on_train_start", "on_train_batch_start", "on_train_epoch_end")
+        events = ("on_pretrain_routine_end", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end")
         for event in (*events, "on_fit_epoch_end", "on_train_end"):
             model.add_callback(event, getattr(self, event))
 
@@ -225,8 +225,10 @@ class _Tracker:
             mlflow.log_param("frozen_parameters", len(frozen))
             mlflow.log_text("\n".join(frozen) + "\n", "frozen_parameters.txt")
 
-    def on_train_start(self, trainer: BaseTrainer) -> None:
-        """Record the training criterion the trainer installed (:class:`anonbench.criterion.V10Trainer`)."""
+    def on_train_batch_end(self, trainer: BaseTrainer) -> None:
+        """Once, after the first batch: record the criterion that computed its loss (whatever built it)."""
+        if "criterion" in self.summary:
+            return
         import mlflow
 
         from anonbench.criterion import describe, summary
