@@ -32,6 +32,9 @@ from tests.conftest import config_under
 LINK = re.compile(r"\[((?:[^\[\]]|\[[^\[\]]*\])+)\]\(([^)\s]+)\)")
 
 
+V10_CRITERION = "E2EDetectLoss: one2many tal_topk 10 weight 1.0 + one2one tal_topk 1 weight 1.0"
+
+
 def noisy_predictions(truth: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     """Ground-truth boxes jittered, some missed, plus false alarms: an AP strictly between 0 and 1."""
     rng = np.random.default_rng(seed)
@@ -62,7 +65,8 @@ def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed:
     metrics = {**scores.stats, "per_class": scores.per_class, "model_id": model_id, "train_data": train,
                "eval_data": variant, "model_size": "n", "combination": f"{train} on {variant}",
                "freeze": freeze, "split": cfg.data.val_split, "images": len(truth["images"]),
-               "conf": 0.001, "max_det": 100, "protocol": "coco", "checkpoint": "best", "void": False,
+               "conf": 0.001, "max_det": 100, "protocol": "coco", "checkpoint": "best", "head": "one2one",
+               "nms": False, "head_topk": 300, "void": False,
                "void_reason": None, "mlflow_run_id": f"run{seed:04d}"}  # fmt: skip
     atomic_write_json(folder / "metrics.json", metrics)
 
@@ -173,7 +177,8 @@ def synthetic_study(cfg: Config) -> None:
         for variant in cfg.evaluate.variants:
             write_evaluation(cfg, model_id, train, variant, seed)
             seed += 1
-        summary = {"model_id": model_id, "model_size": "n", "train_data": train, "params_fused": 2299264}
+        summary = {"model_id": model_id, "model_size": "n", "train_data": train, "params_fused": 2299264,
+                   "criterion": {"class": "E2EDetectLoss", "text": V10_CRITERION}}  # fmt: skip
         atomic_write_json(cfg.paths.models / model_id / "train.json", summary)
     corrected = {**original, "annotations": original["annotations"][3:]}
     for model_id in ("org-n", "mask-n"):

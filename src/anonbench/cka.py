@@ -17,9 +17,11 @@ needs at least 4 examples, can be slightly negative, and its spread shrinks
 with the number of examples (noise pairs of 8 x 10,000: within +-0.4; of
 50 x 2,000: within +-0.08).
 
-The head (layer 23) is compared on its dense outputs before top-k selection,
-decoded boxes and class scores for every anchor, not on the post-processed
-list of the 300 best boxes, whose order and membership change discontinuously.
+The head (layer 23) is compared on the dense outputs of the branch evaluation
+scores (YOLOv10's NMS-free one-to-one branch, which the drift stage selects with
+:func:`anonbench.yolo.use_one2one`) before top-k selection: decoded boxes and
+class scores for every anchor, not the post-processed list of the 300 best
+boxes, whose order and membership change discontinuously.
 torch is imported lazily: the report image that reads the results has none.
 """
 
@@ -118,11 +120,12 @@ def letterboxed(path: Path, imgsz: int) -> np.ndarray:
 def representation(module: Any, output: Any) -> Any:
     """A layer's output as one tensor; for the detection head, its dense predictions before top-k selection.
 
-    In eval mode Ultralytics' Detect head returns ``(detections, raw)``: for
-    YOLOv10 ``detections`` is the post-processed (B, 300, 6) top-k list, and
-    ``raw`` holds both branches' per-anchor outputs. The representation is the
-    inference branch's decoded (B, 4 + classes, anchors) tensor, boxes and
-    class scores for every anchor, which is what top-k selects from.
+    In eval mode Ultralytics' Detect head returns ``(detections, raw)``: with
+    YOLOv10's one-to-one branch selected (``end2end``) ``detections`` is the
+    post-processed (B, 300, 6) top-k list, and ``raw`` holds both branches'
+    per-anchor outputs. The representation is the selected branch's decoded
+    (B, 4 + classes, anchors) tensor, boxes and class scores for every anchor,
+    which is what top-k selects from.
     """
     if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], dict) and hasattr(module, "_inference"):
         raw = output[1]

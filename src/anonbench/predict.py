@@ -7,6 +7,10 @@ released code did (src/eval/helper/YoloHandler.py of the authors' repository),
 so numbers can be put beside the paper's: conf 0.25, Ultralytics' default of
 300 detections, one image per batch, and each of x, y, w, h truncated to an
 integer (``int()``, toward zero). Both lower AP against the COCO protocol.
+Both read YOLOv10's NMS-free one-to-one head (:data:`anonbench.yolo.NMS_FREE`):
+Ultralytics' predictor asks it for its best max(max_det, 300) (box, class)
+candidates, sorted by score, and keeps the first max_det above conf; the NMS
+IoU (``evaluate.iou``) does not apply to it.
 Images and categories are named by the ids of the COCO JSON, class index ``k``
 being the ``k``-th category of the dataset's :class:`CategoryTable`.
 Ultralytics is imported lazily: scoring alone needs no torch.
@@ -25,6 +29,7 @@ import numpy as np
 from anonbench.coco import CategoryTable, Instances, image_path
 from anonbench.cocoeval import Prediction
 from anonbench.config import Config
+from anonbench.yolo import NMS_FREE
 
 COCO_PROTOCOL_CONF = 0.001
 # The study authors' evaluation: conf 0.25, Ultralytics' predict defaults (300 detections, one image at a time).
@@ -164,6 +169,7 @@ def predict(
         conf=settings.conf,
         iou=settings.iou,
         max_det=settings.max_det,
+        nms=not NMS_FREE,  # YOLOv10's one-to-one head; Ultralytics' default is the one-to-many head plus NMS
         imgsz=settings.imgsz,
         batch=settings.batch,
         device=settings.device,

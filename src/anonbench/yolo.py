@@ -5,6 +5,11 @@ the export stage, which only needs the paths, runs in the CPU image. Ultralytics
 own MLflow integration is switched off by :mod:`anonbench.offline`; the
 callbacks here log each training into the run that :func:`train_tracked`
 opens, which also resumes that run after an interruption.
+
+YOLOv10 as its paper (and the study's authors) ran it, which Ultralytics 8.4
+does only when asked: every training uses YOLOv10's own criterion
+(:mod:`anonbench.criterion`), and validation, prediction and layer drift use
+its NMS-free one-to-one head (:data:`NMS_FREE`, :func:`use_one2one`).
 """
 
 from __future__ import annotations
@@ -25,10 +30,16 @@ if TYPE_CHECKING:
     from torch import nn
     from ultralytics import YOLO
     from ultralytics.engine.trainer import BaseTrainer
-    from ultralytics.nn.tasks import BaseModel
+    from ultralytics.nn.tasks import BaseModel, DetectionModel
 
 SUMMARY = "train.json"
 RUN_ID_FILE = "mlflow_run_id.txt"
+# YOLOv10's inference: the one-to-one branch's best boxes, no NMS (Ultralytics' `nms=False`). Without it
+# Ultralytics 8.4 scores the one-to-many branch plus NMS. Its predictor asks the head for
+# max(max_det, ONE2ONE_TOPK) candidates, sorted by score, and keeps the first max_det above conf.
+NMS_FREE = True
+HEAD = "one2one"  # the branch NMS_FREE selects
+ONE2ONE_TOPK = 300
 
 
 def check_variant(cfg: Config, variant: str) -> str:
@@ -93,13 +104,33 @@ def load_net(weights: Path) -> BaseModel:
     return load_checkpoint(weights)[0]
 
 
+def use_one2one(net: BaseModel) -> BaseModel:
+    """Select the head evaluation scores with: YOLOv10's NMS-free one-to-one branch (both stay in the model).
+
+    Returns:
+        ``net``, whose forward now returns the one-to-one branch's top-k boxes (and its dense outputs).
+    """
+    cast("DetectionModel", net).end2end = NMS_FREE
+    return net
+
+
+def head_record(max_det: int) -> dict[str, Any]:
+    """The inference head as metrics.json and MLflow record it: branch, NMS, candidates taken from the head.
+
+    Args:
+        max_det: Detections kept per image (the protocol's); the head gives at least ``ONE2ONE_TOPK``.
+    """
+    return {"head": HEAD, "nms": not NMS_FREE, "head_topk": max(max_det, ONE2ONE_TOPK)}
+
+
 def param_counts(net: BaseModel) -> dict[str, int]:
     """Parameters of the training graph and of the fused inference graph.
 
     The paper's 2.3/7.2/15.4/24.4/29.5 M are fused counts: fusing folds batch
-    norms into convolutions and drops YOLOv10's one-to-many training head.
+    norms into convolutions and drops the branch inference does not use, here YOLOv10's one-to-many
+    training branch (:func:`use_one2one`).
     """
-    fused = copy.deepcopy(net).fuse()
+    fused = use_one2one(copy.deepcopy(net)).fuse()
     return {
         "params": sum(p.numel() for p in net.parameters()),
         "params_fused": sum(p.numel() for p in fused.parameters()),
@@ -135,6 +166,7 @@ def runtime_args(cfg: Config) -> dict[str, Any]:
         "amp": t.amp,
         "workers": t.workers,
         "val": t.val,
+        "nms": not NMS_FREE,  # the validation that picks best.pt scores the head evaluation uses
     }
 
 
@@ -177,8 +209,8 @@ class _Tracker:
         self.summary: dict[str, Any] = {}
 
     def attach(self, model: YOLO) -> None:
-        events = ("on_pretrain_routine_end", "on_train_batch_start", "on_train_epoch_end", "on_fit_epoch_end")
-        for event in (*events, "on_train_end"):
+        events = ("on_pretrain_routine_end", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end")
+        for event in (*events, "on_fit_epoch_end", "on_train_end"):
             model.add_callback(event, getattr(self, event))
 
     def on_pretrain_routine_end(self, trainer: BaseTrainer) -> None:
@@ -192,6 +224,20 @@ class _Tracker:
             mlflow.log_params({key: str(value) for key, value in sorted(vars(trainer.args).items())})
             mlflow.log_param("frozen_parameters", len(frozen))
             mlflow.log_text("\n".join(frozen) + "\n", "frozen_parameters.txt")
+
+    def on_train_batch_end(self, trainer: BaseTrainer) -> None:
+        """Once, after the first batch: record the criterion that computed its loss (whatever built it)."""
+        if "criterion" in self.summary:
+            return
+        import mlflow
+
+        from anonbench.criterion import describe, summary
+
+        record = describe(cast("BaseModel", trainer.model).criterion)
+        self.summary["criterion"] = {**record, "text": summary(record)}  # the report reads the text
+        if self.fresh:
+            mlflow.log_param("criterion", summary(record))
+            mlflow.set_tag("criterion", record["class"])
 
     def on_train_batch_start(self, trainer: BaseTrainer) -> None:
         """Once, as training starts: record the mode of the BatchNorm layers inside the frozen layers.
@@ -301,6 +347,8 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
     configure_ultralytics()
     from ultralytics import YOLO, __version__
 
+    from anonbench.criterion import V10Trainer
+
     epoch = _unfinished_epoch(weights / "last.pt")
     run_file = out / RUN_ID_FILE
     run_id = run_file.read_text().strip() if epoch is not None and run_file.is_file() else None
@@ -322,9 +370,9 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
         if epoch is not None:  # Ultralytics takes every other argument from the checkpoint
             _log_missing_epochs(run.info.run_id, out / "results.csv", epoch)
             runtime = {key: job.args[key] for key in ("data", "device", "workers") if key in job.args}
-            model.train(resume=True, save_dir=str(out), **runtime)
+            model.train(resume=True, save_dir=str(out), trainer=V10Trainer, **runtime)
         else:
-            model.train(**job.args, save_dir=str(out))
+            model.train(**job.args, save_dir=str(out), trainer=V10Trainer)
         summary = {
             "model_id": out.name,
             "stage": job.stage,

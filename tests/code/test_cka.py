@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import ortho_group
 
 from anonbench.cka import layer_activations, layer_cka, linear_cka, part_of, plot_cka, representation
+from anonbench.yolo import use_one2one
 
 
 def features(seed: int, n: int = 40, p: int = 12) -> np.ndarray:
@@ -117,7 +118,7 @@ def test_layer_cka_on_yolov10n(tmp_path: Path) -> None:
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_head_is_compared_on_its_dense_outputs_before_top_k() -> None:
+def test_the_head_is_compared_on_the_dense_outputs_of_the_branch_evaluate_scores() -> None:
     from anonbench.offline import configure_ultralytics
 
     configure_ultralytics()
@@ -125,24 +126,22 @@ def test_the_head_is_compared_on_its_dense_outputs_before_top_k() -> None:
     from ultralytics import YOLO
 
     torch.manual_seed(0)
-    model = YOLO("yolov10n.yaml").model.eval()
+    model = use_one2one(YOLO("yolov10n.yaml").model.eval())  # as drift loads it
     head = model.model[23]
+    assert head.end2end  # YOLOv10's NMS-free one-to-one branch, the one predict reads (nms=False)
+    for layer in head.one2one_cv3:  # the branches start as copies: make the one-to-one one differ
+        layer[-1].bias.data += 1.0
     images = np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)
     anchors = sum((64 // int(s)) ** 2 for s in head.stride)  # 8x8 + 4x4 + 2x2 at strides 8, 16, 32
 
-    # As Ultralytics 8.4 loads it (NMS on the one-to-many branch): the layer's first output is already dense.
-    assert not head.end2end
-    with torch.no_grad():
-        detections, raw = model(torch.from_numpy(images))
-    assert torch.equal(representation(head, (detections, raw)), detections)
-    assert detections.shape == (2, 4 + 80, anchors)
-
-    # YOLOv10's NMS-free mode: the layer returns the top-k list; the representation is what it is drawn from.
-    head.end2end = True
+    # The layer returns the top-k list; the representation is the one-to-one branch's dense output it is drawn from.
     with torch.no_grad():
         detections, raw = model(torch.from_numpy(images))
         dense = representation(head, (detections, raw))
+        one2many = head._inference(raw["one2many"])
     assert detections.shape == (2, min(head.max_det, anchors), 6)  # the top 300, here every one of 84 anchors
-    assert dense.shape == (2, 4 + 80, anchors)  # boxes and class scores for every anchor
+    assert dense.shape == one2many.shape == (2, 4 + 80, anchors)  # boxes and class scores for every anchor
     assert torch.equal(head.postprocess(dense.permute(0, 2, 1)), detections)
+    assert not torch.allclose(dense, one2many)  # not the one-to-many branch (Ultralytics' default)
     assert layer_activations(model, images, [23])[23].shape == (2, (4 + 80) * anchors)
+    assert np.array_equal(layer_activations(model, images, [23])[23], dense.flatten(1).numpy())

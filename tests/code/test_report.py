@@ -14,9 +14,18 @@ from typing import Any
 import numpy as np
 
 from anonbench.config import Config
+from anonbench.io import atomic_write_json
 from anonbench.reportdoc import Document, inline_html
 from anonbench.stages import report
-from tests.report_study import LINK, make_void, markdown_tables, report_cfg, report_copy, write_coverage
+from tests.report_study import (
+    LINK,
+    V10_CRITERION,
+    make_void,
+    markdown_tables,
+    report_cfg,
+    report_copy,
+    write_coverage,
+)
 
 __all__ = ["report_cfg", "report_copy"]  # fixtures, imported for pytest
 
@@ -175,6 +184,26 @@ def test_header_states_the_dp2_mode_and_weights(make_config: Any, tiny_coco: Pat
     md = (cfg.paths.reports / "study.md").read_text()
     assert "dp2_fullbody: DeepPrivacy2 in `detector` mode with **untrained** weights (not the paper's)" in md
     assert "4 persons below its size filter" in md
+
+
+def test_header_names_the_criterion_and_head_the_files_record(report_copy: Config) -> None:
+    cfg = report_copy
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    trained = len(list(cfg.paths.models.glob("*/train.json")))
+    assert f"training criterion {V10_CRITERION} ({trained} models)" in md
+    assert "best.pt weights, YOLOv10's NMS-free one-to-one head (its top 300)" in md
+    assert "not recorded" not in md[: md.index("## Q1")]
+
+    train_json = cfg.paths.models / "org-n" / "train.json"
+    atomic_write_json(train_json, {k: v for k, v in json.loads(train_json.read_text()).items() if k != "criterion"})
+    metrics_json = cfg.paths.metrics / "eval" / "org-n_on_org" / "metrics.json"
+    old = json.loads(metrics_json.read_text())
+    atomic_write_json(metrics_json, {k: v for k, v in old.items() if k not in ("head", "nms", "head_topk")})
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    assert f"{V10_CRITERION} ({trained - 1} models); not recorded (1 model)" in md
+    assert "head not recorded (nms not recorded): 1 evaluations" in md
 
 
 def test_missing_inputs_are_named_not_fatal(report_cfg: Config) -> None:

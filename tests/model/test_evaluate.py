@@ -15,20 +15,21 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from anonbench.cli import app
-from anonbench.coco import CocoError
+from anonbench.coco import CategoryTable, CocoError
 from anonbench.coco_classes import COCO_CATEGORIES, COCO_NAMES
 from anonbench.cocoeval import STAT_NAMES, score
 from anonbench.config import Config
 from anonbench.offline import configure_ultralytics
-from anonbench.predict import sort_results
+from anonbench.predict import PredictSettings, predict, sort_results
 from anonbench.stages import evaluate as stage
 from anonbench.study import load_evaluations, rematch_resamples, stored_resamples
-from anonbench.yolo import chosen_weights
+from anonbench.yolo import chosen_weights, load_net, use_one2one
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 MODEL_ID = "org-n"
 METADATA = {"model_id", "train_data", "model_size", "eval_data", "combination", "mlflow_run_id", "conf", "backend"}
 METADATA |= {"void", "void_reason", "protocol", "scorer", "checkpoint", "predictions", "batch", "max_det"}
+METADATA |= {"head", "nms", "head_topk"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,71 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("checkpoint") / "last.pt"
     model.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one2one_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A YOLOv10n checkpoint whose two branches disagree: only the one-to-one branch scores above conf 0.001.
+
+    Fresh from its yaml, the network's features are nearly zero in eval mode (batch norms at mean 0, variance
+    1) and every anchor gets the same score. One pass in training mode sets the running statistics to a
+    batch of noise images, so scores differ by anchor and class and the top 300 have a strict order. The
+    class layers' weights are scaled to 1 %; the one-to-one biases set to 0 (scores near 0.5-0.8), the
+    one-to-many ones to -20 (near 2e-9): predictions from the one-to-many branch plus NMS would be none.
+    """
+    import torch
+    from ultralytics import YOLO
+
+    configure_ultralytics()
+    torch.manual_seed(0)
+    model = YOLO("yolov10n.yaml")
+    net = model.model
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # type: ignore[union-attr]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # running statistics = the statistics of the one batch below
+    net.train()  # type: ignore[union-attr]
+    with torch.no_grad():
+        net(torch.rand(4, 3, 128, 128))  # type: ignore[misc,operator]
+    head = net.model[-1]  # type: ignore[union-attr,index]
+    for branch, bias in ((head.one2many, -20.0), (head.one2one, 0.0)):
+        for cls_head in branch["cls_head"]:
+            cls_head[-1].weight.data *= 0.01
+            cls_head[-1].bias.data[:] = bias
+    net.eval().names = dict(enumerate(COCO_NAMES))  # type: ignore[union-attr]
+    path = tmp_path_factory.mktemp("one2one") / "last.pt"
+    model.save(path)
+    return path
+
+
+def test_predictions_come_from_the_nms_free_one2one_head(one2one_only: Path, tmp_path: Path) -> None:
+    """predict's boxes are the one-to-one branch's top 100 as the model computes them; the one-to-many
+    branch plus NMS (Ultralytics' default) finds nothing in the same checkpoint on the same image."""
+    import cv2
+    import torch
+    from ultralytics import YOLO
+
+    pixels = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    image = tmp_path / "noise.png"
+    cv2.imwrite(str(image), pixels)  # 128 x 128 at imgsz 128: no resize, no padding; 336 anchors
+    categories = CategoryTable(tuple(cid for cid, _ in COCO_CATEGORIES), tuple(COCO_NAMES))
+    settings = PredictSettings(conf=0.001, iou=0.7, max_det=100, imgsz=128, batch=1, device="cpu")
+    ours = predict(one2one_only, [(7, image)], categories, settings)
+
+    net = use_one2one(load_net(one2one_only))
+    rgb = torch.from_numpy(pixels[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        direct = net(rgb)[0][0]  # (300, 6): x1, y1, x2, y2, score, class, best score first
+    direct = direct[direct[:, 4] > settings.conf][: settings.max_det].numpy()
+    assert len(ours) == len(direct) == settings.max_det
+    assert [p["score"] for p in ours] == pytest.approx(direct[:, 4].tolist(), abs=1e-4)
+    assert [p["category_id"] for p in ours] == [categories.ids[int(c)] for c in direct[:, 5]]
+    xyxy = direct[:, :4].clip(0, 128)  # Ultralytics clips boxes to the image
+    xywh = np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+    assert np.allclose([p["bbox"] for p in ours], xywh, atol=0.01)
+
+    one2many = YOLO(str(one2one_only)).predict(str(image), conf=settings.conf, imgsz=128, max_det=100, verbose=False)
+    assert len(one2many[0].boxes) == 0
 
 
 @pytest.fixture
@@ -137,6 +203,7 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
     assert set(metrics["per_class"]) == set(COCO_NAMES)
     assert metrics["combination"] == "org on org"
     assert (metrics["conf"], metrics["backend"], metrics["images"]) == (0.001, "faster-coco-eval", 6)
+    assert (metrics["head"], metrics["nms"], metrics["head_topk"]) == ("one2one", False, 300)
     assert (metrics["void"], metrics["void_reason"], metrics["protocol"], metrics["checkpoint"]) == (
         False,
         None,
@@ -204,6 +271,7 @@ def test_the_authors_protocol_is_recorded_and_scored_their_way(evaluation_config
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = json.loads((out / "predictions.json").read_text())
     assert (metrics["protocol"], metrics["conf"], metrics["max_det"], metrics["batch"]) == ("authors", 0.25, 300, 1)
+    assert (metrics["head"], metrics["nms"], metrics["head_topk"]) == ("one2one", False, 300)
     assert predictions and min(p["score"] for p in predictions) >= 0.25
     assert max(Counter(p["image_id"] for p in predictions).values()) <= 300
     assert all(v == int(v) for p in predictions for v in p["bbox"]), "boxes truncated to integers"

@@ -18,6 +18,13 @@ from anonbench.stages import export, train
 from anonbench.yolo import load_net
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+# YOLOv10's own criterion (Ultralytics 8.4 would build E2ELoss, YOLO26's schedule), as train.json records it.
+V10_CRITERION = {
+    "class": "E2EDetectLoss",
+    "one2many": {"tal_topk": 10, "weight": 1.0},
+    "one2one": {"tal_topk": 1, "weight": 1.0},
+    "text": "E2EDetectLoss: one2many tal_topk 10 weight 1.0 + one2one tal_topk 1 weight 1.0",
+}
 TINY = ("workers=1", "train.epochs=1", "train.imgsz=64", "train.batch=4", "train.workers=0")
 # A preempted pod: the process dies by SIGKILL right after writing the first epoch's checkpoint.
 KILL_AFTER_FIRST_CHECKPOINT = """
@@ -65,6 +72,7 @@ def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(
     assert (summary["params"], summary["params_fused"]) == (2_775_520, 2_299_264)
     assert summary["frozen_parameters"] == 1  # Ultralytics always freezes the DFL convolution
     assert "metrics/mAP50-95B" in summary["metrics"]
+    assert summary["criterion"] == V10_CRITERION  # read from the criterion the trainer's model trained with
     net = load_net(out / "weights/best.pt")
     assert len(net.names) == 80 and net.yaml["yaml_file"] == "yolov10n.yaml"
 
@@ -80,6 +88,8 @@ def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(
     expected = {"model": "yolov10n.yaml", "epochs": "1", "imgsz": "64", "batch": "4", "optimizer": "SGD"}
     assert params.items() >= {**expected, "deterministic": "True", "seed": "0"}.items()
     assert (params["params"], params["params_fused"]) == ("2775520", "2299264")
+    assert params["criterion"] == V10_CRITERION["text"]
+    assert tags["criterion"] == "E2EDetectLoss" and params["nms"] == "False"  # validation on the one-to-one head
     client = mlflow.MlflowClient(cfg.tracking.uri)
     for metric in ("train/box_loss", "val/box_loss", "metrics/mAP50-95B", "lr/pg0"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0], metric
@@ -111,6 +121,7 @@ def test_a_killed_training_resumes_from_last_pt_in_the_same_run(
     train.run(cfg, "org", "n")
     summary = json.loads((out / "train.json").read_text())
     assert (summary["start_epoch"], summary["epochs_done"]) == (1, 2)
+    assert summary["criterion"] == V10_CRITERION  # Ultralytics' resume rebuilds E2ELoss; the trainer replaces it
     (run,) = runs(cfg)
     assert run.info.run_id == interrupted.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     history = mlflow.MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "train/box_loss")

@@ -4,7 +4,8 @@ The model the fine-tunes start from (``finetune.base``, the study's Org model,
 its ``train.checkpoint``) sees ``report.cka_images`` validation images twice,
 original and anonymized; each layer's activations on the two are compared with
 debiased linear CKA (1: the layer sees them alike; near 0: unrelated; the head
-on its dense per-anchor outputs before top-k selection, :mod:`anonbench.cka`).
+on the dense per-anchor outputs of the branch evaluation scores, YOLOv10's
+one-to-one head, before top-k selection, :mod:`anonbench.cka`).
 Only images with an anonymized region are drawn (seeded), so
 untouched images do not inflate the similarity. Writes
 ``metrics/drift/<variant>.json`` and ``metrics/drift/<variant>.png`` and logs
@@ -26,7 +27,7 @@ from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json
 from anonbench.offline import configure_ultralytics
 from anonbench.tracking import mlflow_run
-from anonbench.yolo import chosen_weights
+from anonbench.yolo import HEAD, chosen_weights, use_one2one
 
 MIN_IMAGES = MIN_EXAMPLES  # the debiased estimator divides by n (n - 3)
 # What the numbers are; a stored result of another estimator is measured again.
@@ -98,6 +99,7 @@ def run(cfg: Config, variant: str) -> list[Path]:
         "images": [i for i, _, _ in images],
         "imgsz": cfg.train.imgsz,
         "estimator": ESTIMATOR,
+        "head": HEAD,
     }
     if png_path.is_file() and json_path.is_file():
         previous = json.loads(json_path.read_text(encoding="utf-8"))
@@ -108,7 +110,7 @@ def run(cfg: Config, variant: str) -> list[Path]:
     from ultralytics import YOLO
 
     net: Any = YOLO(str(weights)).model
-    net = net.float().eval().to(_device(cfg))
+    net = use_one2one(net).float().eval().to(_device(cfg))  # the head evaluate scores
     originals = np.stack([letterboxed(path, cfg.train.imgsz) for _, path, _ in images])
     anonymized = np.stack([letterboxed(path, cfg.train.imgsz) for _, _, path in images])
     scores = layer_cka(net, originals, anonymized)

@@ -4,7 +4,8 @@ One cell of the train x eval matrix (Org on Org, Org on Anon, Anon on Org, Anon
 on Anon, for every variant and size). Writes, under
 ``metrics/eval/<model-id>_on_<eval-variant>/``: ``predictions.json`` (COCO
 results over the variant's validation split), ``metrics.json`` (the 12 COCO
-stats, per-class AP and AP50, what was evaluated and how, ``scorer`` included) and ``manifest.json``
+stats, per-class AP and AP50, what was evaluated and how, ``scorer`` and the inference head
+included) and ``manifest.json``
 (every image's status), ``resamples.npy`` (per-class AP and AP50 of every
 bootstrap resample of the validation images, ``report.bootstrap_samples`` drawn
 with ``seed``: the report's intervals read them instead of matching 155
@@ -33,7 +34,7 @@ from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
 from anonbench.predict import PredictSettings, predict, split_images
 from anonbench.tracking import mlflow_run
-from anonbench.yolo import chosen_weights
+from anonbench.yolo import chosen_weights, head_record
 
 NO_DETECTIONS = "no detections"
 
@@ -199,6 +200,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         "conf": protocol.conf,
         "iou": protocol.iou,
         "max_det": protocol.max_det,
+        **head_record(protocol.max_det),
         "batch": protocol.batch,
         "imgsz": protocol.imgsz,
         "backend": backend,

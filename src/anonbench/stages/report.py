@@ -176,7 +176,7 @@ def _scaled(value: float | None) -> float | None:
 
 
 def header(doc: Document, ctx: Context) -> None:
-    """Title and "how to read this": profile, data, protocol, DP2 mode and weights, names, units, void sections."""
+    """Title and "how to read this": profile, data, models and criterion, protocol and head, DP2, void sections."""
     cfg, study = ctx.cfg, ctx.study
     doc.heading(TITLE, 1)
     counts = {}
@@ -206,7 +206,7 @@ def header(doc: Document, ctx: Context) -> None:
         ["data", f"`{cfg.data.source}`: {images}"],
         ["models", f"YOLOv10 {', '.join(cfg.train.sizes)} from scratch, {epochs} epochs at imgsz {cfg.train.imgsz} "
                    f"on `{cfg.train.device}`; fine-tunes of {cfg.finetune.base.variant}-{cfg.finetune.base.size} "
-                   f"on {cfg.finetune.variant}"],
+                   f"on {cfg.finetune.variant}; training criterion {_criterion(study)}"],
         ["protocol", _protocol(study)],
         ["anonymization", _anonymization(ctx)],
         ["names", "Org on Anon: the model trained on original images, evaluated on the method's anonymized "
@@ -225,7 +225,7 @@ def header(doc: Document, ctx: Context) -> None:
 
 
 def _protocol(study: Study) -> str:
-    """The evaluation protocol and checkpoint as the metrics files record them."""
+    """The evaluation protocol, checkpoint and inference head as the metrics files record them."""
     if not study.evaluations:
         return "no evaluation yet"
     kinds: dict[str, int] = {}
@@ -241,10 +241,26 @@ def _protocol(study: Study) -> str:
             text = f"not recorded in the metrics files (conf {conf}, at most {max_det} per image)"
         checkpoint = e.stats.get("checkpoint")
         text += f", {checkpoint}.pt weights" if checkpoint else ", checkpoint not recorded"
+        head, topk = e.stats.get("head"), e.stats.get("head_topk")
+        if head == "one2one" and e.stats.get("nms") is False:
+            text += f", YOLOv10's NMS-free one-to-one head (its top {topk})"
+        else:
+            text += f", head {head or 'not recorded'} (nms {e.stats.get('nms', 'not recorded')})"
         kinds[text] = kinds.get(text, 0) + 1
     if len(kinds) == 1:
         return next(iter(kinds))
     return "; ".join(f"{text}: {n} evaluations" for text, n in kinds.items())
+
+
+def _criterion(study: Study) -> str:
+    """The training criteria as the models' train.json record them, with how many models used each."""
+    kinds: dict[str, int] = {}
+    for training in study.trainings.values():
+        text = str(training.get("criterion", {}).get("text", "not recorded"))
+        kinds[text] = kinds.get(text, 0) + 1
+    if not kinds:
+        return "not recorded (no train.json yet)"
+    return "; ".join(f"{text} ({n} model{'s' if n > 1 else ''})" for text, n in kinds.items())
 
 
 def _anonymization(ctx: Context) -> str:
