@@ -16,7 +16,17 @@ import numpy as np
 from anonbench.config import Config
 from anonbench.reportdoc import Document, inline_html
 from anonbench.stages import report
-from tests.report_study import LINK, make_void, markdown_tables, report_cfg, report_copy, write_coverage
+from anonbench.stages.report import NOT_RUN
+from tests.report_study import (
+    GRID,
+    LINK,
+    make_void,
+    markdown_tables,
+    report_cfg,
+    report_copy,
+    synthetic_study,
+    write_coverage,
+)
 
 __all__ = ["report_cfg", "report_copy"]  # fixtures, imported for pytest
 
@@ -175,6 +185,28 @@ def test_header_states_the_dp2_mode_and_weights(make_config: Any, tiny_coco: Pat
     md = (cfg.paths.reports / "study.md").read_text()
     assert "dp2_fullbody: DeepPrivacy2 in `detector` mode with **untrained** weights (not the paper's)" in md
     assert "4 persons below its size filter" in md
+
+
+def test_a_narrowed_grid_compares_sizes_only_where_it_trains_them(
+    make_config: Any, tiny_coco: Path, mlflow_db: Path
+) -> None:
+    """The paper's grid in small: blur at s only, as the paper trained its classic methods at m only."""
+    narrowed = ("train.sizes=[n, s]", "finetune.base.size=s", "train.sizes_by_variant={blur: [s]}")
+    cfg = make_config(*GRID, *narrowed, source=tiny_coco)
+    synthetic_study(cfg)
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    assert "| models | YOLOv10 n, s (blur at s only) from scratch" in md
+    q2 = table_after(md, "## Q2")
+    assert [row[0] for row in q2[1:]] == ["Org on Org", *(f"mask: {name}" for name in report.ANON_COMBINATIONS)]
+    assert "Not compared across sizes: blur (trained at s), as train.sizes_by_variant sets" in md
+    assert "Not trained at n (train.sizes_by_variant): blur." in md
+    assert [row[0] for row in table_after(md, "### Size n")[1:]] == ["mask"]
+    assert [row[0] for row in table_after(md, "### Size s")[1:]] == ["mask", "blur"]
+    # Q1 compares every method at the base size, where each was trained: no cell is missing.
+    q1 = table_after(md, "## Q1")
+    assert [row[0] for row in q1[1:]] == ["mask", "blur"] and NOT_RUN not in str(q1)
+    assert "**Answer (size s):**" in md
 
 
 def test_missing_inputs_are_named_not_fatal(report_cfg: Config) -> None:
