@@ -1,7 +1,7 @@
 """The study as a Kubeflow pipeline: the stages of dvc.yaml as tasks over one shared workspace.
 
 Data order: plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
-export -> train (sizes x variants) -> finetune (freeze configs) -> evaluate (models x eval
+export -> train (``train.models``) -> finetune (freeze configs) -> evaluate (models x eval
 variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
 list the run's own parameters produce (``grid``), so an override changes the grid at run
 time; ``gather`` joins a fan-out before the next. Tasks hand on workspace folders, not

@@ -23,13 +23,14 @@ import pandas as pd
 import pytest
 
 from anonbench.cocoeval import score
-from anonbench.config import ORIGINAL, Config
+from anonbench.config import ORIGINAL, Config, finetune_model_id, model_id
 from anonbench.io import atomic_write_json
 from anonbench.ssim_summary import split_summary
 from anonbench.stages import finetune, prepare, relabel, report
 from tests.conftest import config_under
 
 LINK = re.compile(r"\[((?:[^\[\]]|\[[^\[\]]*\])+)\]\(([^)\s]+)\)")
+PARAMS_FUSED = {"n": 2_299_264, "s": 7_218_000}  # train.json's fused parameter counts of the sizes the tests train
 
 
 V10_CRITERION = "E2EDetectLoss: one2many tal_topk 10 weight 1.0 + one2one tal_topk 1 weight 1.0"
@@ -53,7 +54,7 @@ def noisy_predictions(truth: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     return predictions
 
 
-def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed: int) -> None:
+def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed: int, size: str = "n") -> None:
     """One evaluate-stage output folder: predictions.json and metrics.json (today's keys and the void contract's)."""
     truth = json.loads(cfg.annotation_file(variant, cfg.data.val_split).read_text())
     predictions = noisy_predictions(truth, seed)
@@ -63,7 +64,7 @@ def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed:
     (folder / "predictions.json").write_text(json.dumps(predictions))
     freeze = model_id.removeprefix("ft-") if model_id.startswith("ft-") else None
     metrics = {**scores.stats, "per_class": scores.per_class, "model_id": model_id, "train_data": train,
-               "eval_data": variant, "model_size": "n", "combination": f"{train} on {variant}",
+               "eval_data": variant, "model_size": size, "combination": f"{train} on {variant}",
                "freeze": freeze, "split": cfg.data.val_split, "images": len(truth["images"]),
                "conf": 0.001, "max_det": 100, "protocol": "coco", "checkpoint": "best", "head": "one2one",
                "nms": False, "head_topk": 300, "void": False,
@@ -152,7 +153,7 @@ def write_subset(cfg: Config) -> None:
 
 
 def synthetic_study(cfg: Config) -> None:
-    """Every stage's outputs for the mini grid: n on org and each method, fine-tunes, SSIM, relabel, drift."""
+    """Stage outputs for the grid of ``cfg`` (train.models, fine-tunes at the base size); SSIM, relabel, drift."""
     val = cfg.data.val_split
     original = json.loads(cfg.annotation_file(ORIGINAL, val).read_text())
     rng = np.random.default_rng(0)
@@ -170,24 +171,24 @@ def synthetic_study(cfg: Config) -> None:
         atomic_write_json(cfg.paths.metrics / "drift" / f"{method}.json", doc)
     write_subset(cfg)
     seed = 1
-    models = [(f"{v}-n", v) for v in cfg.train.variants] + [
-        (f"ft-{f}", cfg.finetune.variant) for f in cfg.finetune.freeze
+    models = [(model_id(v, s), v, s) for v, s in cfg.train.models] + [
+        (finetune_model_id(f), cfg.finetune.variant, cfg.finetune.base.size) for f in cfg.finetune.freeze
     ]
-    for model_id, train in models:
+    for name, train, size in models:
         for variant in cfg.evaluate.variants:
-            write_evaluation(cfg, model_id, train, variant, seed)
+            write_evaluation(cfg, name, train, variant, seed, size)
             seed += 1
-        summary = {"model_id": model_id, "model_size": "n", "train_data": train, "params_fused": 2299264,
+        summary = {"model_id": name, "model_size": size, "train_data": train, "params_fused": PARAMS_FUSED[size],
                    "criterion": {"class": "E2EDetectLoss", "text": V10_CRITERION}}  # fmt: skip
-        atomic_write_json(cfg.paths.models / model_id / "train.json", summary)
+        atomic_write_json(cfg.paths.models / name / "train.json", summary)
     corrected = {**original, "annotations": original["annotations"][3:]}
-    for model_id in ("org-n", "mask-n"):
-        eval_dir = cfg.paths.metrics / "eval" / f"{model_id}_on_mask"
+    for rescored in ("org-n", "mask-n"):
+        eval_dir = cfg.paths.metrics / "eval" / f"{rescored}_on_mask"
         doc = relabel.relabel_metrics(cfg, eval_dir, original, corrected)
         run = json.loads((eval_dir / "metrics.json").read_text())["mlflow_run_id"]
-        atomic_write_json(relabel.metrics_file(cfg, model_id, "mask"),
-                          {"model_id": model_id, "eval_data": "mask", "eval_mlflow_run_id": run,
-                           "mlflow_run_id": f"relabel-{model_id}", "void": False, "void_reason": None,
+        atomic_write_json(relabel.metrics_file(cfg, rescored, "mask"),
+                          {"model_id": rescored, "eval_data": "mask", "eval_mlflow_run_id": run,
+                           "mlflow_run_id": f"relabel-{rescored}", "void": False, "void_reason": None,
                            **doc})  # fmt: skip
     atomic_write_json(cfg.paths.data / "relabel" / "mask" / f"proposals_{val}.json",
                       {"counts": {"remove": 3, "extend": 1, "images": 2}, "proposals": []})  # fmt: skip

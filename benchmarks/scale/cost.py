@@ -1,4 +1,7 @@
-"""The paper profile's cost on a cluster of N GPU nodes, from the rehearsal's measurements and stated GPU figures.
+"""The paper profiles' cost on a cluster of N GPU nodes, from the rehearsal's measurements and stated GPU figures.
+
+The grid of each profile comes from params.yaml (its trained models, evaluation variants, methods and
+fine-tunes): ``paper``, the paper's 13 trainings, and ``paper-all-sizes``, every method at every size (25).
 
 CPU work is costed from ``benchmarks/results/scale.json``: CPU seconds measured by the rehearsal (the
 robust number on a shared machine; wall seconds there are noisy), per real COCO image from the coco-mini
@@ -23,7 +26,10 @@ the fine-tunes; relabel next to drift; report. A fan-out runs at most ``parallel
 tasks on at most one GPU node each. Wall time is the sum of the phases, each the longest-first schedule of
 its tasks; a CPU task's per-image work spreads over its cores, its fixed part does not.
 
-    python -m benchmarks.scale.cost [--nodes 1,4,8] [--gpus-per-node 1] [--cpus-per-task 4]
+    python -m benchmarks.scale.cost [--profiles paper,paper-all-sizes] [--nodes 1,4,8] [--gpus-per-node 1]
+        [--cpus-per-task 4] [--output benchmarks/results/scale_cost.json]
+
+prints each profile's plan as Markdown and writes them all to ``--output`` (committed beside scale.json).
 """
 
 from __future__ import annotations
@@ -35,19 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS
+from anonbench.config import CLASSIC_METHODS, Config, load_config
+from benchmarks.common import REPO, RESULTS
 
-SIZES = "nsmlx"
-# The paper profile (params.yaml profiles.paper) on COCO 2017.
+PROFILES = ("paper", "paper-all-sizes")
+# COCO 2017, the paper profiles' data.
 IMAGES = 118_287 + 5_000
 VAL_IMAGES = 5_000
 PERSON_IMAGES = 64_115 + 2_693
-CLASSIC = 3  # blur, pixelate, mask
-ANONYMIZED = 4  # dp2_fullbody and the classic methods
-VARIANTS = 5  # org and the anonymized ones
-TRAINED = len(SIZES) * VARIANTS  # 25
-EPOCHS, FT_EPOCHS, FT_FRACTION, FT_CONFIGS, FT_SIZE = 100, 30, 0.2, 6, "m"
-EVALUATIONS = (TRAINED + FT_CONFIGS) * VARIANTS  # 155
 COCO_CLASSES = 80
 COCO_GB = 19.3 + 0.47  # train2017 + val2017 JPEGs, instances JSON
 PARAMS = {"n": 2_775_520, "s": 8_128_272, "m": 16_576_768, "l": 25_888_688, "x": 31_808_960}
@@ -122,15 +123,23 @@ def _output_gb(doc: dict[str, Any], stage: str) -> float:
     return 0.0 if point is None else point["output_bytes"] / point["images"] * IMAGES / 1e9
 
 
-def stages(doc: dict[str, Any], gpus_per_node: int) -> list[list[Stage]]:
-    """The paper run as phases of stages (a phase waits for the one before)."""
+def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int) -> list[list[Stage]]:
+    """The run of profile ``cfg`` as phases of stages (a phase waits for the one before)."""
+    methods = cfg.anonymize.methods
+    classic = [m for m in methods if m in CLASSIC_METHODS]
+    generated = [m for m in methods if m not in CLASSIC_METHODS]  # DeepPrivacy2's
+    exported = 1 + len(methods)  # org and every method
+    models = cfg.train.models
+    on = len(cfg.evaluate.variants)
+    ft = cfg.finetune
+    configs = len(ft.freeze)
     a100 = GPU["a100_over_v100"]
     ddp = gpus_per_node * GPU["ddp_efficiency"] if gpus_per_node > 1 else 1.0
     prepare = _point(doc, "prepare/s1")
     real = _point(doc, "anonymize/coco-mini")
     variant_gb = real["variant_bytes"] / real["images"] * IMAGES / 1e9
     fixed, _, cpu = per_image(doc, "anonymize")
-    classic = Task(fixed, cpu * IMAGES)
+    classic_task = Task(fixed, cpu * IMAGES)
     dp2 = IMAGES * GPU["dp2_detect_seconds_per_image"] + PERSON_IMAGES * GPU["dp2_generate_seconds_per_person_image"]
     s_fixed, _, s_cpu = per_image(doc, "ssim")
     e_fixed, _, e_cpu = per_image(doc, "export_org")
@@ -140,21 +149,19 @@ def stages(doc: dict[str, Any], gpus_per_node: int) -> list[list[Stage]]:
     if "predictions_bytes" not in score:
         raise KeyError("score_faster_coco_eval/s1 has no predictions_bytes; run the rehearsal's evaluate step again")
     predictions_gb = score["predictions_bytes"] / 1e9
-    # The paper's grid with every evaluation's resamples kept: their size does not depend on the images.
+    # The 25-model grid with every evaluation's resamples kept: their size does not depend on the images.
     report = _point(doc, "report/paper-bootstrap")
-    train = [
-        Task(gpu=V100_DAYS_PER_300_EPOCHS[s] * 86400 * EPOCHS / 300 / a100 / ddp)
-        for s in SIZES
-        for _ in range(VARIANTS)
-    ]
-    ft = Task(gpu=V100_DAYS_PER_300_EPOCHS[FT_SIZE] * 86400 * FT_EPOCHS * FT_FRACTION / 300 / a100 / ddp)
+    evaluations = (len(models) + configs) * on
+    epochs = cfg.train.epochs
+    train = [Task(gpu=V100_DAYS_PER_300_EPOCHS[size] * 86400 * epochs / 300 / a100 / ddp) for _, size in models]
+    tune = Task(gpu=V100_DAYS_PER_300_EPOCHS[ft.base.size] * 86400 * ft.epochs * ft.fraction / 300 / a100 / ddp)
     infer = VAL_IMAGES * GPU["eval_seconds_per_image"] + GPU["eval_model_load_seconds"]
     # evaluate scores once and keeps its bootstrap resamples (AP and AP50 per resample and class, float64)
     evaluate = Task(fixed_cpu=score["cpu_seconds"] + boot["cpu_seconds"], gpu=infer)
     evaluation_gb = predictions_gb + 2 * boot["samples"] * COCO_CLASSES * 8 / 1e9
-    weights_gb = 2 * 2 * sum(PARAMS.values()) * VARIANTS / 1e9  # best.pt and last.pt, half precision
+    weights_gb = 2 * 2 * sum(PARAMS[size] for _, size in models) / 1e9  # best.pt and last.pt, half precision
     per_image_gb = {name: _output_gb(doc, name) for name in ("ssim", "export_org", "relabel")}
-    pairs = TRAINED + FT_CONFIGS  # models evaluated on each anonymized variant: relabel scores each twice
+    pairs = len(models) + configs  # models evaluated on each anonymized variant: relabel scores each twice
     relabel = Task(r_fixed + 2 * pairs * boot["cpu_seconds"], r_syn * IMAGES)
     return [
         [
@@ -168,66 +175,78 @@ def stages(doc: dict[str, Any], gpus_per_node: int) -> list[list[Stage]]:
         ],
         [
             Stage(
-                "anonymize, 3 classic",
-                (classic,) * CLASSIC,
+                f"anonymize, {len(classic)} classic",
+                (classic_task,) * len(classic),
                 False,
-                CLASSIC * variant_gb,
+                len(classic) * variant_gb,
                 f"{cpu * 1e3:.0f} CPU-ms per COCO image; {variant_gb:.0f} GB PNG per variant",
             ),
-            Stage("anonymize, dp2_fullbody", (Task(gpu=dp2),), True, variant_gb, "assumed GPU throughput"),
             Stage(
-                "ssim, 4 variants",
-                (Task(s_fixed, s_cpu * IMAGES),) * ANONYMIZED,
+                f"anonymize, {', '.join(generated)}",
+                (Task(gpu=dp2),) * len(generated),
+                True,
+                len(generated) * variant_gb,
+                "assumed GPU throughput",
+            ),
+            Stage(
+                f"ssim, {len(methods)} variants",
+                (Task(s_fixed, s_cpu * IMAGES),) * len(methods),
                 False,
-                ANONYMIZED * per_image_gb["ssim"],
+                len(methods) * per_image_gb["ssim"],
                 f"{s_cpu * 1e3:.0f} CPU-ms per COCO image",
             ),
         ],
         [
             Stage(
-                "export, 5 variants",
-                (Task(e_fixed, e_cpu * IMAGES),) * VARIANTS,
+                f"export, {exported} variants",
+                (Task(e_fixed, e_cpu * IMAGES),) * exported,
                 False,
-                VARIANTS * per_image_gb["export_org"],
+                exported * per_image_gb["export_org"],
                 "links and label files",
             )
         ],
-        [Stage("train, 25 models", tuple(train), True, weights_gb, "YOLOv5 README times scaled by FLOPs")],
+        [Stage(f"train, {len(models)} models", tuple(train), True, weights_gb, "YOLOv5 README times scaled by FLOPs")],
         [
             Stage(
-                "finetune, 6 configs",
-                (ft,) * FT_CONFIGS,
+                f"finetune, {configs} configs",
+                (tune,) * configs,
                 True,
-                FT_CONFIGS * 4 * PARAMS[FT_SIZE] / 1e9,
-                "30 epochs on 20 % of train, size m",
+                configs * 4 * PARAMS[ft.base.size] / 1e9,
+                f"{ft.epochs} epochs on {ft.fraction:.0%} of train, size {ft.base.size}",
             ),
             Stage(
-                "evaluate, 125 trained",
-                (evaluate,) * TRAINED * VARIANTS,
+                f"evaluate, {len(models) * on} trained",
+                (evaluate,) * (len(models) * on),
                 True,
-                TRAINED * VARIANTS * evaluation_gb,
+                len(models) * on * evaluation_gb,
                 f"inference assumed; scoring ({score['cpu_seconds']:.0f} CPU-s) and resamples "
                 f"({boot['cpu_seconds']:.0f} CPU-s) measured",
             ),
         ],
         [
             Stage(
-                "evaluate, 30 fine-tuned",
-                (evaluate,) * FT_CONFIGS * VARIANTS,
+                f"evaluate, {configs * on} fine-tuned",
+                (evaluate,) * (configs * on),
                 True,
-                FT_CONFIGS * VARIANTS * evaluation_gb,
+                configs * on * evaluation_gb,
                 "",
             )
         ],
         [
             Stage(
-                "relabel, 4 variants",
-                (relabel,) * ANONYMIZED,
+                f"relabel, {len(methods)} variants",
+                (relabel,) * len(methods),
                 False,
-                ANONYMIZED * per_image_gb["relabel"],
+                len(methods) * per_image_gb["relabel"],
                 f"2 bootstraps per model ({boot['cpu_seconds']:.0f} CPU-s each, measured)",
             ),
-            Stage("drift, 4 variants", (Task(gpu=GPU["cka_seconds_per_variant"]),) * ANONYMIZED, True, 0.0, "assumed"),
+            Stage(
+                f"drift, {len(methods)} variants",
+                (Task(gpu=GPU["cka_seconds_per_variant"]),) * len(methods),
+                True,
+                0.0,
+                "assumed",
+            ),
         ],
         [
             Stage(
@@ -235,7 +254,7 @@ def stages(doc: dict[str, Any], gpus_per_node: int) -> list[list[Stage]]:
                 (Task(report["cpu_seconds"]),),
                 False,
                 0.01,
-                f"{EVALUATIONS} evaluations' kept resamples read, measured",
+                f"{evaluations} evaluations' kept resamples read; measured with {report['evaluations']}",
             )
         ],
     ]
@@ -249,11 +268,13 @@ def makespan(seconds: list[float], slots: int) -> float:
     return max(finish)
 
 
-def plan(doc: dict[str, Any], nodes: int, gpus_per_node: int, parallelism: int, cpus: int) -> dict[str, Any]:
-    """Per stage: wall, CPU and GPU hours and storage; the phases' wall times and their sum."""
+def plan(
+    doc: dict[str, Any], cfg: Config, nodes: int, gpus_per_node: int, parallelism: int, cpus: int
+) -> dict[str, Any]:
+    """Per stage: wall, CPU and GPU hours and storage; the phases' wall times and their sum; the totals."""
     rows: list[dict[str, Any]] = []
     phases = []
-    for phase in stages(doc, gpus_per_node):
+    for phase in stages(doc, cfg, gpus_per_node):
         walls = []
         for stage in phase:
             slots = min(parallelism, nodes) if stage.gpu_task else parallelism
@@ -270,16 +291,25 @@ def plan(doc: dict[str, Any], nodes: int, gpus_per_node: int, parallelism: int, 
                 }
             )
         phases.append(max(walls))
-    return {"rows": rows, "wall_h": sum(phases) / 3600, "storage_gb": COCO_GB + sum(r["storage_gb"] for r in rows)}
+    return {
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "parallelism": parallelism,
+        "cpus_per_task": cpus,
+        "wall_h": sum(phases) / 3600,
+        "cpu_h": sum(r["cpu_h"] for r in rows),
+        "gpu_h": sum(r["gpu_h"] for r in rows),
+        "storage_gb": COCO_GB + sum(r["storage_gb"] for r in rows),
+        "rows": rows,
+    }
 
 
-def markdown(doc: dict[str, Any], nodes: int, gpus_per_node: int, parallelism: int, cpus: int) -> str:
-    """The plan as a Markdown table with its totals."""
-    result = plan(doc, nodes, gpus_per_node, parallelism, cpus)
+def markdown(result: dict[str, Any]) -> str:
+    """A plan (:func:`plan`) as a Markdown table with its totals."""
     lines = [
-        f"**{nodes} GPU node(s) x {gpus_per_node} A100, parallelism {parallelism}, {cpus} CPUs per CPU task: "
-        f"about {result['wall_h']:.0f} h ({result['wall_h'] / 24:.1f} days) end to end; "
-        f"{result['storage_gb']:.0f} GB of outputs (COCO included).**",
+        f"**{result['nodes']} GPU node(s) x {result['gpus_per_node']} A100, parallelism {result['parallelism']}, "
+        f"{result['cpus_per_task']} CPUs per CPU task: about {result['wall_h']:.0f} h ({result['wall_h'] / 24:.1f} "
+        f"days) end to end; {result['storage_gb']:.0f} GB of outputs (COCO included).**",
         "",
         "| stage | wall h | CPU-h | GPU-h | storage GB | basis |",
         "|---|---:|---:|---:|---:|---|",
@@ -289,28 +319,46 @@ def markdown(doc: dict[str, Any], nodes: int, gpus_per_node: int, parallelism: i
             f"| {row['stage']} | {row['wall_h']:.1f} | {row['cpu_h']:.1f} | {row['gpu_h']:.1f} | "
             f"{row['storage_gb']:.1f} | {row['basis']} |"
         )
-    total_cpu = sum(r["cpu_h"] for r in result["rows"])
-    total_gpu = sum(r["gpu_h"] for r in result["rows"])
     lines.append(
-        f"| **total** | **{result['wall_h']:.0f}** | **{total_cpu:.0f}** | **{total_gpu:.0f}** | "
+        f"| **total** | **{result['wall_h']:.0f}** | **{result['cpu_h']:.0f}** | **{result['gpu_h']:.0f}** | "
         f"**{result['storage_gb']:.0f}** | |"
     )
     return "\n".join(lines)
 
 
+def profile_plans(doc: dict[str, Any], cfg: Config, nodes: list[int], gpus_per_node: int, cpus: int) -> dict[str, Any]:
+    """One profile's grid and its plan on each node count (parallelism: the node count, at least 4)."""
+    return {
+        "trainings": len(cfg.train.models),
+        "evaluations": (len(cfg.train.models) + len(cfg.finetune.freeze)) * len(cfg.evaluate.variants),
+        "plans": [plan(doc, cfg, n, gpus_per_node, max(4, n), cpus) for n in nodes],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The paper profile's cost on N GPU nodes (docs/scale.md).")
+    parser = argparse.ArgumentParser(description="The paper profiles' cost on N GPU nodes (docs/scale.md).")
     parser.add_argument("--results", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--profiles", default=",".join(PROFILES))
     parser.add_argument("--nodes", default="1,4,8")
     parser.add_argument("--gpus-per-node", type=int, default=1)
     parser.add_argument("--cpus-per-task", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=RESULTS / "scale_cost.json")
     args = parser.parse_args(argv)
     doc = json.loads(args.results.read_text())
+    nodes = [int(n) for n in args.nodes.split(",")]
+    costs = {}
     try:
-        for nodes in (int(n) for n in args.nodes.split(",")):
-            print(markdown(doc, nodes, args.gpus_per_node, max(4, nodes), args.cpus_per_task) + "\n")
+        for profile in args.profiles.split(","):
+            costs[profile] = found = profile_plans(
+                doc, load_config(args.params, profile), nodes, args.gpus_per_node, args.cpus_per_task
+            )
+            print(f"## {profile}: {found['trainings']} trainings, {found['evaluations']} evaluations\n")
+            print("\n\n".join(markdown(p) for p in found["plans"]) + "\n")
     except KeyError as exc:
         parser.exit(1, f"{args.results}: {exc.args[0]}\n")
+    args.output.write_text(json.dumps({"scale": args.results.name, "profiles": costs}, indent=2) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ FINETUNE_PREFIX = "ft-"
 CLASSIC_METHODS = ("blur", "pixelate", "mask")
 DP2_METHODS = ("dp2_fullbody", "dp2_face")
 Method = Literal["blur", "pixelate", "mask", "dp2_fullbody", "dp2_face"]
+Variant = Literal["org", Method]
 ModelSize = Literal["n", "s", "m", "l", "x"]
 # YOLOv10 layer indices are the same for every size: 0-9 backbone, 10 PSA, 11-22 neck, 23 head.
 YOLOV10_LAST_LAYER = 23
@@ -236,10 +237,19 @@ class Export(_Section):
 
 
 class Train(_Section):
-    """YOLOv10 from scratch (yaml, no weights); any other Ultralytics argument goes in `extra`."""
+    """YOLOv10 from scratch (yaml, no weights); any other Ultralytics argument goes in `extra`.
+
+    The models trained are ``variants`` x ``sizes``, except that ``sizes_by_variant`` narrows the
+    sizes of the variants it names to those of its list that ``sizes`` has (the paper trained
+    its classic methods at m only). An entry for a variant not trained narrows nothing: an
+    override of ``variants`` or ``sizes`` on a narrowed profile stays valid, since ``--set``
+    cannot remove a key. dvc.yaml runs the top level's variants x sizes as a matrix, so only a
+    profile narrows (the KFP pipeline and the cost model read the resolved grid).
+    """
 
     sizes: Annotated[list[ModelSize], Field(min_length=1)] = ["n"]
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
+    sizes_by_variant: dict[Variant, Annotated[list[ModelSize], Field(min_length=1)]] = Field(default_factory=dict)
     epochs: PositiveInt = 100
     imgsz: PositiveInt = 640
     batch: PositiveInt = 40
@@ -260,6 +270,16 @@ class Train(_Section):
         if owned:
             raise ValueError(f"extra: {owned} have their own train keys; set those instead")
         return self
+
+    def sizes_for(self, variant: str) -> list[ModelSize]:
+        """The sizes trained on ``variant`` (``sizes`` order): ``sizes``, or those of them its entry lists."""
+        narrowed = next((sizes for name, sizes in self.sizes_by_variant.items() if name == variant), self.sizes)
+        return [s for s in self.sizes if s in narrowed]
+
+    @property
+    def models(self) -> list[tuple[str, ModelSize]]:
+        """Every (variant, size) trained from scratch, variant by variant: the grid of train and evaluate."""
+        return [(variant, size) for variant in self.variants for size in self.sizes_for(variant)]
 
 
 class Evaluate(_Section):
@@ -423,8 +443,16 @@ class Config(_Section):
             raise ValueError(f"finetune.variant: {self.finetune.variant!r} is not in anonymize.methods")
         if self.finetune.base.variant not in self.train.variants:
             raise ValueError(f"finetune.base.variant: {self.finetune.base.variant!r} is not in train.variants")
-        if self.finetune.base.size not in self.train.sizes:
-            raise ValueError(f"finetune.base.size: {self.finetune.base.size!r} is not in train.sizes")
+        base = self.finetune.base
+        if base.size not in self.train.sizes_for(base.variant):
+            raise ValueError(f"finetune.base.size: {base.variant}-{base.size} is not trained (train.sizes)")
+        # The report compares every trained variant at the base size (Q1, Q3-Q5, Q8): each needs it.
+        missing = [v for v in self.train.variants if base.size not in self.train.sizes_for(v)]
+        if missing:
+            raise ValueError(
+                f"train.sizes_by_variant: {missing} not trained at {base.size!r} (finetune.base.size), the size "
+                "at which the report compares every variant"
+            )
         return self
 
     @property
@@ -464,6 +492,11 @@ class Config(_Section):
     def annotation_file(self, variant: str, split: str) -> Path:
         """Instances JSON of one split of a variant (COCO layout)."""
         return self.variant_root(variant) / "annotations" / f"instances_{split}.json"
+
+
+def model_id(variant: str, size: str) -> str:
+    """Model id of a model trained from scratch (its folder under ``paths.models``), e.g. ``org-n``."""
+    return f"{variant}-{size}"
 
 
 def finetune_model_id(freeze: str) -> str:
@@ -527,6 +560,9 @@ def _format_error(source: str, err: ValidationError) -> str:
 def resolve(raw: dict[str, Any], profile: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Merge a raw params mapping with its profile diff and overrides (no validation).
 
+    A profile may name another in ``extends``: its diff is merged on top of that profile's
+    (resolved the same way), so an extension of ``paper`` states only what it changes.
+
     Args:
         raw: The mapping read from params.yaml, including ``profiles``.
         profile: Profile to apply; defaults to the file's ``profile`` key.
@@ -534,17 +570,36 @@ def resolve(raw: dict[str, Any], profile: str | None = None, overrides: list[str
 
     Returns:
         The merged mapping, without ``profiles``, with ``profile`` set.
+
+    Raises:
+        ConfigError: For an unknown profile or ``extends`` target, or an ``extends`` loop.
     """
     profiles = raw.get("profiles") or {}
     base = {k: v for k, v in raw.items() if k != "profiles"}
     name = profile or base.get("profile", "mini")
-    if name not in profiles:
-        raise ConfigError(f"profile {name!r} is not defined under 'profiles' (have: {sorted(profiles)})")
-    merged = deep_merge(base, profiles[name] or {})
+    merged = deep_merge(base, _profile_diff(profiles, name))
     merged["profile"] = name
     for assignment in overrides or []:
         merged = apply_override(merged, assignment)
     return merged
+
+
+def _profile_diff(profiles: dict[str, Any], name: str) -> dict[str, Any]:
+    """The diff of profile ``name`` with the diffs of the profiles it extends merged below it."""
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if not isinstance(current, str) or current not in profiles:
+            by = f" (extended by {chain[-1]!r})" if chain else ""
+            raise ConfigError(f"profile {current!r}{by} is not defined under 'profiles' (have: {sorted(profiles)})")
+        if current in chain:
+            raise ConfigError(f"profile {name!r}: 'extends' loops: {' -> '.join([*chain, current])}")
+        chain.append(current)
+        current = (profiles[current] or {}).get("extends")
+    diff: dict[str, Any] = {}
+    for link in reversed(chain):
+        diff = deep_merge(diff, {k: v for k, v in (profiles[link] or {}).items() if k != "extends"})
+    return diff
 
 
 def load_config(

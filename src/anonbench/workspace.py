@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from anonbench.config import ORIGINAL, Config, finetune_model_id, load_config, resolve
+from anonbench.config import ORIGINAL, Config, finetune_model_id, load_config, model_id, resolve
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.stages.anonymize import uses_dp2
 from anonbench.tracking import code_revision, ensure_experiment
@@ -184,8 +184,9 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
         cfg: The resolved configuration of the run.
         axis: ``anonymize`` (every method), ``anonymize_classic`` / ``anonymize_dp2`` (methods by
             the image they need), ``dp2_shards`` (``{method, shard}``: DP2 methods times
-            ``shards``), ``export`` (variants), ``train`` (``{variant, size}``), ``finetune``
-            (``{freeze}``), ``evaluate_trained`` / ``evaluate_finetuned`` (``{model, on}``),
+            ``shards``), ``export`` (variants), ``train`` (``{variant, size}``: ``train.models``,
+            the grid), ``finetune`` (``{freeze}``), ``evaluate_trained`` / ``evaluate_finetuned``
+            (``{model, on}``: the trained or fine-tuned models x ``evaluate.variants``),
             ``relabel`` (anonymized variants), ``drift`` (``{variant}``), ``publish`` (what the
             publish stage versions after anonymization: the source and every variant).
         shards: Shards per DP2 method (the cluster settings' ``dp2.shards``).
@@ -199,7 +200,7 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
     """
     methods = cfg.anonymize.methods
     dp2 = [m for m in methods if uses_dp2(cfg, m)]
-    trained = [f"{variant}-{size}" for variant in cfg.train.variants for size in cfg.train.sizes]
+    trained = [model_id(variant, size) for variant, size in cfg.train.models]
     finetuned = [finetune_model_id(name) for name in cfg.finetune.freeze]
     axes: dict[str, list[Any]] = {
         "anonymize": list(methods),
@@ -207,7 +208,7 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
         "anonymize_dp2": dp2,
         "dp2_shards": [{"method": m, "shard": f"{i}/{shards}"} for m in dp2 for i in range(shards)],
         "export": [ORIGINAL, *methods],
-        "train": [{"variant": v, "size": s} for v in cfg.train.variants for s in cfg.train.sizes],
+        "train": [{"variant": v, "size": s} for v, s in cfg.train.models],
         "finetune": [{"freeze": name} for name in cfg.finetune.freeze],
         "evaluate_trained": [{"model": m, "on": v} for m in trained for v in cfg.evaluate.variants],
         "evaluate_finetuned": [{"model": m, "on": v} for m in finetuned for v in cfg.evaluate.variants],

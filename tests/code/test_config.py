@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from anonbench.cli import app
-from anonbench.config import ConfigError, load_config
+from anonbench.config import ConfigError, deep_merge, load_config, resolve
 from tests.conftest import PARAMS
 
 
@@ -37,6 +37,81 @@ def test_paper_profile_has_the_paper_settings() -> None:
     assert (cfg.train.checkpoint, cfg.train.val) == ("last", False)
     assert (cfg.finetune.fraction, cfg.finetune.fraction_of) == (0.2, "train")
     assert cfg.evaluate.protocol == "coco"  # DESIGN.md: the authors' scoring faults are not repeated by default
+
+
+PAPER_GRID = [
+    *(("org", s) for s in "nsmlx"),
+    *(("dp2_fullbody", s) for s in "nsmlx"),
+    ("blur", "m"),
+    ("pixelate", "m"),
+    ("mask", "m"),
+]
+
+
+def test_paper_profile_trains_the_papers_grid_and_its_extension_every_size() -> None:
+    paper = load_config(PARAMS, profile="paper")
+    assert paper.train.models == PAPER_GRID  # Org and Full-Body n..x, the classic methods at m: 13
+    assert paper.train.sizes_for("blur") == ["m"] and paper.train.sizes_for("org") == list("nsmlx")
+    extension = load_config(PARAMS, profile="paper-all-sizes")
+    assert len(extension.train.models) == 25
+    assert extension.train.models == [(v, s) for v in extension.train.variants for s in "nsmlx"]
+    # `extends: paper`: the extension is the paper profile but for the narrowed sizes.
+    differ = {"profile": "paper-all-sizes", "train": {"sizes_by_variant": extension.train.sizes_by_variant}}
+    assert extension.model_dump() == deep_merge(paper.model_dump(), differ)
+
+
+def test_mini_trains_every_variant_at_every_size() -> None:
+    mini = load_config(PARAMS, overrides=["train.sizes=[n, s]", "finetune.base.size=s"])
+    assert mini.train.sizes_by_variant == {}
+    assert mini.train.models == [(v, s) for v in ("org", "blur", "pixelate", "mask") for s in "ns"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.sizes_by_variant={blur: [xl]}", "train.sizes_by_variant.blur.0: Input should be 'n', 's', 'm'"),
+        ("train.sizes_by_variant={blur: []}", "train.sizes_by_variant.blur: List should have at least 1 item"),
+        ("train.sizes_by_variant={blurr: [m]}", "train.sizes_by_variant.blurr.[key]: Input should be 'org', 'blur'"),
+        ("train.sizes_by_variant={org: [n]}", "finetune.base.size: org-m is not trained (train.sizes)"),
+        ("train.sizes_by_variant={blur: [n], mask: [s]}",
+         "train.sizes_by_variant: ['blur', 'mask'] not trained at 'm' (finetune.base.size), the size at which the "
+         "report compares every variant"),
+    ],
+)  # fmt: skip
+def test_a_narrowed_grid_is_checked(override: str, message: str) -> None:
+    sizes = ["train.sizes=[n, m]", "finetune.base.size=m"]
+    with pytest.raises(ConfigError) as err:
+        load_config(PARAMS, overrides=[*sizes, override])
+    assert message in str(err.value)
+
+
+def test_a_narrowed_grid_takes_the_listed_sizes_that_train_sizes_has() -> None:
+    cfg = load_config(
+        PARAMS, overrides=["train.sizes=[n, m]", "finetune.base.size=m", "train.sizes_by_variant={blur: [s, m]}"]
+    )
+    assert cfg.train.sizes_for("blur") == ["m"] and cfg.train.sizes_for("mask") == ["n", "m"]
+    assert len(cfg.train.models) == 7
+    # An entry for a variant not trained narrows nothing, so the paper profile takes overrides of its lists.
+    dp2_only = load_config(PARAMS, "paper", ["train.variants=[org, dp2_fullbody]"])
+    assert dp2_only.train.models == PAPER_GRID[:10]
+    smaller = load_config(PARAMS, "paper", ["train.sizes=[n, m]"])
+    assert [m for m in smaller.train.models if m[0] == "org"] == [("org", "n"), ("org", "m")]
+    assert len(smaller.train.models) == 7
+
+
+def test_a_profile_extends_another() -> None:
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["profiles"] |= {"short": {"extends": "paper-all-sizes", "train": {"epochs": 5}}}
+    tree = resolve(raw, "short")
+    assert "extends" not in tree
+    assert (tree["train"]["epochs"], tree["train"]["imgsz"], tree["data"]["source"]) == (5, 640, "coco2017")
+    assert tree["train"]["sizes_by_variant"]["blur"] == list("nsmlx")
+    raw["profiles"]["short"]["extends"] = "huge"
+    with pytest.raises(ConfigError, match=r"profile 'huge' \(extended by 'short'\) is not defined"):
+        resolve(raw, "short")
+    raw["profiles"] |= {"a": {"extends": "b"}, "b": {"extends": "a"}}
+    with pytest.raises(ConfigError, match="profile 'a': 'extends' loops: a -> b -> a"):
+        resolve(raw, "a")
 
 
 def test_procedure_keys_validate() -> None:

@@ -17,13 +17,16 @@ from anonbench.config import Config
 from anonbench.io import atomic_write_json
 from anonbench.reportdoc import Document, inline_html
 from anonbench.stages import report
+from anonbench.stages.report import NOT_RUN
 from tests.report_study import (
+    GRID,
     LINK,
     V10_CRITERION,
     make_void,
     markdown_tables,
     report_cfg,
     report_copy,
+    synthetic_study,
     write_coverage,
 )
 
@@ -204,6 +207,28 @@ def test_header_names_the_criterion_and_head_the_files_record(report_copy: Confi
     md = (cfg.paths.reports / "study.md").read_text()
     assert f"{V10_CRITERION} ({trained - 1} models); not recorded (1 model)" in md
     assert "head not recorded (nms not recorded): 1 evaluations" in md
+
+
+def test_a_narrowed_grid_compares_sizes_only_where_it_trains_them(
+    make_config: Any, tiny_coco: Path, mlflow_db: Path
+) -> None:
+    """The paper's grid in small: blur at s only, as the paper trained its classic methods at m only."""
+    narrowed = ("train.sizes=[n, s]", "finetune.base.size=s", "train.sizes_by_variant={blur: [s]}")
+    cfg = make_config(*GRID, *narrowed, source=tiny_coco)
+    synthetic_study(cfg)
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    assert "| models | YOLOv10 n, s (blur at s only) from scratch" in md
+    q2 = table_after(md, "## Q2")
+    assert [row[0] for row in q2[1:]] == ["Org on Org", *(f"mask: {name}" for name in report.ANON_COMBINATIONS)]
+    assert "Not compared across sizes: blur (trained at s), as train.sizes_by_variant sets" in md
+    assert "Not trained at n (train.sizes_by_variant): blur." in md
+    assert [row[0] for row in table_after(md, "### Size n")[1:]] == ["mask"]
+    assert [row[0] for row in table_after(md, "### Size s")[1:]] == ["mask", "blur"]
+    # Q1 compares every method at the base size, where each was trained: no cell is missing.
+    q1 = table_after(md, "## Q1")
+    assert [row[0] for row in q1[1:]] == ["mask", "blur"] and NOT_RUN not in str(q1)
+    assert "**Answer (size s):**" in md
 
 
 def test_missing_inputs_are_named_not_fatal(report_cfg: Config) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anonbench.config import load_config
 from tests.pipeline.conftest import s3_bucket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +64,22 @@ def test_every_stage_depends_on_all_of_its_code() -> None:
         assert code <= deps, f"{name}: add {sorted(code - deps)} to its deps"
         listed_code = {d for d in deps if d.startswith("src/") and d.endswith(".py")}
         assert listed_code <= code, f"{name}: {sorted(listed_code - code)} is not its code"
+
+
+def test_dvc_trains_and_evaluates_the_top_level_grid() -> None:
+    """dvc.yaml's matrices are the top level's variants x sizes: the mini profile's grid, which must not be narrowed.
+
+    DVC templating reads only the top level of params.yaml and a matrix is a cross product, so
+    ``train.sizes_by_variant`` (which narrows the grid) belongs in a profile that the KFP pipeline runs.
+    """
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    grid = {"variant": "${train.variants}", "size": "${train.sizes}"}
+    assert stages["train"]["matrix"] == grid
+    # (PyYAML reads the key `on` as True; DVC's YAML 1.2 reader as "on")
+    assert list(stages["evaluate"]["matrix"].values()) == [*grid.values(), "${evaluate.variants}"]
+    top = yaml.safe_load((REPO / "params.yaml").read_text())
+    mini = load_config(REPO / "params.yaml", "mini")
+    assert mini.train.models == [(v, s) for v in top["train"]["variants"] for s in top["train"]["sizes"]]
 
 
 def dvc(repo: Path, env: dict[str, str], *args: str) -> str:

@@ -146,7 +146,9 @@ def test_a_profile_with_only_deepprivacy2_compiles_no_classic_branch(tmp_path: P
         only.executor_of("anonymize")
 
 
-@pytest.mark.parametrize(("profile", "overrides"), [("mini", []), ("paper", []), ("paper", ONLY_DP2)])
+@pytest.mark.parametrize(
+    ("profile", "overrides"), [("mini", []), ("paper", []), ("paper", ONLY_DP2), ("paper-all-sizes", [])]
+)
 def test_no_fan_out_iterates_an_empty_list(
     tmp_path: Path, settings: ClusterSettings, profile: str, overrides: list[str]
 ) -> None:
@@ -154,6 +156,23 @@ def test_no_fan_out_iterates_an_empty_list(
     cfg = load_config(PARAMS_FILE, profile, overrides)
     for axis in pipeline.loops():
         assert grid(cfg, axis, settings.dp2_shards), f"{profile} {overrides}: fan-out over an empty {axis!r}"
+
+
+@pytest.mark.parametrize(("profile", "trainings"), [("paper", 13), ("paper-all-sizes", 25)])
+def test_the_paper_grid_and_its_extension_compile_with_their_trainings_and_evaluations(
+    tmp_path: Path, settings: ClusterSettings, compiled: Compiled, profile: str, trainings: int
+) -> None:
+    pipeline = Compiled(compile_study(settings, tmp_path / "study.yaml", profile=profile))
+    assert pipeline.spec["root"]["inputDefinitions"]["parameters"]["profile"]["defaultValue"] == profile
+    assert set(pipeline.loops()) == set(compiled.loops())  # the same fan-outs; the grid is read at run time
+    cfg = load_config(PARAMS_FILE, profile)
+    train = grid(cfg, "train")
+    assert len(train) == trainings  # paper: Org and Full-Body n..x, blur, pixelate and mask at m
+    assert sum(cell["size"] == "m" for cell in train) == 5
+    models = [f"{cell['variant']}-{cell['size']}" for cell in train]
+    # Every trained model on every evaluation variant (5), then the 6 fine-tunes on each.
+    assert grid(cfg, "evaluate_trained") == [{"model": m, "on": v} for m in models for v in cfg.evaluate.variants]
+    assert (len(grid(cfg, "evaluate_trained")), len(grid(cfg, "evaluate_finetuned"))) == (trainings * 5, 30)
 
 
 def test_gpu_work_is_scheduled_only_for_cells_that_are_not_done(compiled: Compiled) -> None:

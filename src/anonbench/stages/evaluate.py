@@ -8,8 +8,8 @@ stats, per-class AP and AP50, what was evaluated and how, ``scorer`` and the inf
 included) and ``manifest.json``
 (every image's status), ``resamples.npy`` (per-class AP and AP50 of every
 bootstrap resample of the validation images, ``report.bootstrap_samples`` drawn
-with ``seed``: the report's intervals read them instead of matching 155
-evaluations again), and logs one MLflow run with the same numbers. A rerun
+with ``seed``: the report's intervals read them instead of matching every
+evaluation again), and logs one MLflow run with the same numbers. A rerun
 with the same weights, ground truth and settings does nothing.
 
 An evaluation without a single detection is void: it has no precision to
@@ -144,7 +144,7 @@ def write_resamples(
     """Write an evaluation's bootstrap resamples and return their record for metrics.json.
 
     The matching behind them is paid here, once per evaluation in its own task, so the report with the
-    paper's 155 evaluations takes seconds.
+    paper profiles' 95 or 155 evaluations takes seconds.
 
     Returns:
         ``samples``, ``seed``, ``classes`` (the array's columns), ``images`` and ``image_ids_sha256`` (the

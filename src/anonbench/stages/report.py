@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from anonbench import report_figures as charts
 from anonbench.cka import YOLOV10_PARTS, plot_cka
-from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, finetune_model_id
+from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, finetune_model_id, model_id
 from anonbench.io import atomic_write_text
 from anonbench.reportdoc import Block, Document
 from anonbench.study import Delta, EvalRecord, RunLinks, Study, load_study, percent
@@ -152,6 +152,23 @@ def methods_of(study: Study) -> list[str]:
     return [m for m in study.cfg.anonymize.methods if m in seen]
 
 
+def in_grid(cfg: Config, method: str, size: str) -> bool:
+    """Whether the questions across sizes show ``method`` at ``size``.
+
+    True where the grid trains a model on it at that size, and for a method no model is trained on
+    (only its Org combinations exist); False where ``train.sizes_by_variant`` leaves the size out
+    (the paper profile trains the classic methods at m only: Q1 and Q3 compare them there).
+    """
+    return method not in cfg.train.variants or size in cfg.train.sizes_for(method)
+
+
+def grid_text(cfg: Config) -> str:
+    """The trained grid in words: ``n, s, m`` plus the variants that ``train.sizes_by_variant`` narrows."""
+    narrowed = [f"{v} at {', '.join(cfg.train.sizes_for(v))}" for v in cfg.train.variants
+                if cfg.train.sizes_for(v) != cfg.train.sizes]  # fmt: skip
+    return ", ".join(cfg.train.sizes) + (f" ({'; '.join(narrowed)} only)" if narrowed else "")
+
+
 def variants_in(cfg: Config, names: set[str]) -> list[str]:
     """Variant names in the configured order (org first)."""
     order = [ORIGINAL, *cfg.anonymize.methods]
@@ -204,7 +221,7 @@ def header(doc: Document, ctx: Context) -> None:
     rows = [
         ["profile", f"**{cfg.profile}** (params.yaml; seed {cfg.seed})"],
         ["data", f"`{cfg.data.source}`: {images}"],
-        ["models", f"YOLOv10 {', '.join(cfg.train.sizes)} from scratch, {epochs} epochs at imgsz {cfg.train.imgsz} "
+        ["models", f"YOLOv10 {grid_text(cfg)} from scratch, {epochs} epochs at imgsz {cfg.train.imgsz} "
                    f"on `{cfg.train.device}`; fine-tunes of {cfg.finetune.base.variant}-{cfg.finetune.base.size} "
                    f"on {cfg.finetune.variant}; training criterion {_criterion(study)}"],
         ["protocol", _protocol(study)],
@@ -366,7 +383,9 @@ def q2_size(doc: Document, ctx: Context) -> None:
     for size in sizes:
         counts = [t.get("params_fused") for t in ctx.study.trainings.values() if str(t.get("model_size")) == size]
         params[size] = next((c for c in counts if c), None)
-    combos = [("Org on Org", ORIGINAL)] + [(f"{m}: {n}", m) for m in methods_of(ctx.study) for n in ANON_COMBINATIONS]
+    methods = methods_of(ctx.study)
+    across = [m for m in methods if all(in_grid(ctx.cfg, m, s) for s in sizes)]
+    combos = [("Org on Org", ORIGINAL)] + [(f"{m}: {n}", m) for m in across for n in ANON_COMBINATIONS]
     rows, series, used = [], {}, list[EvalRecord | None]()
     for label, method in combos:
         name = label.split(": ")[-1]
@@ -382,6 +401,10 @@ def q2_size(doc: Document, ctx: Context) -> None:
     heads = [f"{s} ({count / 1e6:.1f} M)" if (count := params[s]) else s for s in sizes]
     doc.paragraph("AP (%) of each combination per model size (fused parameter count from train.json; the paper's: "
                   "n 2.3, s 7.2, m 15.4, l 24.4, x 29.5 M).")  # fmt: skip
+    if left := [m for m in methods if m not in across]:
+        trained_at = [f"{m} (trained at {', '.join(ctx.cfg.train.sizes_for(m))})" for m in left]
+        doc.paragraph(f"Not compared across sizes: {'; '.join(trained_at)}, as train.sizes_by_variant sets; Q1 and "
+                      "Q3 compare them at that size.")  # fmt: skip
     if ctx.check_void(doc, section, used):
         return
     doc.table(["combination", *heads, *([f"{sizes[-1]} − {sizes[0]}"] if len(sizes) > 1 else [])], rows)
@@ -415,11 +438,13 @@ def q3_matrix(doc: Document, ctx: Context) -> None:
     for s in sizes_of(records):
         reference = ctx.combination(ORIGINAL, s, "Org on Org")
         doc.heading(f"Size {s}", 3)
+        if left := [m for m in methods if not in_grid(cfg, m, s)]:
+            doc.paragraph(f"Not trained at {s} (train.sizes_by_variant): {', '.join(left)}.")
         header = ["method", "Org on Org"]
         for name in ANON_COMBINATIONS:
             header += [name, "Δ"]
         rows = []
-        for m in methods:
+        for m in (m for m in methods if in_grid(cfg, m, s)):
             row = [m, ctx.ap(reference)]
             for name in ANON_COMBINATIONS:
                 record = ctx.combination(m, s, name)
@@ -428,12 +453,11 @@ def q3_matrix(doc: Document, ctx: Context) -> None:
         doc.table(header, rows)
     trains = variants_in(cfg, {e.train_data for e in records})
     evals = variants_in(cfg, {e.eval_data for e in records})
-    panels = {
-        f"size {s}": charts.Panel(
-            trains, evals, [[_scaled(_ap_of(study.find(f"{t}-{s}", e))) for e in evals] for t in trains]
-        )
-        for s in sizes_of(records)
-    }
+    panels = {}
+    for s in sizes_of(records):
+        shown = [t for t in trains if in_grid(cfg, t, s)]
+        values = [[_scaled(_ap_of(study.find(model_id(t, s), e))) for e in evals] for t in shown]
+        panels[f"size {s}"] = charts.Panel(shown, evals, values)
     path = charts.heatmaps(panels, "AP (%): trained on (rows) x evaluated on (columns)", ctx.figures / "q3_matrix.png")
     ctx.figure(doc, path, "Q3: the whole train x eval AP matrix (every method on every other), one heatmap per size.")
     answers = []
