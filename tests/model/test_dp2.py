@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -379,6 +381,70 @@ def test_an_image_dp2_raises_on_is_a_failed_record(
     assert not (skip.image_dir(METHOD, VAL) / "000000143931.png").exists()
     variant = json.loads(skip.annotation_file(METHOD, VAL).read_text())
     assert sorted(im["file_name"] for im in variant["images"]) == sorted(WITHOUT)
+
+
+def untrained_detector_weights(folder: Path) -> Path:
+    """A weights folder with the study detector's files, none of them trained: each detectron2 checkpoint holds
+    no parameter (detectron2 logs the missing keys and keeps the model's random initialisation), the CSE
+    vertex embedding is random, and the three CSE configs are the pinned detectron2 tree's."""
+    rng = np.random.default_rng(0)
+    for file in required(repo_dir(DeepPrivacy2()), STUDY_CONFIG, generators=False):
+        target = folder / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if file.bundled is not None:
+            shutil.copyfile(file.bundled, target)
+        elif "vertex embedding" in file.what:
+            features = rng.standard_normal((27554, 256), dtype=np.float32)
+            target.write_bytes(pickle.dumps({"features": features, "embeddings": rng.standard_normal((256, 16))}))
+        else:
+            target.write_bytes(pickle.dumps({"model": {}, "__author__": "anonbench tests: untrained"}))
+    return folder
+
+
+def test_detector_mode_runs_end_to_end_on_untrained_detectors(
+    slice_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed study's path (FB_cse.py: Mask R-CNN X101 and CSE DensePose R101 loaded from the weights folder,
+    their detections combined, then DP2) with every model untrained. Untrained detectors find no person, and
+    no threshold changes that: Mask R-CNN's classifier is near uniform (person scores 0.0115 to 0.0137 on this
+    image, the best person 1579th of all class scores, and detectron2 keeps the top 100), and the untrained
+    CSE backbone's features reach 1e7 (frozen batch norm normalises nothing), so its region proposals are
+    all degenerate. What runs is the whole path; what is checked is that a person DP2's detector misses keeps
+    its pixels and is reported, the person-free image never reaches DP2, and the files say which mode ran."""
+    anonymize._dp2.cache_clear()
+    name = "000000143931.jpg"
+    coco = coco_slice(slice_coco, tmp_path / "coco", {VAL: [name, WITHOUT[0]]})
+    weights = untrained_detector_weights(tmp_path / "weights")
+    cfg = config(tmp_path, coco, "anonymize.dp2.mode=detector", f"anonymize.dp2.weights_dir={weights}")
+    seen: list[Dp2Output] = []
+    call = Dp2Anonymizer.__call__
+
+    def spy(self: Dp2Anonymizer, image: np.ndarray, masks: Any, seed: int) -> Dp2Output:
+        assert masks is None, "mode detector passes no ground truth"
+        seen.append(call(self, image, masks, seed))
+        return seen[-1]
+
+    monkeypatch.setattr(Dp2Anonymizer, "__call__", spy)
+    try:
+        anonymize.run(cfg, METHOD, splits=[VAL])
+    finally:
+        anonymize._dp2.cache_clear()
+    (out,) = seen  # the person-free image never reaches DP2
+    assert (out.anonymized, out.below_size_filter, len(out.boxes)) == (0, 0, 0)
+    assert not out.painted.any() and not out.persons.any()
+    stem = Path(name).stem
+    assert (read_image(cfg.image_dir(METHOD, VAL) / f"{stem}.png") == read_image(coco / VAL / name)).all()
+    assert (cfg.image_dir(METHOD, VAL) / WITHOUT[0]).read_bytes() == (coco / VAL / WITHOUT[0]).read_bytes()
+    for folder in ("masks", "paint"):
+        assert not (cfg.variant_root(METHOD) / folder / VAL / f"{stem}.png").exists()
+    record = manifest(cfg)[name]
+    assert (
+        record["status"] == "skipped"
+        and record["reason"] == "1 person(s) in ground truth, none anonymized (none detected)"
+    )
+    coverage = json.loads((cfg.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
+    assert coverage["dp2"] == {**DP2_UNTRAINED_GT, "mode": "detector", "config": STUDY_CONFIG}
+    assert coverage["persons_anonymized"] == 0 and coverage["coverage"] == 0.0
 
 
 def test_missing_weights_fail_at_once_naming_each_file(slice_coco: Path, tmp_path: Path) -> None:
