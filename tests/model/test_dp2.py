@@ -447,6 +447,67 @@ def test_detector_mode_runs_end_to_end_on_untrained_detectors(
     assert coverage["persons_anonymized"] == 0 and coverage["coverage"] == 0.0
 
 
+def test_detector_mode_a_larger_detected_person_extends_its_box(
+    slice_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mode detector with the two detectors' outputs faked (trained detectors cannot be had here): a patch of the
+    person pasted above its head makes a person larger than its label, both detectors report that larger person,
+    and DP2's own combination of their masks, box expansion, CSE generator and paste-back run on it. The paint
+    record's persons are the detected person, and relabel extends the label upward to the pasted patch; the
+    ring DP2 paints around the person extends nothing."""
+    import torch
+    from dp2.detection.models.cse import CSEDetector, cse_det_to_global
+    from dp2.detection.models.mask_rcnn import MaskRCNNDetector
+    from torchvision.transforms import functional
+
+    name = "000000143931.jpg"
+    coco = coco_slice(slice_coco, tmp_path / "coco", {VAL: [name]})
+    ((label, bbox),) = persons(coco)[name]
+    x, y = int(bbox[0]), int(bbox[1])
+    image = read_image(coco / VAL / name)
+    image[y - 24 : y + 4, x + 30 : x + 50] = image[y + 4 : y + 32, x + 30 : x + 50]
+    cv2.imwrite(str(coco / VAL / name), image)
+    larger = label.copy()
+    larger[y - 24 : y + 4, x + 30 : x + 50] = True
+    rows, cols = np.flatnonzero(larger.any(axis=1)), np.flatnonzero(larger.any(axis=0))
+    box = torch.tensor([[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]])
+    crop = torch.from_numpy(larger[None, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).long()
+    coarse = functional.resize(crop, [112, 112], functional.InterpolationMode.NEAREST)
+
+    def mask_rcnn(self: Any, im: Any) -> dict[str, Any]:
+        found = {"scores": torch.ones(1), "segmentation": torch.from_numpy(larger[None])}
+        return {**found, "classes": torch.zeros(1, dtype=torch.long), "is_person": torch.ones(1, dtype=torch.bool)}
+
+    def cse(self: Any, im: Any) -> dict[str, Any]:
+        found = {"instance_segmentation": coarse, "instance_embedding": torch.zeros((1, 16, 112, 112))}
+        return {**found, "bbox_XYXY": box, "im_segmentation": cse_det_to_global(box, coarse, list(larger.shape)),
+                "scores": torch.ones(1)}  # fmt: skip
+
+    monkeypatch.setattr(MaskRCNNDetector, "forward", mask_rcnn)
+    monkeypatch.setattr(CSEDetector, "forward", cse)
+    anonymize._dp2.cache_clear()
+    weights = untrained_detector_weights(tmp_path / "weights")
+    cfg = config(tmp_path, coco, "anonymize.dp2.mode=detector", f"anonymize.dp2.weights_dir={weights}")
+    try:
+        anonymize.run(cfg, METHOD, splits=[VAL])
+    finally:
+        anonymize._dp2.cache_clear()
+    details = manifest(cfg)[name]["details"]
+    assert (details["persons_anonymized"], details["persons_below_size_filter"]) == (1, 0)
+    record = cfg.variant_root(METHOD) / "paint" / VAL / f"{Path(name).stem}.png"
+    painted, generated = read_paint_record(read_image(record))
+    detected = larger | cse_det_to_global(box, coarse, list(larger.shape))[0].numpy()  # DP2 unites the two masks
+    assert (generated == detected).all()
+    assert painted[~generated].any(), "DP2 paints a ring around the person"
+    with indexed(cfg.annotation_file(METHOD, VAL)) as index:
+        (image_id,) = [im["id"] for im in index.images]
+        job = relabel._ExtendJob(record, image_id, index.lookup, 1, True, 0, cfg.relabel.min_extend_px)
+        (proposal,) = relabel._extend_image(job)
+    growth = proposal.evidence["growth_px"]
+    assert proposal.evidence["new_bbox"][1] == y - 24 and growth["top"] == round(bbox[1] - (y - 24), 2)
+    assert max(growth["left"], growth["right"], growth["bottom"]) < 1.0  # DP2's ring is not the person
+
+
 def test_missing_weights_fail_at_once_naming_each_file(slice_coco: Path, tmp_path: Path) -> None:
     cfg = config(tmp_path, slice_coco, "anonymize.dp2.untrained=false", f"anonymize.dp2.weights_dir={tmp_path / 'w'}")
     with pytest.raises(WeightsError) as caught:
