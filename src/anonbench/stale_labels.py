@@ -116,21 +116,22 @@ def removal_proposals(
 def extension_proposals(
     persons: Sequence[Annotation], region: np.ndarray, min_extend_px: float, explained: np.ndarray | None = None
 ) -> list[Proposal]:
-    """Person boxes grown to cover the anonymized content that reaches beyond the person.
+    """Person boxes grown to cover the anonymized person where it reaches beyond the labelled one.
 
     Each connected part of the region belongs to the person boxes it touches; a pixel of a part that
     touches several goes to the nearest of them. A part touching no person box (a person the ground
-    truth lacks) extends nothing. Only pixels outside ``explained`` can grow a box: the anonymize
-    stage dilates every ground-truth mask, so a region that stays within the dilated ground truth
-    (every classic method on ground-truth masks) is the person as labelled, not a larger one.
+    truth lacks) extends nothing. Only pixels outside ``explained`` can grow a box: a region that
+    stays within it is the person as labelled, not a larger one.
 
     Args:
         persons: The image's person annotations (crowd regions take part in the assignment but are
             never extended: COCOeval ignores them).
-        region: The anonymized region, H x W bool.
+        region: H x W bool, the anonymized person: the persons a generator painted (DP2's paint
+            record), or a classic method's anonymized region.
         min_extend_px: Smallest growth (on any side) worth a proposal.
-        explained: H x W bool, the undilated ground-truth person masks grown by the anonymization's
-            dilation; None counts every region pixel.
+        explained: H x W bool, what the labelled persons account for: their undilated masks for a
+            generator's persons, grown by the method's own dilation for a classic method's region;
+            None counts every region pixel.
 
     Returns:
         One ``extend`` proposal per person box the unexplained content outgrows.

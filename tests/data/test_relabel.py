@@ -12,11 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
+from anonbench.anonymizers.masks import dilate, paint_record
 from anonbench.coco import CocoError, indexed
 from anonbench.config import Config, load_config
-from anonbench.images import read_image
+from anonbench.images import encode_image, read_image
 from anonbench.stages import anonymize, relabel, ssim
 from anonbench.stale_labels import extension_proposals
 from tests.conftest import PARAMS
@@ -265,3 +268,37 @@ def test_classic_methods_get_no_extension_proposals(
         )
     ]
     assert len(old_rule) >= 3
+
+
+def extensions_of(tmp_path: Path, record: np.ndarray, generated: bool) -> list[Any]:
+    """relabel's extension check of one synthetic image whose one labelled person is LABEL."""
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 120, "width": 100}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2100.0,
+                             "bbox": [30.0, 20.0, 30.0, 70.0], "segmentation": [LABEL]}],
+            "categories": [{"id": 1, "name": "person"}]}  # fmt: skip
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    (tmp_path / "a.png").write_bytes(encode_image(record if generated else record.astype(np.uint8) * 255))
+    with indexed(tmp_path / "instances.json") as index:
+        job = relabel._ExtendJob(tmp_path / "a.png", 1, index.lookup, 1, generated, 3, 1.0)
+        return relabel._extend_image(job)
+
+
+LABEL = [30.0, 20.0, 60.0, 20.0, 60.0, 90.0, 30.0, 90.0]
+
+
+def test_a_generated_person_extends_its_box_and_dp2s_own_dilation_does_not(tmp_path: Path) -> None:
+    """DP2's paint record: a generated person larger than the labelled one (an arm up and to the right)
+    grows the box to exactly that person; DP2's dilated paint region around the labelled person alone
+    (radius 10, about what DP2's radius-4 disk in its 288x160 crop is for a large person) grows nothing,
+    where the classic reading of that region (beyond the ground truth grown by 3 px) would have."""
+    label = mask_utils.decode(mask_utils.frPyObjects([LABEL], 120, 100)).any(axis=2)
+    larger = label.copy()
+    larger[12:60, 40:71] = True
+    assert not larger[:12].any() and not larger[:, 71:].any()
+    (proposal,) = extensions_of(tmp_path, paint_record(dilate(larger, 10), larger), generated=True)
+    assert (proposal.ann_id, proposal.action) == (7, "extend")
+    assert proposal.evidence["new_bbox"] == [30.0, 12.0, 41.0, 78.0]
+    assert proposal.evidence["growth_px"] == {"left": 0.0, "top": 8.0, "right": 11.0, "bottom": 0.0}
+    ring = dilate(label, 10)
+    assert extensions_of(tmp_path, paint_record(ring, label), generated=True) == []
+    assert len(extensions_of(tmp_path, ring, generated=False)) == 1, "the dilation ring as read before"

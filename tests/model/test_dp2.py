@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,11 +27,14 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from anonbench.anonymizers.dp2 import Dp2Anonymizer, Dp2Output, Dp2Unavailable
+from anonbench.anonymizers.dp2 import STUDY_CONFIG, Dp2Anonymizer, Dp2Output, Dp2Unavailable, repo_dir
 from anonbench.anonymizers.dp2_weights import WeightsError, lay_out, required
-from anonbench.config import Config, load_config
+from anonbench.anonymizers.masks import dilate, person_masks, read_paint_record
+from anonbench.coco import indexed
+from anonbench.config import Config, DeepPrivacy2, load_config
 from anonbench.images import read_image
-from anonbench.stages import anonymize
+from anonbench.stages import anonymize, relabel
+from anonbench.stale_labels import extension_proposals
 from tests.conftest import DP2_UNTRAINED_GT, PARAMS, coco_slice
 
 pytestmark = pytest.mark.dp2
@@ -50,6 +55,17 @@ WITHOUT = ["000000006818.jpg", "000000037777.jpg"]
 # DP2 dilates in its 288 x 160 crop by int(sqrt(288 * 160) * 0.02) = 4 px; back in the image that is
 # 4 crop pixels times the crop's scale, plus a crop pixel for the nearest-neighbour resize.
 DILATION_CROP_PX = 4 + 1
+# Persons passing / failing DP2's size filter per image (expanded box of at least 32x32, FB_cse.py), from
+# DP2's own box expansion of the ground-truth masks: 4 pass (346x374 down to 26x19 px: its expanded box is
+# 27x48) and 4 fail (15x28 px, expanded to 17x30, down to 3x3).
+SIZE_FILTER = {
+    "000000085329.jpg": (1, 0),
+    "000000386912.jpg": (1, 0),
+    "000000143931.jpg": (1, 0),
+    "000000322864.jpg": (0, 1),
+    "000000460347.jpg": (1, 1),
+    "000000522713.jpg": (0, 2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +171,44 @@ def test_person_free_images_are_copied_and_never_reach_dp2(
     )
 
 
+def passes_size_filter(mask: np.ndarray) -> bool:
+    """Whether DP2's own box expansion and size filter (FB_cse.py's settings) keep a ground-truth person."""
+    import torch
+    from dp2.detection.box_utils import get_expanded_bbox, include_box
+    from dp2.detection.utils import masks_to_boxes
+    from tops.config import LazyConfig
+
+    repo = repo_dir(DeepPrivacy2())
+    post = LazyConfig.load(str(repo / STUDY_CONFIG)).detector.cse_post_process_cfg
+    segmentation = torch.from_numpy(mask[None])
+    height, width = post.target_imsize
+    box = get_expanded_bbox(
+        masks_to_boxes(segmentation)[0], mask.shape, segmentation[0], **post.exp_bbox_cfg,
+        target_aspect_ratio=height / width,
+    )  # fmt: skip
+    return bool(include_box(box, imshape=mask.shape, **post.exp_bbox_filter))
+
+
+def test_size_filter_counts_are_dp2s_own(run: Config, slice_coco: Path) -> None:
+    truth = persons(slice_coco)
+    expected = {name: (sum(map(passes_size_filter, masks)), sum(not passes_size_filter(m) for m in masks))
+                for name in WITH_PERSONS for masks in [[mask for mask, _ in truth[name]]]}  # fmt: skip
+    assert expected == SIZE_FILTER
+    records = manifest(run)
+    details = {name: records[name]["details"] for name in WITH_PERSONS}
+    found = {name: (d["persons_anonymized"], d["persons_below_size_filter"]) for name, d in details.items()}
+    assert found == SIZE_FILTER
+    for name, (kept, _) in SIZE_FILTER.items():
+        assert records[name]["status"] == ("ok" if kept else "skipped"), name
+    coverage = json.loads((run.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
+    assert (coverage["persons_anonymized"], coverage["persons_below_size_filter"]) == (4, 4)
+
+
 def test_dp2_writes_only_inside_its_boxes_and_the_dilated_persons(
     run: Config, slice_coco: Path, calls: list[tuple[np.ndarray, Dp2Output]]
 ) -> None:
     by_image = {hashlib.sha256(image.tobytes()).hexdigest(): out for image, out in calls}
     truth = persons(slice_coco)
-    records = manifest(run)
-    generated = below = 0
     for name in WITH_PERSONS:
         before = read_image(slice_coco / VAL / name)
         after = cv2.imread(str(run.image_dir(METHOD, VAL) / f"{Path(name).stem}.png"), cv2.IMREAD_COLOR)
@@ -172,35 +219,55 @@ def test_dp2_writes_only_inside_its_boxes_and_the_dilated_persons(
         for x0, y0, x1, y1 in out.boxes:
             inside_boxes[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
         assert not (changed & ~inside_boxes).any(), f"{name}: pixels changed outside DP2's expanded boxes"
-        kept, dropped, allowed = 0, 0, np.zeros(changed.shape, dtype=bool)
+        allowed, kept = np.zeros(changed.shape, dtype=bool), np.zeros(changed.shape, dtype=bool)
         for mask, bbox in truth[name]:
             share = changed[mask].mean()
-            if share == 0:  # under DP2's size filter: left as it is
-                dropped += 1
+            if not passes_size_filter(mask):
+                assert share == 0, f"{name}: a {bbox[2]:.0f}x{bbox[3]:.0f} person under DP2's size filter changed"
                 continue
             assert share >= 0.9, f"{name}: only {share:.1%} of a {bbox[2]:.0f}x{bbox[3]:.0f} person changed"
-            kept += 1
             x, y, w, h = bbox
             around = [b for b in out.boxes if b[0] <= x and b[1] <= y and b[2] >= x + w and b[3] >= y + h]
             box = min(around, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))  # this person's crop box
             allowed |= dilated(mask, box)
-            if max(bbox[2], bbox[3]) <= 11:
-                pytest.fail(f"{name}: a {bbox[2]:.0f}x{bbox[3]:.0f} person passed DP2's 32x32 size filter")
+            kept |= mask
         assert not (changed & ~allowed).any(), f"{name}: pixels changed outside the dilated person masks"
-        details = records[name]["details"]
-        assert (
-            (kept, dropped)
-            == (out.anonymized, out.below_size_filter)
-            == (
-                details["persons_anonymized"],
-                details["persons_below_size_filter"],
+        # The paint record: DP2 repaints all of its region (noise equals the original by chance only) and
+        # nothing else; its persons are exactly the ground-truth persons DP2 kept.
+        record = run.variant_root(METHOD) / "paint" / VAL / f"{Path(name).stem}.png"
+        if not kept.any():
+            assert not record.exists(), name
+            continue
+        painted, generated = read_paint_record(read_image(record))
+        assert not (changed & ~painted).any() and changed[painted].mean() > 0.99, name
+        assert not (painted & ~allowed).any(), name
+        assert (generated == kept).all(), f"{name}: the recorded persons are not the kept ground truth"
+
+
+def test_untrained_gt_gets_no_extension_from_dp2s_dilation(run: Config) -> None:
+    """Relabel's extension check on the run: the old rule (the changed pixels beyond the ground truth grown by
+    anonymize.dilation_px) proposed one for every large person, from DP2's dilation alone."""
+    val = run.annotation_file(METHOD, VAL)
+    with indexed(val) as index:
+        person = 1
+        jobs = [
+            relabel._ExtendJob(
+                run.variant_root(METHOD) / "paint" / VAL / f"{Path(im['file_name']).stem}.png",
+                im["id"], index.lookup, person, True, run.anonymize.dilation_px, run.relabel.min_extend_px,
             )
-        ), name
-        assert records[name]["status"] == ("ok" if kept else "skipped"), name
-        generated, below = generated + kept, below + dropped
-    assert generated >= 4 and below >= 3  # sizes on both sides of the filter
-    coverage = json.loads((run.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
-    assert coverage["persons_below_size_filter"] == below and coverage["persons_anonymized"] == generated
+            for im in index.images
+        ]  # fmt: skip
+        jobs = [job for job in jobs if job.mask.is_file()]
+        assert len(jobs) == 4
+        assert [p for job in jobs for p in relabel._extend_image(job)] == []
+        old = []
+        for job in jobs:
+            annotations = [a for a in index.lookup.of(job.image_id) if a["category_id"] == person]
+            changed = read_image(run.variant_root(METHOD) / "masks" / VAL / job.mask.name)[..., 0] > 127
+            truth = person_masks(annotations, person, *changed.shape, 0, 0).gt
+            explained = dilate(truth, run.anonymize.dilation_px)
+            old += extension_proposals(annotations, changed, run.relabel.min_extend_px, explained)
+    assert len(old) == 3  # the three largest persons, by up to 11.4, 7.9 and 3.3 px
 
 
 def test_coverage_and_mlflow_say_which_dp2_ran(run: Config) -> None:
@@ -226,6 +293,29 @@ def test_same_seed_same_bytes_on_the_cpu(run: Config, slice_coco: Path, tmp_path
         }
 
     assert digests(again) == digests(run)
+
+
+def test_the_per_image_seed_decides_the_generated_pixels(
+    coco_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With truncation above 0 each person's latent is drawn from DP2's global RNGs, which the adapter seeds
+    per image: two runs, each with a freshly loaded anonymizer, write the same pixels, and another per-image
+    seed other ones. Without the seeding the second run would draw from wherever the RNGs stood."""
+    name = "000000143931.jpg"
+    coco = coco_slice(coco_mini, tmp_path / "coco", {VAL: [name]})
+
+    def once(folder: str) -> np.ndarray:
+        anonymize._dp2.cache_clear()  # a fresh anonymizer: nothing carried over from an earlier run
+        cfg = config(tmp_path / folder, coco, "anonymize.dp2.truncation=0.5")
+        anonymize.run(cfg, METHOD, splits=[VAL])
+        return read_image(cfg.image_dir(METHOD, VAL) / f"{Path(name).stem}.png")
+
+    first, second = once("a"), once("b")
+    assert (first == second).all()
+    monkeypatch.setattr(anonymize, "image_seed", lambda seed, image_id: 12345)
+    other = once("c")
+    assert (other != first).any(axis=2).sum() > 1000, "the per-image seed does not reach DP2's latents"
+    anonymize._dp2.cache_clear()
 
 
 def test_any_image_format_reaches_dp2_as_rgb(coco_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,6 +381,131 @@ def test_an_image_dp2_raises_on_is_a_failed_record(
     assert not (skip.image_dir(METHOD, VAL) / "000000143931.png").exists()
     variant = json.loads(skip.annotation_file(METHOD, VAL).read_text())
     assert sorted(im["file_name"] for im in variant["images"]) == sorted(WITHOUT)
+
+
+def untrained_detector_weights(folder: Path) -> Path:
+    """A weights folder with the study detector's files, none of them trained: each detectron2 checkpoint holds
+    no parameter (detectron2 logs the missing keys and keeps the model's random initialisation), the CSE
+    vertex embedding is random, and the three CSE configs are the pinned detectron2 tree's."""
+    rng = np.random.default_rng(0)
+    for file in required(repo_dir(DeepPrivacy2()), STUDY_CONFIG, generators=False):
+        target = folder / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if file.bundled is not None:
+            shutil.copyfile(file.bundled, target)
+        elif "vertex embedding" in file.what:
+            features = rng.standard_normal((27554, 256), dtype=np.float32)
+            target.write_bytes(pickle.dumps({"features": features, "embeddings": rng.standard_normal((256, 16))}))
+        else:
+            target.write_bytes(pickle.dumps({"model": {}, "__author__": "anonbench tests: untrained"}))
+    return folder
+
+
+def test_detector_mode_runs_end_to_end_on_untrained_detectors(
+    slice_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed study's path (FB_cse.py: Mask R-CNN X101 and CSE DensePose R101 loaded from the weights folder,
+    their detections combined, then DP2) with every model untrained. Untrained detectors find no person, and
+    no threshold changes that: Mask R-CNN's classifier is near uniform (person scores 0.0115 to 0.0137 on this
+    image, the best person 1579th of all class scores, and detectron2 keeps the top 100), and the untrained
+    CSE backbone's features reach 1e7 (frozen batch norm normalises nothing), so its region proposals are
+    all degenerate. What runs is the whole path; what is checked is that a person DP2's detector misses keeps
+    its pixels and is reported, the person-free image never reaches DP2, and the files say which mode ran."""
+    anonymize._dp2.cache_clear()
+    name = "000000143931.jpg"
+    coco = coco_slice(slice_coco, tmp_path / "coco", {VAL: [name, WITHOUT[0]]})
+    weights = untrained_detector_weights(tmp_path / "weights")
+    cfg = config(tmp_path, coco, "anonymize.dp2.mode=detector", f"anonymize.dp2.weights_dir={weights}")
+    seen: list[Dp2Output] = []
+    call = Dp2Anonymizer.__call__
+
+    def spy(self: Dp2Anonymizer, image: np.ndarray, masks: Any, seed: int) -> Dp2Output:
+        assert masks is None, "mode detector passes no ground truth"
+        seen.append(call(self, image, masks, seed))
+        return seen[-1]
+
+    monkeypatch.setattr(Dp2Anonymizer, "__call__", spy)
+    try:
+        anonymize.run(cfg, METHOD, splits=[VAL])
+    finally:
+        anonymize._dp2.cache_clear()
+    (out,) = seen  # the person-free image never reaches DP2
+    assert (out.anonymized, out.below_size_filter, len(out.boxes)) == (0, 0, 0)
+    assert not out.painted.any() and not out.persons.any()
+    stem = Path(name).stem
+    assert (read_image(cfg.image_dir(METHOD, VAL) / f"{stem}.png") == read_image(coco / VAL / name)).all()
+    assert (cfg.image_dir(METHOD, VAL) / WITHOUT[0]).read_bytes() == (coco / VAL / WITHOUT[0]).read_bytes()
+    for folder in ("masks", "paint"):
+        assert not (cfg.variant_root(METHOD) / folder / VAL / f"{stem}.png").exists()
+    record = manifest(cfg)[name]
+    assert (
+        record["status"] == "skipped"
+        and record["reason"] == "1 person(s) in ground truth, none anonymized (none detected)"
+    )
+    coverage = json.loads((cfg.variant_root(METHOD) / f"coverage_{VAL}.json").read_text())
+    assert coverage["dp2"] == {**DP2_UNTRAINED_GT, "mode": "detector", "config": STUDY_CONFIG}
+    assert coverage["persons_anonymized"] == 0 and coverage["coverage"] == 0.0
+
+
+def test_detector_mode_a_larger_detected_person_extends_its_box(
+    slice_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mode detector with the two detectors' outputs faked (trained detectors cannot be had here): a patch of the
+    person pasted above its head makes a person larger than its label, both detectors report that larger person,
+    and DP2's own combination of their masks, box expansion, CSE generator and paste-back run on it. The paint
+    record's persons are the detected person, and relabel extends the label upward to the pasted patch; the
+    ring DP2 paints around the person extends nothing."""
+    import torch
+    from dp2.detection.models.cse import CSEDetector, cse_det_to_global
+    from dp2.detection.models.mask_rcnn import MaskRCNNDetector
+    from torchvision.transforms import functional
+
+    name = "000000143931.jpg"
+    coco = coco_slice(slice_coco, tmp_path / "coco", {VAL: [name]})
+    ((label, bbox),) = persons(coco)[name]
+    x, y = int(bbox[0]), int(bbox[1])
+    image = read_image(coco / VAL / name)
+    image[y - 24 : y + 4, x + 30 : x + 50] = image[y + 4 : y + 32, x + 30 : x + 50]
+    cv2.imwrite(str(coco / VAL / name), image)
+    larger = label.copy()
+    larger[y - 24 : y + 4, x + 30 : x + 50] = True
+    rows, cols = np.flatnonzero(larger.any(axis=1)), np.flatnonzero(larger.any(axis=0))
+    box = torch.tensor([[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]])
+    crop = torch.from_numpy(larger[None, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).long()
+    coarse = functional.resize(crop, [112, 112], functional.InterpolationMode.NEAREST)
+
+    def mask_rcnn(self: Any, im: Any) -> dict[str, Any]:
+        found = {"scores": torch.ones(1), "segmentation": torch.from_numpy(larger[None])}
+        return {**found, "classes": torch.zeros(1, dtype=torch.long), "is_person": torch.ones(1, dtype=torch.bool)}
+
+    def cse(self: Any, im: Any) -> dict[str, Any]:
+        found = {"instance_segmentation": coarse, "instance_embedding": torch.zeros((1, 16, 112, 112))}
+        return {**found, "bbox_XYXY": box, "im_segmentation": cse_det_to_global(box, coarse, list(larger.shape)),
+                "scores": torch.ones(1)}  # fmt: skip
+
+    monkeypatch.setattr(MaskRCNNDetector, "forward", mask_rcnn)
+    monkeypatch.setattr(CSEDetector, "forward", cse)
+    anonymize._dp2.cache_clear()
+    weights = untrained_detector_weights(tmp_path / "weights")
+    cfg = config(tmp_path, coco, "anonymize.dp2.mode=detector", f"anonymize.dp2.weights_dir={weights}")
+    try:
+        anonymize.run(cfg, METHOD, splits=[VAL])
+    finally:
+        anonymize._dp2.cache_clear()
+    details = manifest(cfg)[name]["details"]
+    assert (details["persons_anonymized"], details["persons_below_size_filter"]) == (1, 0)
+    record = cfg.variant_root(METHOD) / "paint" / VAL / f"{Path(name).stem}.png"
+    painted, generated = read_paint_record(read_image(record))
+    detected = larger | cse_det_to_global(box, coarse, list(larger.shape))[0].numpy()  # DP2 unites the two masks
+    assert (generated == detected).all()
+    assert painted[~generated].any(), "DP2 paints a ring around the person"
+    with indexed(cfg.annotation_file(METHOD, VAL)) as index:
+        (image_id,) = [im["id"] for im in index.images]
+        job = relabel._ExtendJob(record, image_id, index.lookup, 1, True, 0, cfg.relabel.min_extend_px)
+        (proposal,) = relabel._extend_image(job)
+    growth = proposal.evidence["growth_px"]
+    assert proposal.evidence["new_bbox"][1] == y - 24 and growth["top"] == round(bbox[1] - (y - 24), 2)
+    assert max(growth["left"], growth["right"], growth["bottom"]) < 1.0  # DP2's ring is not the person
 
 
 def test_missing_weights_fail_at_once_naming_each_file(slice_coco: Path, tmp_path: Path) -> None:

@@ -15,7 +15,10 @@ DP2 (with detectron2/DensePose built from source) lives in its own environment: 
   never tries a download;
 - converts between anonbench's arrays (H x W x 3 BGR uint8, H x W bool masks) and DP2's tensors
   (3 x H x W RGB uint8, N x H x W bool), seeds DP2's global RNGs per image, and reports how many
-  persons DP2 generated and how many its size filter dropped (those keep their pixels).
+  persons DP2 generated and how many its size filter dropped (those keep their pixels);
+- reports where DP2 was allowed to paint (:func:`paint_region`: each detection's dilated crop mask
+  taken back to image pixels the way DP2 pastes its output) and the person masks it generated
+  persons into, for relabel's extension proposals.
 """
 
 from __future__ import annotations
@@ -224,6 +227,10 @@ class Dp2Output:
     """Persons DP2's own size filter dropped (expanded box under its minimum area): pixels kept."""
     boxes: np.ndarray
     """N x 4 ``x0, y0, x1, y1``: the expanded crop boxes of the generated persons, the only place DP2 writes."""
+    painted: np.ndarray
+    """H x W bool: where DP2 was allowed to paint (:func:`paint_region`); it repaints all of it."""
+    persons: np.ndarray
+    """H x W bool: the person masks DP2 generated persons into (ground truth or detected), after its size filter."""
 
 
 class Dp2Anonymizer:
@@ -312,8 +319,12 @@ class Dp2Anonymizer:
         generated = sum(len(d) for d in detections)
         kept = sum(len(d) for d in persons)
         boxes = np.concatenate([d.boxes.numpy().reshape(-1, 4) for d in persons]) if persons else np.zeros((0, 4))
+        painted = paint_region(tensor, [d for d in detections if self.anonymizer.generators.get(type(d))])
+        segmentation = np.zeros(image.shape[:2], dtype=bool)
+        for d in persons:
+            segmentation |= d.segmentation.cpu().numpy().reshape(-1, *image.shape[:2]).any(axis=0)
         if not generated:
-            return Dp2Output(image.copy(), 0, offered - kept, boxes.astype(np.int64))
+            return Dp2Output(image.copy(), 0, offered - kept, boxes.astype(np.int64), painted, segmentation)
         out = self.anonymizer(
             tensor,
             detections=detections,
@@ -321,7 +332,39 @@ class Dp2Anonymizer:
             truncation_value=self.params.truncation,
             multi_modal_truncation=False,
         )
-        return Dp2Output(from_dp2(out), generated, offered - kept, boxes.astype(np.int64))
+        return Dp2Output(from_dp2(out), generated, offered - kept, boxes.astype(np.int64), painted, segmentation)
+
+
+def paint_region(image: torch.Tensor, detections: Sequence[Any]) -> np.ndarray:
+    """Where DP2 pastes generated pixels for ``detections`` (H x W bool), without generating anything.
+
+    DP2's ``Anonymizer.anonymize_detections`` takes each detection's crop (``get_crop``: the expanded
+    box and its mask, 0 where the generator paints: the dilated person in the 288 x 160 crop), resizes
+    the mask to the box with nearest-neighbour interpolation, cuts the padding off where the box
+    leaves the image, and writes where the mask is 0. This does the same steps on the same crops, so
+    it is the region DP2 repaints, in image pixels, whatever the generator puts there.
+
+    Args:
+        image: The 3 x H x W uint8 tensor DP2 gets (only its size and crops are used).
+        detections: Pre-processed DP2 detections that have a generator.
+
+    Returns:
+        The union over every detection's persons (or faces).
+    """
+    from torchvision.transforms import functional
+
+    height, width = image.shape[-2:]
+    region = np.zeros((height, width), dtype=bool)
+    for detection in detections:
+        for idx in range(len(detection)):
+            crop = detection.get_crop(idx, image)
+            x0, y0, x1, y1 = (int(v) for v in crop["boxes"][0])
+            keep = functional.resize(crop["mask"][0], [y1 - y0, x1 - x0], functional.InterpolationMode.NEAREST)
+            keep = keep.squeeze(0).cpu().numpy() > 0.5
+            top, left = max(-y0, 0), max(-x0, 0)
+            inside = keep[top : top + min(y1, height) - max(y0, 0), left : left + min(x1, width) - max(x0, 0)]
+            region[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)] |= ~inside
+    return region
 
 
 def install_weights(params: DeepPrivacy2, methods: Sequence[str], source: Path | None, target: Path) -> list[Path]:

@@ -75,6 +75,24 @@ def union(persons: Sequence[Person], shape: tuple[int, ...]) -> np.ndarray:
     return region
 
 
+# Grey levels of a paint record (a generator's per-image PNG): painted, and painted as a person.
+PAINTED, PERSON = 128, 255
+
+
+def paint_record(painted: np.ndarray, persons: np.ndarray) -> np.ndarray:
+    """One H x W uint8 image of where a generator painted (:data:`PAINTED`) and where it put persons (:data:`PERSON`).
+
+    Person pixels are counted only where it painted (the rest of a mask it was given stayed as it was).
+    """
+    return np.where(persons & painted, PERSON, np.where(painted, PAINTED, 0)).astype(np.uint8)
+
+
+def read_paint_record(record: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The painted region and the person pixels (H x W bool each) of a decoded paint record (any channel)."""
+    level = record[..., 0] if record.ndim == 3 else record
+    return level >= PAINTED // 2, level >= (PAINTED + PERSON) // 2
+
+
 def changed_pixels(image: np.ndarray, anonymized: np.ndarray) -> np.ndarray:
     """H x W bool: pixels where any channel differs (coverage; DP2's actual region)."""
     differs = image != anonymized

@@ -4,7 +4,9 @@ Writes, under ``data/variants/<method>/``: ``<split>/<stem>.png`` for every
 image (person-free ones with unchanged pixels), ``annotations/instances_<split>.json``
 (the original annotations, file names pointing at the written files),
 ``masks/<split>/<stem>.png`` (the anonymized region, 0/255),
-``manifest_<split>.json`` and ``coverage_<split>.json``. DeepPrivacy2 methods follow the
+``manifest_<split>.json`` and ``coverage_<split>.json``; DP2 methods also
+``paint/<split>/<stem>.png``, where DP2 was allowed to paint (128) and the person
+masks it generated persons into (255), which relabel's extension proposals read. DeepPrivacy2 methods follow the
 seed study's procedure: only images with a ground-truth person go to DP2, every other image is
 copied byte-identical (its own file name and format), and persons DP2's own size filter drops
 are counted (``persons_below_size_filter``). Each image is
@@ -33,7 +35,15 @@ import numpy as np
 
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.dp2 import Dp2Anonymizer, settings_record
-from anonbench.anonymizers.masks import COUNT_KEYS, PersonMasks, changed_pixels, person_masks, to_person, union
+from anonbench.anonymizers.masks import (
+    COUNT_KEYS,
+    PersonMasks,
+    changed_pixels,
+    paint_record,
+    person_masks,
+    to_person,
+    union,
+)
 from anonbench.coco import AnnotationLookup, CocoError, CocoIndex, image_path, indexed, person_category_id
 from anonbench.config import CLASSIC_METHODS, DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
 from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
@@ -77,6 +87,11 @@ class Context:
         return self.cfg.variant_root(self.method) / "masks" / self.split
 
     @property
+    def paint(self) -> Path:
+        """Folder of DP2's paint records (where it painted, where it put persons)."""
+        return self.cfg.variant_root(self.method) / "paint" / self.split
+
+    @property
     def records(self) -> Path:
         """Folder of per-image records: the resume state."""
         return self.cfg.variant_root(self.method) / "records" / self.split
@@ -117,6 +132,8 @@ class Anonymized:
     region: np.ndarray
     persons: int
     extra: dict[str, int]
+    paint: np.ndarray | None = None
+    """DP2 methods: the paint record (where DP2 painted, where it put persons); None for classic methods."""
 
 
 def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: int) -> Anonymized:
@@ -124,7 +141,8 @@ def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: 
 
     DP2's region is the set of pixels it changed; DP2 methods add ``persons_below_size_filter``:
     persons (ground truth in mode ``gt``, detected in mode ``detector``) that DP2's own size filter
-    dropped and that keep their pixels.
+    dropped and that keep their pixels, and the paint record: where DP2 was allowed to paint and
+    the person masks it generated persons into.
 
     Raises:
         Dp2Failed: When DeepPrivacy2 raises on the image.
@@ -144,7 +162,8 @@ def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: 
     except Exception as exc:  # third-party code: whatever it raises on one image is that image's failure
         raise Dp2Failed(f"DeepPrivacy2 raised {type(exc).__name__}: {exc}") from exc
     below = {"persons_below_size_filter": result.below_size_filter}
-    return Anonymized(result.image, changed_pixels(image, result.image), result.anonymized, below)
+    paint = paint_record(result.painted, result.persons)
+    return Anonymized(result.image, changed_pixels(image, result.image), result.anonymized, below, paint)
 
 
 def _skip_reason(counts: dict[str, int], min_person_px: int) -> str:
@@ -210,6 +229,8 @@ def _anonymize_record(
     atomic_write_bytes(ctx.images / f"{stem}{EXTENSIONS[fmt]}", encode_image(done.image, fmt, params.jpeg_quality))
     if done.region.any():
         atomic_write_bytes(ctx.masks / f"{stem}.png", encode_image(done.region.astype(np.uint8) * 255, bilevel=True))
+    if done.paint is not None and done.paint.any():
+        atomic_write_bytes(ctx.paint / f"{stem}.png", encode_image(done.paint))
     counts = {**masks.counts, "persons_anonymized": done.persons, **done.extra}
     if ctx.method in DP2_METHODS:
         counts["copied"] = False
@@ -326,7 +347,7 @@ def _assemble(ctx: Context, index: CocoIndex, records: list[dict[str, Any]]) -> 
         ),
     ]
     # A killed run can leave the temporary files of its atomic writes behind.
-    for folder in (ctx.images, ctx.masks, ctx.records, root / "annotations", root):
+    for folder in (ctx.images, ctx.masks, ctx.paint, ctx.records, root / "annotations", root):
         for stale in folder.glob(".*.tmp"):
             stale.unlink()
     return paths, summary
@@ -346,7 +367,7 @@ def _start_fresh_if_settings_changed(ctx: Context) -> None:
     root = ctx.cfg.variant_root(ctx.method)
     if ctx.records.exists() or ctx.images.exists():
         log.warning("%s %s: settings changed, starting the split afresh", ctx.method, ctx.split)
-    for folder in (ctx.images, ctx.masks, ctx.records):
+    for folder in (ctx.images, ctx.masks, ctx.paint, ctx.records):
         shutil.rmtree(folder, ignore_errors=True)
     for name in (f"manifest_{ctx.split}.json", f"coverage_{ctx.split}.json", f"timings_{ctx.split}.json"):
         (root / name).unlink(missing_ok=True)
@@ -379,7 +400,7 @@ def anonymize_split(
         task = functools.partial(_process_indexed, ctx, index.lookup)
         for _ in map_with_progress(task, todo, workers, f"anonymize {method} {split}"):
             pass
-        folders = [ctx.images, ctx.masks]
+        folders = [ctx.images, ctx.masks, *([ctx.paint] if method in DP2_METHODS else [])]
         missing = [im["file_name"] for im in images if not ctx.record_path(im["file_name"]).exists()]
         if missing:
             log.info(

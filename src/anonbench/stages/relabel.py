@@ -16,10 +16,14 @@ void evaluation (no detections) stays void there: ``void`` and ``void_reason``,
 no numbers. ``review_<split>.json`` says whether the corrections were
 ``auto-accepted`` or ``reviewed``.
 
-Extension proposals compare the anonymized region with the undilated
-ground-truth person masks grown by ``anonymize.dilation_px``: only content
-beyond that (a generated person larger than the labelled one) extends a box,
-so classic methods on ground-truth masks get none.
+Extension proposals look for a generated person that reaches beyond the
+labelled one. For DeepPrivacy2 that person is what its paint record (written
+by the anonymize stage) says DP2 generated a person into, inside where it was
+allowed to paint; whatever DP2 painted around it (its own dilation, about 10 px
+for a large person) extends nothing, and with ground-truth masks nothing does.
+For the classic methods the region is their anonymized mask and only what lies
+beyond the ground truth grown by ``anonymize.dilation_px`` counts, so they get
+none on ground-truth masks.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anonbench import stale_labels
-from anonbench.anonymizers.masks import dilate, person_masks
+from anonbench.anonymizers.masks import dilate, person_masks, read_paint_record
 from anonbench.bootstrap import interval, resample_counts, score_and_resample
 from anonbench.coco import (
     Annotation,
@@ -47,7 +51,7 @@ from anonbench.coco import (
     read_instances,
 )
 from anonbench.coco_classes import PERSON
-from anonbench.config import Config
+from anonbench.config import DP2_METHODS, Config
 from anonbench.data.download import file_digest
 from anonbench.images import read_image
 from anonbench.io import atomic_write_json, atomic_write_text
@@ -111,24 +115,35 @@ def _read_boxes(path: Path, index: CocoIndex) -> pa.Table:
 
 @dataclass(frozen=True)
 class _ExtendJob:
-    """One image's extension check: its anonymized-region mask, where its persons are, the thresholds."""
+    """One image's extension check: what the anonymizer recorded, where its persons are, the thresholds."""
 
     mask: Path
+    """A DP2 variant's paint record, else the anonymized-region mask."""
     image_id: int
     annotations: AnnotationLookup
     person_id: int
+    generated: bool
+    """Whether ``mask`` is a paint record (DP2 methods): its person pixels are the generated persons."""
     dilation_px: int
     min_extend_px: float
 
 
 def _extend_image(job: _ExtendJob) -> list[Proposal]:
-    """Extension proposals of one image (worker task): its region against its dilated ground-truth persons."""
+    """Extension proposals of one image (worker task): the generated persons against the labelled ones.
+
+    A DP2 paint record's person pixels are checked against the undilated ground truth (the ring DP2
+    painted around them is not a person); a classic method's region against the ground truth grown
+    by its own dilation.
+    """
     persons = [a for a in job.annotations.of(job.image_id) if a["category_id"] == job.person_id]
-    region = read_image(job.mask)[..., 0] > 127
-    height, width = region.shape
+    record = read_image(job.mask)
+    height, width = record.shape[:2]
     truth = person_masks(persons, job.person_id, height, width, 0, 0).gt  # undilated, every person
-    explained = dilate(truth, job.dilation_px)
-    return stale_labels.extension_proposals(persons, region, job.min_extend_px, explained)
+    if job.generated:
+        _, region = read_paint_record(record)
+        return stale_labels.extension_proposals(persons, region, job.min_extend_px, truth)
+    region = record[..., 0] > 127
+    return stale_labels.extension_proposals(persons, region, job.min_extend_px, dilate(truth, job.dilation_px))
 
 
 def _image_urls(cfg: Config, variant: str, split: str, images: list[dict[str, Any]]) -> dict[int, str]:
@@ -163,7 +178,8 @@ def propose(cfg: Config, variant: str, split: str, index: CocoIndex) -> tuple[li
         candidates.to_pylist(), params.inside_threshold, params.ssim_threshold
     )
     person = person_category_id(index.categories)
-    masks = cfg.variant_root(variant) / "masks" / split
+    generated = variant in DP2_METHODS
+    masks = cfg.variant_root(variant) / ("paint" if generated else "masks") / split
     with_person = set(index.with_category(person))
     jobs = [
         _ExtendJob(
@@ -171,6 +187,7 @@ def propose(cfg: Config, variant: str, split: str, index: CocoIndex) -> tuple[li
             im["id"],
             index.lookup,
             person,
+            generated,
             cfg.anonymize.dilation_px,
             params.min_extend_px,
         )
