@@ -168,10 +168,31 @@ def test_every_mlflow_run_carries_code_image_and_data_lineage(study: LocalStudy,
     from mlflow import MlflowClient
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    source, prepared, mask = "data/raw/coco-mini", "data/prepared", "data/variants/mask"
     pointers = {
         path: yaml.safe_load((study.workspace / f"{path}.dvc").read_text())["outs"][0]["md5"]
-        for path in ("data/raw/coco-mini", "data/variants/mask")
+        for path in (source, prepared, mask, "models")
     }
+    variant = {"org": source, "mask": mask}
+    published = {"source": source, "prepared": prepared, "mask": mask, "models": "models"}
+
+    def read(tags: dict[str, str]) -> set[str]:
+        """The published datasets a run read (the models are published last, after the report)."""
+        match tags["stage"]:
+            case "anonymize":
+                return {source}
+            case "ssim" | "drift":
+                return {source, mask}
+            case "train":
+                return {variant[tags["train_data"]]}
+            case "finetune" | "relabel":
+                return {mask}
+            case "evaluate":
+                return {variant[tags["eval_data"]]}
+            case "report":
+                return {source, prepared, mask}
+        return {published[tags["target"]]}
+
     client = MlflowClient(f"sqlite:///{study.workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("anonbench-mini")
     assert experiment is not None
@@ -180,10 +201,9 @@ def test_every_mlflow_run_carries_code_image_and_data_lineage(study: LocalStudy,
         tags = run.data.tags
         assert tags["git_commit"] == commit, tags["stage"]
         assert tags["image"].startswith(("anonbench-cpu:", "anonbench-train:")), tags["stage"]
-        # Every run after the source was hashed names it; every run after the variant was published names that.
-        assert tags["dvc.data/raw/coco-mini"] == pointers["data/raw/coco-mini"], tags["stage"]
-        if tags["stage"] in ("ssim", "train", "finetune", "evaluate", "relabel", "drift", "report"):
-            assert tags["dvc.data/variants/mask"] == pointers["data/variants/mask"], tags["stage"]
+        # Each run names the published datasets it read, and only those.
+        named = {key.removeprefix("dvc."): md5 for key, md5 in tags.items() if key.startswith("dvc.")}
+        assert named == {path: pointers[path] for path in read(tags)}, tags["stage"]
         assert tags["dvc_revision"] not in ("", "none"), tags["stage"]
     trainings = [run for run in runs if run.data.tags["stage"] == "train"]
     assert trainings[0].data.tags["image"].startswith("anonbench-train:")

@@ -296,6 +296,7 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
         args=finetune_args(cfg, subset_root(cfg) / "dataset.yaml", layers),
         stage="finetune",
         tags={"freeze": freeze_name, "train_data": ft.variant, "model_size": ft.base.size, "base_model": base_id},
+        reads=[base, cfg.variant_root(ft.variant)],
         params={
             "freeze_config": freeze_name,
             "freeze_range": str(ft.freeze[freeze_name]),
