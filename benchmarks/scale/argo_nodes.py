@@ -4,7 +4,8 @@ The compiled KFP spec says what runs once per fan-out item; the profile's grids 
 items each fan-out has (``anonbench.workspace.grid``, as the run's ``grid`` tasks compute them).
 This walks the spec's DAGs, multiplies each loop's body by its item count, and turns the run-time
 instances into Argo nodes the way KFP's Argo compiler lays them out
-(``backend/src/v2/compiler/argocompiler/dag.go``, kubeflow/pipelines 2.x):
+(``backend/src/v2/compiler/argocompiler/dag.go`` as read at kubeflow/pipelines commit 008dcd6; not
+checked against the 2.17.0 tag or a live Argo):
 
 - the entry point: its DAG node, the root DAG's driver pod and the root DAG node (3 nodes, 1 pod);
 - a container task: its driver pod and its executor pod (2 nodes, 2 pods), and a retry node
