@@ -1,8 +1,8 @@
 """The study as a Kubeflow pipeline: the stages of dvc.yaml as tasks over one shared workspace.
 
 Data order: plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
-export -> train (``train.models``) -> finetune (freeze configs) -> evaluate (models x eval
-variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
+export -> train (``train.models``) -> finetune (freeze configs) -> evaluate (per model, over the
+eval variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
 list the run's own parameters produce (``grid``), so an override changes the grid at run
 time; ``gather`` joins a fan-out before the next. Tasks hand on workspace folders, not
 datasets (docs/orchestration.md).
@@ -210,24 +210,22 @@ def build(
 
         with dsl.ParallelFor(items("train", exports), parallelism=width) as cell:
             trained = train_cell(workspace=ws, variant=cell.variant, size=cell.size, todo=cell.todo)
-        models = [trained]
         with dsl.ParallelFor(items("evaluate_trained", trained), parallelism=width) as cell:
-            scored = evaluate_cell(workspace=ws, model=cell.model, on=cell.on, todo=cell.todo)
+            scored = evaluate_cell(workspace=ws, model=cell.model, todo=cell.todo)
         evaluations = [scored]
         if "finetune" in branches:
             with dsl.ParallelFor(items("finetune", trained), parallelism=width) as cell:
                 tuned = finetune_cell(workspace=ws, freeze=cell.freeze, todo=cell.todo)
-            models.append(tuned)
             with dsl.ParallelFor(items("evaluate_finetuned", tuned), parallelism=width) as cell:
-                scored_ft = evaluate_cell(workspace=ws, model=cell.model, on=cell.on, todo=cell.todo)
+                scored_ft = evaluate_cell(workspace=ws, model=cell.model, todo=cell.todo)
             evaluations.append(scored_ft)
-        published("models", *models)
 
         with dsl.ParallelFor(items("relabel", *measured, *evaluations), parallelism=width) as variant:
             relabeled = on("cpu", relabel(workspace=ws, variant=variant))
         with dsl.ParallelFor(items("drift", trained), parallelism=width) as cell:
             drifted = drift_cell(workspace=ws, variant=cell.variant, todo=cell.todo)
-        on("cpu", report(workspace=ws)).after(join(relabeled.output), drifted)
+        reported = on("cpu", report(workspace=ws)).after(join(relabeled.output), drifted)
+        published("models", reported)  # `dvc add` relinks each model file: last, when nothing reads them
 
     return study
 

@@ -114,6 +114,13 @@ def config_under(
     return cfg
 
 
+def cli_args(cfg: Config, *sets: str) -> list[str]:
+    """Options that give the CLI the same parameters, folders and store as ``cfg``."""
+    pairs = [f"paths.{p}={getattr(cfg.paths, p)}" for p in ("data", "models", "metrics")]
+    pairs += [f"tracking.uri={cfg.tracking.uri}", *sets]
+    return ["--params", str(PARAMS), *(arg for pair in pairs for arg in ("--set", pair))]
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, coco_mini: Path) -> Callable[..., Config]:
     """:func:`config_under` ``tmp_path``: load the real params.yaml with outputs under tmp_path, plus overrides."""

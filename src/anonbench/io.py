@@ -7,6 +7,7 @@ rerun would mistake for finished work.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -62,11 +63,18 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
 
 
 @contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
+def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place when complete.
 
+    Readers never see the folder half there: it appears by one ``rename``, which is atomic on a
+    local disk and on NFS alike (no file lock needed).
+
     Args:
-        path: Final folder; replaced if it already exists.
+        path: Final folder.
+        replace: Replace a folder already there (a rebuild after its settings changed: one writer
+            at a time). False: the first writer wins, for writers that build the same content at
+            once (parallel fine-tunes making the one subset they share): a folder another writer
+            moved in meanwhile is kept, never deleted under its readers, and this one is discarded.
 
     Yields:
         The temporary folder to fill.
@@ -76,9 +84,32 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        if path.exists():
+        if replace and path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def move_into_place(tmp: Path, path: Path) -> bool:
+    """Rename the complete folder ``tmp`` to ``path``, unless another writer's folder got there first.
+
+    Args:
+        tmp: A finished folder on the same file system.
+        path: Where it belongs.
+
+    Returns:
+        Whether ``tmp`` was moved in; if not, the folder already at ``path`` is kept and ``tmp`` deleted.
+
+    Raises:
+        OSError: If the rename fails for another reason than a folder in place.
+    """
+    try:
+        os.rename(tmp, path)  # onto an existing folder only if that is empty (POSIX rename)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not path.is_dir():
+            raise
+        shutil.rmtree(tmp)
+        return False
+    return True

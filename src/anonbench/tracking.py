@@ -2,7 +2,7 @@
 
 Every run carries its lineage: the code (``git_commit``), the container image it ran in
 (``image``, ``image_digest``, ``image_revision``) and the data (``dvc_revision`` and one
-``dvc.<path>`` tag per dataset a KFP workspace has published). Inside the project's images
+``dvc.<path>`` tag per dataset a KFP workspace has published that the run reads). Inside the project's images
 the commit and revision come from the environment the image was built with (its
 ``org.opencontainers.image.revision`` label has the same value); the image reference and
 digest are set per task by the compiled pipeline (``components/images.py``).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,34 +48,40 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
-def code_revision() -> str:
-    """The code a stage runs: the image's revision (version, commit, dirty marker) if any, else the commit."""
-    return os.environ.get(REVISION_ENV) or git_commit()
-
-
-def data_hashes(root: Path = Path(".")) -> dict[str, str]:
-    """DVC hash of every dataset published in a workspace, from the pointers the publish stage left.
+def data_hashes(root: Path = Path("."), reads: Sequence[Path] | None = None) -> dict[str, str]:
+    """DVC hash of the datasets published in a workspace that a run reads, from the publish stage's pointers.
 
     Args:
         root: The workspace (the current folder when a stage runs).
+        reads: The folders the run reads; a dataset counts when it holds one of them or lies inside
+            one (``models`` for ``models/org-n``). None: every published dataset (the report).
 
     Returns:
         ``{"data/variants/blur": "<md5>.dir", ...}``.
     """
+    wanted = None if reads is None else [os.path.abspath(folder) for folder in reads]
     found = {}
     for pattern in POINTER_GLOBS:
         for pointer in sorted(p for p in root.glob(pattern) if p.is_file()):
+            dataset = os.path.abspath(pointer.with_suffix(""))
+            if wanted is not None and not any(_nested(dataset, folder) for folder in wanted):
+                continue
             outs = (yaml.safe_load(pointer.read_text(encoding="utf-8")) or {}).get("outs") or []
             if outs and "md5" in outs[0]:
                 found[pointer.relative_to(root).with_suffix("").as_posix()] = str(outs[0]["md5"])
     return found
 
 
-def dvc_revision(lock: Path = Path("dvc.lock")) -> str:
-    """A short hash naming the exact data a run used: of dvc.lock, else of a workspace's published datasets."""
+def _nested(a: str, b: str) -> bool:
+    """Whether one of two absolute paths is the other or lies inside it."""
+    return os.path.commonpath([a, b]) in (a, b)
+
+
+def dvc_revision(lock: Path = Path("dvc.lock"), reads: Sequence[Path] | None = None) -> str:
+    """A short hash naming the exact data a run used: of dvc.lock, else of the published datasets it reads."""
     if lock.is_file():
         return hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
-    hashes = data_hashes(lock.parent)
+    hashes = data_hashes(lock.parent, reads)
     if not hashes:
         return "none"
     return hashlib.sha256(repr(sorted(hashes.items())).encode()).hexdigest()[:12]
@@ -89,15 +95,15 @@ def image_digest() -> str:
     return os.environ.get(DIGEST_ENV) or "unknown"
 
 
-def lineage_tags() -> dict[str, str]:
-    """Tags tying a run to its code, image and data (see the module docstring)."""
+def lineage_tags(reads: Sequence[Path] | None) -> dict[str, str]:
+    """Tags tying a run to its code, image and the published data it ``reads`` (see :func:`data_hashes`)."""
     return {
         "git_commit": git_commit(),
         "image": os.environ.get(IMAGE_ENV) or "none",
         "image_digest": image_digest() if os.environ.get(IMAGE_ENV) else "none",
         "image_revision": os.environ.get(REVISION_ENV) or "none",
-        "dvc_revision": dvc_revision(),
-        **{f"dvc.{path}": md5 for path, md5 in data_hashes().items()},
+        "dvc_revision": dvc_revision(reads=reads),
+        **{f"dvc.{path}": md5 for path, md5 in data_hashes(reads=reads).items()},
     }
 
 
@@ -125,7 +131,13 @@ def ensure_experiment(cfg: Config) -> None:
 
 @contextmanager
 def mlflow_run(
-    cfg: Config, name: str, stage: str, tags: dict[str, Any] | None = None, run_id: str | None = None
+    cfg: Config,
+    name: str,
+    stage: str,
+    tags: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    *,
+    reads: Sequence[Path] | None,
 ) -> Iterator[Any]:
     """Start an MLflow run in the configured store and experiment with the common tags.
 
@@ -135,6 +147,7 @@ def mlflow_run(
         stage: Pipeline stage, stored as the ``stage`` tag.
         tags: Further tags (train_data, model_size, ...).
         run_id: Resume this existing run (an interrupted training) instead of starting a new one.
+        reads: The folders the stage reads, for the data lineage tags (None: every published dataset).
 
     Yields:
         The active MLflow run.
@@ -142,7 +155,7 @@ def mlflow_run(
     import mlflow
 
     ensure_experiment(cfg)
-    common = {"stage": stage, "profile": cfg.profile, "seed": str(cfg.seed), **lineage_tags()}
+    common = {"stage": stage, "profile": cfg.profile, "seed": str(cfg.seed), **lineage_tags(reads)}
     with mlflow.start_run(
         run_id=run_id, run_name=name, tags={**common, **{k: str(v) for k, v in (tags or {}).items()}}
     ) as run:

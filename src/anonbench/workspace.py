@@ -10,7 +10,8 @@ the workspace, and hands on the folder it wrote.
 
 A workspace also remembers finished work, as a cache that knows the data
 (``.anonbench/stamps/``): a stage that exits 0 leaves a stamp keyed by the
-stage and its options, the resolved parameters and the code revision, holding
+stage and its options, the resolved parameters and the stage's own code (its
+import closure, the code deps dvc.yaml lists for it), holding
 what it wrote and the stamps of the work it read (:func:`upstream`). A stamp is
 current while its key matches, its outputs are still there and the stamps it
 read are unchanged; then the stage is not run again, and the GPU fan-outs do
@@ -38,10 +39,11 @@ from typing import Any, Protocol
 
 import yaml
 
+from anonbench.codebase import stage_code_digest
 from anonbench.config import ORIGINAL, Config, finetune_model_id, load_config, model_id, resolve
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.stages.anonymize import uses_dp2
-from anonbench.tracking import code_revision, ensure_experiment
+from anonbench.tracking import ensure_experiment
 
 PARAMS = "params.yaml"
 # What `anonbench.cli.wrote` prints before each output path.
@@ -186,7 +188,7 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
             the image they need), ``dp2_shards`` (``{method, shard}``: DP2 methods times
             ``shards``), ``export`` (variants), ``train`` (``{variant, size}``: ``train.models``,
             the grid), ``finetune`` (``{freeze}``), ``evaluate_trained`` / ``evaluate_finetuned``
-            (``{model, on}``: the trained or fine-tuned models x ``evaluate.variants``),
+            (``{model}``: one task scores a model on every evaluation variant, :func:`cell_commands`),
             ``relabel`` (anonymized variants), ``drift`` (``{variant}``), ``publish`` (what the
             publish stage versions after anonymization: the source and every variant).
         shards: Shards per DP2 method (the cluster settings' ``dp2.shards``).
@@ -210,8 +212,8 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
         "export": [ORIGINAL, *methods],
         "train": [{"variant": v, "size": s} for v, s in cfg.train.models],
         "finetune": [{"freeze": name} for name in cfg.finetune.freeze],
-        "evaluate_trained": [{"model": m, "on": v} for m in trained for v in cfg.evaluate.variants],
-        "evaluate_finetuned": [{"model": m, "on": v} for m in finetuned for v in cfg.evaluate.variants],
+        "evaluate_trained": [{"model": m} for m in trained],
+        "evaluate_finetuned": [{"model": m} for m in finetuned],
         "relabel": list(methods),
         "drift": [{"variant": m} for m in methods],
         "publish": ["source", *methods],
@@ -226,14 +228,29 @@ def options(cell: dict[str, Any]) -> list[str]:
     return [token for key, value in cell.items() if key != "todo" for token in (f"--{key}", str(value))]
 
 
+def commands(cfg: Config, stage: str, args: list[str]) -> list[list[str]]:
+    """The stage runs one task makes: an evaluation without ``--on`` runs once per evaluation variant.
+
+    One GPU pod scores a model on every variant (fewer pods and Argo nodes), each pair still its
+    own stamped stage run, as in dvc.yaml's ``evaluate`` matrix.
+    """
+    if stage == "evaluate" and "--on" not in args:
+        return [[*args, "--on", variant] for variant in cfg.evaluate.variants]
+    return [args]
+
+
 def pending(workspace: Path | str, axis: str, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells of a GPU fan-out, each marked ``todo``: ``done`` when its stamp is current, else ``run``.
+    """The cells of a GPU fan-out, each marked ``todo``: ``done`` when all its stamps are current, else ``run``.
 
     Computed after the fan-out's inputs are complete, so a resubmitted run schedules no GPU pod
     for work that is already done (the KFP task sits inside ``dsl.If(todo == "run")``).
     """
     stage, stamps = GATED_AXES[axis], _Stamps(Path(workspace))
-    return [{**cell, "todo": DONE if stamps.current(stage, _parse(options(cell))) else RUN} for cell in cells]
+
+    def done(cell: dict[str, Any]) -> bool:
+        return all(stamps.current(stage, _parse(args)) for args in commands(stamps.cfg, stage, options(cell)))
+
+    return [{**cell, "todo": DONE if done(cell) else RUN} for cell in cells]
 
 
 def _parse(args: Iterable[str]) -> dict[str, str]:
@@ -319,7 +336,7 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
 class _Stamps:
     """The stamps of one workspace and the questions asked of them.
 
-    The parameters, the code revision and the stamps are read once per instance: use a new
+    The parameters and the stamps are read once per instance: use a new
     instance after stamps change (each :func:`run_stage` and :func:`pending` call does).
     """
 
@@ -331,12 +348,12 @@ class _Stamps:
         return self.folder / _cell_name(stage, opts)
 
     @functools.cached_property
-    def _basis(self) -> dict[str, str]:
-        """What every cell's key shares: the resolved parameters and the code revision."""
-        return {"params": hashlib.sha256((self.workspace / PARAMS).read_bytes()).hexdigest(), "code": code_revision()}
+    def _params(self) -> str:
+        """Digest of the resolved parameters, which every cell's key holds (a workspace never changes them)."""
+        return hashlib.sha256((self.workspace / PARAMS).read_bytes()).hexdigest()
 
     @functools.cached_property
-    def _cfg(self) -> Config:
+    def cfg(self) -> Config:
         return load_config(self.workspace / PARAMS)
 
     @functools.cached_property
@@ -346,20 +363,27 @@ class _Stamps:
         return [(p.name, json.loads(p.read_bytes()), hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
 
     def key(self, stage: str, opts: dict[str, str]) -> str:
-        """What the work of a cell is determined by: stage, options, resolved parameters, code.
+        """What the work of a cell is determined by: stage, options, resolved parameters, the stage's code.
+
+        The code is the stage's own (:func:`anonbench.codebase.stage_code_digest`, the files dvc.yaml
+        lists as its deps), not the revision of the whole tree: a new image with a fixed report
+        makes only the report's stamp stale.
 
         A publish also by its remote, which may come from the environment (``ANONBENCH_DVC_REMOTE``):
         publishing to another store is other work.
         """
-        remote = {"remote": self._cfg.publish.resolved_remote} if stage == "publish" else {}
-        text = json.dumps({"stage": stage, "options": opts, **self._basis, **remote}, sort_keys=True)
+        remote = {"remote": self.cfg.publish.resolved_remote} if stage == "publish" else {}
+        code = stage_code_digest(stage)
+        text = json.dumps(
+            {"stage": stage, "options": opts, "params": self._params, "code": code, **remote}, sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
     def inputs(self, stage: str, opts: dict[str, str]) -> dict[str, str]:
         """Digest of every stamp the cell reads (by :func:`upstream`), by file name."""
         if not self._all:
             return {}
-        patterns = upstream(self._cfg, stage, opts)
+        patterns = upstream(self.cfg, stage, opts)
         return {
             name: digest
             for name, stamp, digest in self._all
@@ -523,22 +547,27 @@ def _flatten(prefix: str, doc: Any, depth: int = 3) -> dict[str, float]:
 
 
 def run_task(workspace: Path | str, stage: str, *args: str, metrics: MetricsSink | None = None) -> str:
-    """What a KFP component does: run the stage (:func:`run_stage`), show its numbers in the run.
+    """What a KFP component does: run the stage (:func:`run_stage`, once per :func:`commands`), show its numbers.
 
     Args:
         workspace: The run's folder.
         stage: CLI command name.
-        *args: The stage's options.
-        metrics: The task's ``dsl.Metrics`` output, if it has one.
+        *args: The stage's options (an evaluation's ``--model`` alone: every evaluation variant).
+        metrics: The task's ``dsl.Metrics`` output, if it has one; with several commands each number
+            is prefixed by the evaluation variant (``blur/metrics/AP``).
 
     Returns:
-        The reference :func:`run_stage` returns.
+        The reference :func:`run_stage` returns; with several commands, the folder holding theirs.
     """
-    reference = run_stage(workspace, stage, *args)
-    if metrics is not None:
-        for name, value in stage_metrics(workspace, stage, *args).items():
-            metrics.log_metric(name, value)
-    return reference
+    runs = commands(load_config(Path(workspace) / PARAMS), stage, list(args))
+    references = []
+    for run in runs:
+        references.append(run_stage(workspace, stage, *run))
+        prefix = f"{run[-1]}/" if run != list(args) else ""  # the evaluation variant it added
+        for name, value in stage_metrics(workspace, stage, *run).items():
+            if metrics is not None:
+                metrics.log_metric(prefix + name, value)
+    return os.path.commonpath(references)
 
 
 def evaluation_matrix(workspace: Path | str) -> str:

@@ -185,6 +185,7 @@ class TrainJob:
         args: Ultralytics training arguments (data, epochs, ...), without ``save_dir``.
         stage: The MLflow ``stage`` tag.
         tags: Further MLflow tags.
+        reads: The folders it reads (its data, a fine-tune's base model), for the lineage tags.
         params: Further MLflow parameters (anonbench settings beside the Ultralytics ones).
         metrics: Further MLflow metrics logged once at the start.
         artifacts: Files logged to the run at the start.
@@ -195,6 +196,7 @@ class TrainJob:
     args: dict[str, Any]
     stage: str
     tags: dict[str, str]
+    reads: list[Path]
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
@@ -358,7 +360,7 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
     counts = param_counts(model.model)  # type: ignore[arg-type]
     tracker = _Tracker(fresh=run_id is None)
     tracker.attach(model)
-    with mlflow_run(cfg, out.name, job.stage, job.tags, run_id=run_id) as run:
+    with mlflow_run(cfg, out.name, job.stage, job.tags, run_id=run_id, reads=job.reads) as run:
         import mlflow
 
         atomic_write_text(run_file, run.info.run_id + "\n")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +20,7 @@ from PIL import Image
 from anonbench.config import Config, ConfigError
 from anonbench.stages import anonymize, export, finetune, train
 from anonbench.yolo import check_layers, load_net
+from tests.conftest import cli_args
 
 TRAIN = "train2017"
 TINY = ("workers=1", "train.epochs=1", "train.imgsz=64", "train.batch=4", "train.workers=0")
@@ -130,6 +135,42 @@ def test_frozen_layers_are_unchanged_by_fine_tuning(
     assert listed.read_text().split() == names
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"class_counts.png", "class_counts.csv", "summary.json", "train.json"} <= artifacts
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    """Every file under ``root``: its bytes, or where a link points (not the label cache trainings add)."""
+    return {
+        str(p.relative_to(root)): os.readlink(p) if p.is_symlink() else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if (p.is_symlink() or p.is_file()) and p.suffix != ".cache"
+    }
+
+
+def test_fine_tunes_started_together_share_one_subset_identical_to_a_single_runs(
+    make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path, tmp_path: Path
+) -> None:
+    settings = (*TINY, *FINETUNE)
+    cfg = make_config(*settings, source=tiny_coco)
+    anonymize.run(cfg, "mask")
+    for variant in ("org", "mask"):
+        export.run(cfg, variant)
+    train.run(cfg, "org", "n")
+    configs = ("neck", "backbone")
+    command = [sys.executable, "-m", "anonbench", "finetune", "--freeze"]
+    procs = [
+        subprocess.Popen([*command, name, *cli_args(cfg, *settings)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        for name in configs
+    ]
+    errors = [proc.communicate(timeout=900)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [e[-2000:] for e in errors]
+    for name in configs:
+        assert (cfg.paths.models / f"ft-{name}" / "train.json").is_file()
+    root = finetune.subset_root(cfg)
+    assert [p.name for p in root.parent.iterdir() if "finetune_subset" in p.name] == [root.name]  # no temp left
+    together = tree(root)
+    shutil.rmtree(root)
+    finetune.make_subset(cfg)
+    assert tree(root) == together and len(together) > 5
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from anonbench.cli import app
 from anonbench.config import Config
 from anonbench.stages import export, train
 from anonbench.yolo import load_net
+from tests.conftest import cli_args
 
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 # YOLOv10's own criterion (Ultralytics 8.4 would build E2ELoss, YOLO26's schedule), as train.json records it.
 V10_CRITERION = {
     "class": "E2EDetectLoss",
@@ -40,13 +40,6 @@ BaseTrainer.save_model = save_then_die
 from anonbench.cli import app
 app(sys.argv[1:])
 """
-
-
-def cli_args(cfg: Config, *sets: str) -> list[str]:
-    """Options that give the CLI the same parameters, folders and store as ``cfg``."""
-    pairs = [f"paths.{p}={getattr(cfg.paths, p)}" for p in ("data", "models", "metrics")]
-    pairs += [f"tracking.uri={cfg.tracking.uri}", *sets]
-    return ["--params", str(PARAMS), *(arg for pair in pairs for arg in ("--set", pair))]
 
 
 def runs(cfg: Config) -> list[mlflow.entities.Run]:

@@ -7,7 +7,6 @@ cheap: fetch, prepare, anonymize@mask, ssim@mask on coco-mini.
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anonbench.codebase import import_closure
 from anonbench.config import load_config
 from tests.pipeline.conftest import s3_bucket
 
@@ -27,38 +27,12 @@ TARGETS = ("prepare", "ssim")  # with what they need: fetch, anonymize
 VARIANT = "data/variants/mask"
 
 
-def module_file(module: str) -> Path | None:
-    path = SRC / Path(*module.split("."))
-    for candidate in (path / "__init__.py", path.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def import_closure(module: str, seen: set[Path] | None = None) -> set[Path]:
-    """Source files of ``module`` and every anonbench module it imports, transitively."""
-    seen = set() if seen is None else seen
-    path = module_file(module)
-    if path is None or path in seen:
-        return seen
-    seen.add(path)
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("anonbench"):
-            for name in [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]:
-                import_closure(name, seen)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("anonbench"):
-                    import_closure(alias.name, seen)
-    return seen
-
-
 def test_every_stage_depends_on_all_of_its_code() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert stages
     for name, stage in stages.items():
         command = stage["cmd"].split()[1]
-        code = {p.relative_to(REPO).as_posix() for p in import_closure(f"anonbench.stages.{command}")}
+        code = {p.relative_to(REPO).as_posix() for p in import_closure(f"anonbench.stages.{command}", SRC)}
         assert f"src/anonbench/stages/{command}.py" in code
         deps = set(stage["deps"])
         assert code <= deps, f"{name}: add {sorted(code - deps)} to its deps"

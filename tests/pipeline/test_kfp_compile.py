@@ -170,9 +170,9 @@ def test_the_paper_grid_and_its_extension_compile_with_their_trainings_and_evalu
     assert len(train) == trainings  # paper: Org and Full-Body n..x, blur, pixelate and mask at m
     assert sum(cell["size"] == "m" for cell in train) == 5
     models = [f"{cell['variant']}-{cell['size']}" for cell in train]
-    # Every trained model on every evaluation variant (5), then the 6 fine-tunes on each.
-    assert grid(cfg, "evaluate_trained") == [{"model": m, "on": v} for m in models for v in cfg.evaluate.variants]
-    assert (len(grid(cfg, "evaluate_trained")), len(grid(cfg, "evaluate_finetuned"))) == (trainings * 5, 30)
+    # One evaluate task per trained model (each scores it on the 5 evaluation variants), one per fine-tune (6).
+    assert grid(cfg, "evaluate_trained") == [{"model": m} for m in models]
+    assert len(cfg.evaluate.variants) == 5 and len(grid(cfg, "evaluate_finetuned")) == 6
 
 
 def test_gpu_work_is_scheduled_only_for_cells_that_are_not_done(compiled: Compiled) -> None:

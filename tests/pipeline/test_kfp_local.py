@@ -25,9 +25,10 @@ import pytest
 import yaml
 from kfp import local
 
+from anonbench.codebase import SOURCE_ROOT
 from anonbench.config import load_config
 from anonbench.stages.publish import IGNORE
-from anonbench.workspace import needed_branches
+from anonbench.workspace import STAMPS, needed_branches
 from pipelines.settings import load_settings
 from pipelines.study import build
 from tests.pipeline.conftest import s3_bucket, s3_objects
@@ -140,7 +141,10 @@ def test_study_pipeline_runs_locally_end_to_end(study: LocalStudy, first_run: Pa
     assert [path for path in expected if not (workspace / path).is_file()] == []
     assert any((workspace / "data/relabel/mask").iterdir())
     assert Counter(name for name, _ in study.ran(first_run) if name in GPU_TASKS) == Counter(
-        train=1, finetune=1, evaluate=len(MODELS) * len(VARIANTS), drift=1
+        train=1,
+        finetune=1,
+        evaluate=len(MODELS),
+        drift=1,  # one evaluate task per model, over both variants
     )
 
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
@@ -168,10 +172,31 @@ def test_every_mlflow_run_carries_code_image_and_data_lineage(study: LocalStudy,
     from mlflow import MlflowClient
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    source, prepared, mask = "data/raw/coco-mini", "data/prepared", "data/variants/mask"
     pointers = {
         path: yaml.safe_load((study.workspace / f"{path}.dvc").read_text())["outs"][0]["md5"]
-        for path in ("data/raw/coco-mini", "data/variants/mask")
+        for path in (source, prepared, mask, "models")
     }
+    variant = {"org": source, "mask": mask}
+    published = {"source": source, "prepared": prepared, "mask": mask, "models": "models"}
+
+    def read(tags: dict[str, str]) -> set[str]:
+        """The published datasets a run read (the models are published last, after the report)."""
+        match tags["stage"]:
+            case "anonymize":
+                return {source}
+            case "ssim" | "drift":
+                return {source, mask}
+            case "train":
+                return {variant[tags["train_data"]]}
+            case "finetune" | "relabel":
+                return {mask}
+            case "evaluate":
+                return {variant[tags["eval_data"]]}
+            case "report":  # all published then: the prepared statistics may be published after it
+                return {source, mask} | ({prepared} & {key.removeprefix("dvc.") for key in tags})
+        return {published[tags["target"]]}
+
     client = MlflowClient(f"sqlite:///{study.workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("anonbench-mini")
     assert experiment is not None
@@ -180,10 +205,9 @@ def test_every_mlflow_run_carries_code_image_and_data_lineage(study: LocalStudy,
         tags = run.data.tags
         assert tags["git_commit"] == commit, tags["stage"]
         assert tags["image"].startswith(("anonbench-cpu:", "anonbench-train:")), tags["stage"]
-        # Every run after the source was hashed names it; every run after the variant was published names that.
-        assert tags["dvc.data/raw/coco-mini"] == pointers["data/raw/coco-mini"], tags["stage"]
-        if tags["stage"] in ("ssim", "train", "finetune", "evaluate", "relabel", "drift", "report"):
-            assert tags["dvc.data/variants/mask"] == pointers["data/variants/mask"], tags["stage"]
+        # Each run names the published datasets it read, and only those.
+        named = {key.removeprefix("dvc."): md5 for key, md5 in tags.items() if key.startswith("dvc.")}
+        assert named == {path: pointers[path] for path in read(tags)}, tags["stage"]
         assert tags["dvc_revision"] not in ("", "none"), tags["stage"]
     trainings = [run for run in runs if run.data.tags["stage"] == "train"]
     assert trainings[0].data.tags["image"].startswith("anonbench-train:")
@@ -195,13 +219,14 @@ def test_the_run_shows_metrics_report_and_evaluation_matrix_in_the_kfp_ui(study:
         for path in first_run.rglob("executor_output.json")
     }
     evaluations = [doc for task, doc in outputs.items() if task.split("/")[-1].startswith("evaluate")]
-    assert len(evaluations) == len(MODELS) * len(VARIANTS)
+    assert len(evaluations) == len(MODELS)
     for doc in evaluations:
         (metrics,) = doc["artifacts"]["metrics"]["artifacts"]
         numbers = metrics["metadata"]
-        assert numbers["metrics/images"] == 50.0
-        # A model that detected nothing shows no AP at all, never 0.
-        assert ("metrics/AP" in numbers) == (numbers["metrics/predictions"] > 0)
+        for variant in VARIANTS:  # one task per model: its numbers by evaluation variant
+            assert numbers[f"{variant}/metrics/images"] == 50.0
+            # A model that detected nothing shows no AP at all, never 0.
+            assert (f"{variant}/metrics/AP" in numbers) == (numbers[f"{variant}/metrics/predictions"] > 0)
     (ssim,) = [doc for task, doc in outputs.items() if task.endswith("/ssim")]
     assert any(key.startswith("summary/") for key in ssim["artifacts"]["metrics"]["artifacts"][0]["metadata"])
 
@@ -233,15 +258,35 @@ def test_resubmitting_a_finished_run_schedules_no_gpu_task_and_uploads_nothing(
 def test_resubmitting_a_half_finished_run_reruns_only_the_missing_gpu_work(study: LocalStudy, first_run: Path) -> None:
     # As if the first run had been cut off during its last evaluation.
     shutil.rmtree(study.workspace / "metrics/eval/ft-neck_on_mask")
-    kept = (study.workspace / "metrics/eval/org-n_on_mask/metrics.json").read_bytes()
+    others = ("org-n_on_mask", "ft-neck_on_org")  # the same model on the other variant is not redone either
+    kept = {name: (study.workspace / f"metrics/eval/{name}/metrics.json").stat().st_mtime_ns for name in others}
 
     again = study.submit()
 
-    assert [(name, output) for name, output in study.ran(again) if name in GPU_TASKS] == [
-        ("evaluate", "metrics/eval/ft-neck_on_mask")
-    ]
+    assert [(name, output) for name, output in study.ran(again) if name in GPU_TASKS] == [("evaluate", "metrics/eval")]
     assert (study.workspace / "metrics/eval/ft-neck_on_mask/metrics.json").is_file()
-    assert (study.workspace / "metrics/eval/org-n_on_mask/metrics.json").read_bytes() == kept
+    assert {name: (study.workspace / f"metrics/eval/{name}/metrics.json").stat().st_mtime_ns for name in others} == kept
+
+
+def test_a_fix_in_the_report_code_reruns_the_report_and_no_training_or_evaluation(
+    study: LocalStudy, first_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new image whose only change is in the report: here, the tasks import a copy of the code with it.
+    code = tmp_path / "src"
+    shutil.copytree(SOURCE_ROOT / "anonbench", code / "anonbench", ignore=shutil.ignore_patterns("__pycache__"))
+    report = code / "anonbench/stages/report.py"
+    report.write_text(report.read_text() + "# a fix in the report\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+
+    def tokens() -> dict[str, str]:
+        return {p.name: json.loads(p.read_text())["token"] for p in (study.workspace / STAMPS).glob("*.json")}
+
+    before = tokens()
+    again = study.submit()
+
+    assert {name for name, _ in study.ran(again)} & GPU_TASKS == set()
+    after = tokens()
+    assert sorted(name.split("@")[0] for name in after if after[name] != before.get(name)) == ["report"]
 
 
 def test_a_fresh_clone_pulls_the_published_variant_byte_identical(

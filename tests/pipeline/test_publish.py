@@ -7,6 +7,7 @@ and its refusals.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,8 +19,10 @@ import yaml
 from anonbench.config import Config
 from anonbench.stages import anonymize, publish
 from anonbench.stages.publish import IGNORE, PublishError
+from tests.conftest import cli_args
 
 REPO = Path(__file__).resolve().parents[2]
+TARGETS = ("mask", "blur")
 
 
 def files(folder: Path) -> dict[str, float]:
@@ -57,6 +60,28 @@ def test_a_second_publish_uploads_nothing_and_gives_the_same_hash(variant: Confi
 
     assert pointer.read_bytes() == first
     assert files(tmp_path / "remote") == stored
+
+
+def test_publishes_started_together_in_one_workspace_both_succeed_and_upload_each_file_once(
+    variant: Config, tmp_path: Path
+) -> None:
+    anonymize.run(variant, "blur")
+    sets = [f"publish.remote={tmp_path / 'remote'}", "publish.run=study-1"]
+    command = [sys.executable, "-m", "anonbench", "publish", *cli_args(variant, *sets), "--target"]
+    procs = [subprocess.Popen([*command, t], cwd=tmp_path, stderr=subprocess.PIPE, text=True) for t in TARGETS]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [e[-2000:] for e in errors]
+    assert "remote" not in (tmp_path / ".dvc" / "config").read_text()  # its settings stay in memory
+    assert not list(tmp_path.glob(".dvc-init.*"))
+
+    wanted = set()  # each folder's listing and every file in it: once each, nothing else
+    for target in TARGETS:
+        (out,) = yaml.safe_load(variant.variant_root(target).with_name(f"{target}.dvc").read_text())["outs"]
+        listing = tmp_path / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]
+        wanted |= {out["md5"], *(entry["md5"] for entry in json.loads(listing.read_text()))}
+    stored = [p.relative_to(tmp_path / "remote/files/md5") for p in (tmp_path / "remote/files/md5").rglob("*")]
+    assert sorted(f"{p.parent}{p.name}" for p in stored if len(p.parts) == 2) == sorted(wanted)
+    assert {p.name for p in (tmp_path / "remote/runs/study-1").iterdir()} == {f"{t}.dvc" for t in TARGETS}
 
 
 def test_the_source_is_hashed_but_never_uploaded(variant: Config, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from anonbench.workspace import (
     WorkspaceError,
     check_branches,
     check_publish,
+    commands,
     grid,
     is_current,
     needed_branches,
@@ -68,10 +69,10 @@ def test_grid_fans_out_the_configured_study() -> None:
         {"variant": "mask", "size": "n"},
         {"variant": "mask", "size": "s"},
     ]
-    evaluations = grid(cfg, "evaluate_trained")
-    assert len(evaluations) == 4 * len(cfg.evaluate.variants)
-    assert {"model": "mask-s", "on": "blur"} in evaluations
-    assert grid(cfg, "evaluate_finetuned")[0] == {"model": f"ft-{next(iter(cfg.finetune.freeze))}", "on": "org"}
+    assert grid(cfg, "evaluate_trained") == [{"model": m} for m in ("org-n", "org-s", "mask-n", "mask-s")]
+    assert grid(cfg, "evaluate_finetuned")[0] == {"model": f"ft-{next(iter(cfg.finetune.freeze))}"}
+    assert commands(cfg, "evaluate", ["--model", "mask-s"])[1] == ["--model", "mask-s", "--on", "blur"]
+    assert commands(cfg, "evaluate", ["--model", "org-n", "--on", "org"]) == [["--model", "org-n", "--on", "org"]]
     assert grid(cfg, "export") == ["org", *cfg.anonymize.methods]
     assert grid(cfg, "finetune") == [{"freeze": name} for name in cfg.finetune.freeze]
     assert grid(cfg, "relabel") == [cell["variant"] for cell in grid(cfg, "drift")] == cfg.anonymize.methods
@@ -119,8 +120,9 @@ def test_kfp_grid_and_dvc_matrix_agree_on_the_default_study() -> None:
     kfp += [f"export@{v}" if v != "org" else "export-org" for v in grid(cfg, "export")]
     kfp += [f"train@{c['variant']}-{c['size']}" for c in grid(cfg, "train")]
     kfp += [f"finetune@{cell['freeze']}" for cell in grid(cfg, "finetune")]
-    kfp += [f"evaluate@{c['model']}-{c['on']}" for c in grid(cfg, "evaluate_trained")]
-    kfp += [f"evaluate-ft@{c['model'].removeprefix('ft-')}-{c['on']}" for c in grid(cfg, "evaluate_finetuned")]
+    on = cfg.evaluate.variants
+    kfp += [f"evaluate@{c['model']}-{v}" for c in grid(cfg, "evaluate_trained") for v in on]
+    kfp += [f"evaluate-ft@{c['model'].removeprefix('ft-')}-{v}" for c in grid(cfg, "evaluate_finetuned") for v in on]
     kfp += [f"relabel@{m}" for m in grid(cfg, "relabel")] + [f"drift@{c['variant']}" for c in grid(cfg, "drift")]
     kfp += ["report"]
 
@@ -213,7 +215,7 @@ def test_stamps_follow_the_study_data_order_cell_by_cell(tmp_path: Path, fake_st
     assert pending(tmp_path, "train", cells)[0] == {"variant": "mask", "size": "n", "todo": RUN}
 
 
-def test_another_code_revision_or_another_remote_make_work_stale(
+def test_other_code_of_the_stage_or_another_remote_make_work_stale(
     tmp_path: Path, fake_stage: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_stage(tmp_path, "fetch")
@@ -221,8 +223,11 @@ def test_another_code_revision_or_another_remote_make_work_stale(
     assert is_current(tmp_path, "fetch") and is_current(tmp_path, "publish", "--target", "source")
     monkeypatch.setenv("ANONBENCH_DVC_REMOTE", "s3://another-store/anonbench")  # publishing elsewhere is new work
     assert is_current(tmp_path, "fetch") and not is_current(tmp_path, "publish", "--target", "source")
-    monkeypatch.setenv("ANONBENCH_IMAGE_REVISION", "0.1.0-abcdef1")  # a task in an image of other code
-    assert not is_current(tmp_path, "fetch")
+    monkeypatch.setenv("ANONBENCH_IMAGE_REVISION", "0.1.0-abcdef1")  # another image, the same code of fetch
+    assert is_current(tmp_path, "fetch")
+    code = workspace.stage_code_digest
+    monkeypatch.setattr(workspace, "stage_code_digest", lambda stage: "fixed" if stage == "fetch" else code(stage))
+    assert not is_current(tmp_path, "fetch")  # fetch's own code changed
 
 
 def test_a_deterministic_failure_is_not_repeated_by_a_retry_but_a_kill_is(tmp_path: Path, fake_stage: Path) -> None:

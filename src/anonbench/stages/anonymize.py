@@ -428,7 +428,7 @@ def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]
     tags = {"method": method}
     if method in DP2_METHODS:
         tags |= {"dp2_mode": params.dp2.mode, "dp2_untrained": str(params.dp2.untrained).lower()}
-    with mlflow_run(cfg, f"anonymize-{method}", "anonymize", tags):
+    with mlflow_run(cfg, f"anonymize-{method}", "anonymize", tags, reads=[cfg.source_root]):
         mlflow.log_params(
             {
                 "method": method,

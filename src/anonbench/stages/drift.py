@@ -119,7 +119,11 @@ def run(cfg: Config, variant: str) -> list[Path]:
         for i, score in enumerate(scores)
     ]
     title = f"Layer drift of {model_id}: original vs {variant} ({len(images)} val images)"
-    with mlflow_run(cfg, f"drift {variant}", "drift", {"model_id": model_id, "eval_data": variant}) as active:
+    tags, reads = (
+        {"model_id": model_id, "eval_data": variant},
+        [weights, cfg.variant_root(ORIGINAL), cfg.variant_root(variant)],
+    )
+    with mlflow_run(cfg, f"drift {variant}", "drift", tags, reads=reads) as active:
         import mlflow
 
         mlflow.log_params({"images": len(images), "imgsz": cfg.train.imgsz})

@@ -232,7 +232,8 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
 
     tags = info.tags(eval_variant)
     run_tags = {**tags, "protocol": protocol.protocol, "scorer": scorer, "void": str(void_reason is not None).lower()}
-    with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", run_tags) as active:
+    reads = [weights, cfg.variant_root(eval_variant)]
+    with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", run_tags, reads=reads) as active:
         import mlflow
 
         mlflow.log_params(

@@ -9,7 +9,13 @@ larger than the eligible images takes them all and says so (``capped``). It is w
 ``data/finetune_subset/`` (a YOLO layout linked to the variant's export, its
 dataset yaml, the image id map, ``class_counts.csv``, ``class_counts.png`` and
 ``summary.json``) and reused by every freeze config while its settings stay the
-same. Whether the subset follows the full set is checked per class: the share
+same. Fine-tunes that start together on one workspace (the KFP fan-out) may each
+find it missing and build it: the draw is seeded, so their builds are identical,
+and the first to move its folder in wins (one ``rename``, atomic on NFS too, no
+lock); the others discard theirs and read the winner's, which nobody deletes
+(``anonbench.io.atomic_dir``). Only a subset with other settings is replaced,
+which happens in the repository after a parameter change, one ``dvc repro`` at a
+time; a workspace holds one configuration. Whether the subset follows the full set is checked per class: the share
 of images holding the class, subset against full set (max absolute
 difference), and a chi-square of the subset's class occurrences against the
 full set's proportions. Images carry several classes, so the p-value is
@@ -182,6 +188,7 @@ def make_subset(cfg: Config) -> tuple[list[Path], dict[str, Any]]:
         stored = json.loads((root / SUMMARY).read_text())
         if stored["settings"] == settings:
             return outputs, stored
+    stale = root.exists()  # other settings (the repository after a change): replaced; missing: first one wins
     exported = export_root(cfg, variant)
     ids = json.loads(require(image_ids_file(cfg, variant, split), f"export --variant {variant}").read_text())
     by_id = {image_id: stem for stem, image_id in ids.items()}
@@ -214,7 +221,7 @@ def make_subset(cfg: Config) -> tuple[list[Path], dict[str, Any]]:
         **stats,
     }
     files = {p.stem: p for p in (exported / "images" / split).iterdir()}
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, replace=stale) as tmp:
         jobs = []
         for image_id in chosen:
             stem = by_id[image_id]
@@ -234,7 +241,7 @@ def make_subset(cfg: Config) -> tuple[list[Path], dict[str, Any]]:
         )
         atomic_write_bytes(tmp / "class_counts.png", counts_figure(table, title))
         atomic_write_json(tmp / SUMMARY, summary)
-    return outputs, summary
+    return outputs, json.loads((root / SUMMARY).read_text())  # a parallel fine-tune's may have won: the same draw
 
 
 def finetune_args(cfg: Config, data: Path, layers: list[int]) -> dict[str, Any]:
@@ -289,6 +296,7 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
         args=finetune_args(cfg, subset_root(cfg) / "dataset.yaml", layers),
         stage="finetune",
         tags={"freeze": freeze_name, "train_data": ft.variant, "model_size": ft.base.size, "base_model": base_id},
+        reads=[base, cfg.variant_root(ft.variant)],
         params={
             "freeze_config": freeze_name,
             "freeze_range": str(ft.freeze[freeze_name]),

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from anonbench.config import CLASSIC_METHODS, DP2_METHODS, Config
+from anonbench.io import atomic_write_text, move_into_place
 
 log = logging.getLogger(__name__)
 REMOTE = "publish"
@@ -65,22 +68,45 @@ def _remote_config(url: str) -> dict[str, Any]:
 
 
 def _open_workspace_repo(root: Path, url: str) -> Any:
-    """The workspace as a DVC repository (created on first use) pointed at the remote ``url``."""
+    """The workspace as a DVC repository (created on first use) pointed at the remote ``url``.
+
+    Publish tasks of one run start together on one workspace, so nothing here is read, changed and
+    written back: the repository is made once (:func:`_init_once`), ``.dvcignore`` is written whole
+    (the same text by every task) and the remote settings are handed to DVC in memory, never
+    written to ``.dvc/config``. DVC's own lock orders the adds and pushes.
+    """
     from dvc.repo import Repo
 
     if (root / "dvc.yaml").exists():
         raise PublishError(
             f"{root / 'dvc.yaml'}: this is the repository, whose outputs dvc.yaml versions; use dvc push -r s3 there"
         )
-    if not (root / ".dvc").is_dir():
-        Repo.init(str(root), no_scm=True).close()
-    (root / ".dvcignore").write_text("".join(f"{pattern}\n" for pattern in IGNORE), encoding="utf-8")
-    repo = Repo(str(root), _wait_for_lock=True)  # publish tasks of one run share the workspace
-    with repo.config.edit() as conf:
-        conf["core"].update({"analytics": False, "check_update": False, "remote": REMOTE})
-        conf["cache"]["type"] = "hardlink,copy"
-        conf["remote"][REMOTE] = _remote_config(url)
-    return repo
+    _init_once(root)
+    atomic_write_text(root / ".dvcignore", "".join(f"{pattern}\n" for pattern in IGNORE))
+    config = {
+        "core": {"analytics": False, "check_update": False, "remote": REMOTE},
+        "cache": {"type": "hardlink,copy"},
+        "remote": {REMOTE: _remote_config(url)},
+    }
+    return Repo(str(root), config=config, _wait_for_lock=True)
+
+
+def _init_once(root: Path) -> None:
+    """Make ``root`` a DVC repository without git, once, though several publishes may start at once.
+
+    Each builds ``.dvc`` in a folder of its own and renames it into place; the first rename wins
+    (atomic on NFS too) and the others keep that one.
+    """
+    from dvc.repo import Repo
+
+    if (root / ".dvc").is_dir():
+        return
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".dvc-init.", suffix=".tmp"))
+    try:
+        Repo.init(str(staging), no_scm=True).close()
+        move_into_place(staging / ".dvc", root / ".dvc")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _put_pointer(repo: Any, pointer: Path, run: str, target: str) -> tuple[str, bool]:
@@ -137,7 +163,8 @@ def _log_to_mlflow(cfg: Config, target: str, out: dict[str, Any], pushed: int, p
 
     from anonbench.tracking import mlflow_run
 
-    with mlflow_run(cfg, f"publish {target}", "publish", {"target": target, "md5": out["md5"], "pointer": pointer}):
+    tags = {"target": target, "md5": out["md5"], "pointer": pointer}
+    with mlflow_run(cfg, f"publish {target}", "publish", tags, reads=[target_path(cfg, target)]):
         mlflow.log_metrics(
             {"files": out["nfiles"], "bytes": out["size"], "files_uploaded": pushed, "pointer_uploaded": int(uploaded)}
         )

@@ -362,7 +362,8 @@ def score_models(cfg: Config, variant: str) -> list[Path]:
         return written
     original, corrected = read_instances(original_path), read_instances(corrected_path)
     review = json.loads((output_dir(cfg, variant) / f"review_{split}.json").read_text(encoding="utf-8"))
-    with mlflow_run(cfg, f"relabel {variant}", "relabel", {"eval_data": variant, "split": split}) as active:
+    tags = {"eval_data": variant, "split": split}
+    with mlflow_run(cfg, f"relabel {variant}", "relabel", tags, reads=[cfg.variant_root(variant)]) as active:
         import mlflow
 
         mlflow.log_params({"review": review["review"], **cfg.relabel.model_dump()})

@@ -1006,7 +1006,7 @@ def run(cfg: Config) -> list[Path]:
         atomic_write_text(out / "study.html", doc.html(TITLE)),
         *figures,
     ]
-    with mlflow_run(cfg, "study report", "report", {"cited_runs": len(links.cited)}):
+    with mlflow_run(cfg, "study report", "report", {"cited_runs": len(links.cited)}, reads=None):
         import mlflow
 
         mlflow.log_params({"bootstrap_samples": cfg.report.bootstrap_samples, "confidence": cfg.report.confidence,

@@ -344,7 +344,9 @@ def _log_to_mlflow(cfg: Config, variant: str, summary: dict[str, Any], files: li
                         value = entry[level][component]["mean"]
                         if value is not None:
                             metrics[f"{split}/{scope}/{group}/{level}_{component}"] = value
-    with mlflow_run(cfg, f"ssim-{variant}", STAGE, {"variant": variant}):
+    with mlflow_run(
+        cfg, f"ssim-{variant}", STAGE, {"variant": variant}, reads=[cfg.source_root, cfg.variant_root(variant)]
+    ):
         mlflow.log_params({"variant": variant, "win_size": cfg.ssim.win_size, "splits": ",".join(summary["splits"])})
         mlflow.log_metrics(metrics)
         for path in files:

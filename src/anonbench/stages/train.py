@@ -54,5 +54,6 @@ def run(cfg: Config, variant: str, size: str) -> list[Path]:
         args=train_args(cfg, data),
         stage="train",
         tags={"train_data": variant, "model_size": size},
+        reads=[cfg.variant_root(variant)],
     )
     return train_tracked(cfg, job)
