@@ -60,6 +60,8 @@ class TaskResources(_Strict):
     tolerations: list[Toleration] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    """Memory of one GPU of the node class (GiB): checked against the trainings' needs by the preflight."""
 
     @field_validator("timeout")
     @classmethod
@@ -91,6 +93,7 @@ class ClusterSettings(_Strict):
     """
 
     workspace_pvc: str = "anonbench-workspace"
+    workspace_access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteMany"
     mount_path: str = "/mnt/anonbench"
     parallelism: Annotated[int, Field(ge=1)] = 4
     dp2_shards: Annotated[int, Field(ge=1)] = 1
@@ -103,6 +106,19 @@ class ClusterSettings(_Strict):
     def resources(self, kind: TaskKind) -> TaskResources:
         """Resources of ``kind`` (none requested when the settings leave it out)."""
         return self.tasks.get(kind, TaskResources())
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes a run's tasks may land on: ``parallelism`` per node class (distinct node selectors)."""
+        classes = {
+            tuple(sorted(self.resources(kind).node_selector.items())) for kind in ("cpu", "dp2", "train", "evaluate")
+        }
+        return self.parallelism * len(classes)
+
+    @property
+    def gpu_memory(self) -> dict[str, float]:
+        """GiB of one GPU per kind of task, where the settings give it (``gpu_memory_gb``)."""
+        return {kind: res.gpu_memory_gb for kind, res in self.tasks.items() if res.gpu_memory_gb is not None}
 
 
 def load_settings(path: Path | str = DEFAULT_SETTINGS) -> ClusterSettings:

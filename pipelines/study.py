@@ -1,6 +1,6 @@
 """The study as a Kubeflow pipeline: the stages of dvc.yaml as tasks over one shared workspace.
 
-Data order: plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
+Data order: preflight -> plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
 export -> train (sizes x variants) -> finetune (freeze configs) -> evaluate (models x eval
 variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
 list the run's own parameters produce (``grid``), so an override changes the grid at run
@@ -40,6 +40,7 @@ from components.fetch import fetch
 from components.finetune import finetune
 from components.images import lineage
 from components.plan import gather, grid, plan
+from components.preflight import preflight, preflight_dp2
 from components.prepare import prepare
 from components.publish import publish
 from components.relabel import relabel
@@ -54,14 +55,17 @@ COMPILED = Path(__file__).with_name("compiled") / "study.yaml"
 PARAMS_FILE = REPO / "params.yaml"
 
 
-def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings) -> dsl.PipelineTask:
+def _configure(
+    task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings, gpus: bool = True
+) -> dsl.PipelineTask:
     """Apply the cluster settings to one task: image lineage, volumes, secrets, retries, time limit, resources.
 
     KFP's own cache is off for every task: a task's real inputs live in the workspace,
     which KFP's cache key (component, image and input strings) cannot see, so a cached
     evaluation could outlive the model it scored. The workspace's stamps are the cache that
     knows the data: a stage that is current is not run again, and GPU tasks that are current
-    are not even scheduled (their fan-out's ``todo``).
+    are not even scheduled (their fan-out's ``todo``). ``gpus=False`` gives a task of a GPU kind
+    its image, volumes and environment but no GPU (the DP2 preflight only reads files).
     """
     lineage(task)
     kubernetes.mount_pvc(task, pvc_name=settings.workspace_pvc, mount_path=settings.mount_path)
@@ -79,7 +83,7 @@ def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings
     )
     res = settings.resources(kind)
     kubernetes.set_timeout(task, seconds(res.timeout))
-    if res.accelerator and res.gpus:
+    if res.accelerator and res.gpus and gpus:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
     if res.cpu:
         task.set_cpu_request(res.cpu)
@@ -160,6 +164,20 @@ def build(
         download: bool = False,
     ) -> None:
         """Run the whole study in ``workspace`` with ``params_file``, ``profile`` and ``overrides``."""
+        run = {"workspace": workspace, "params_file": params_file, "profile": profile, "overrides": overrides}
+        checked = [
+            on(
+                "cpu",
+                preflight(
+                    **run,
+                    access_mode=settings.workspace_access_mode,
+                    nodes=settings.nodes,
+                    gpu_memory=settings.gpu_memory,
+                ),
+            )
+        ]
+        if "anonymize_dp2" in branches:
+            checked.append(_configure(preflight_dp2(**run), "dp2", settings, gpus=False))
         planned = on(
             "cpu",
             plan(
@@ -170,7 +188,7 @@ def build(
                 branches=list(branches),
                 publish=settings.publish,
             ),
-        )
+        ).after(*checked)
         # Tasks take the pipeline parameter, ordered after `plan`: the KFP local runner hands a loop
         # task its loop item in place of an upstream task's output (kfp 2.17).
         ws = workspace

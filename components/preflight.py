@@ -1,0 +1,22 @@
+"""KFP components: the run's preflight, first in the pipeline (``anonbench.preflight``)."""
+
+from components.images import cpu_component, dp2_component
+
+
+@cpu_component
+def preflight(
+    workspace: str, params_file: str, profile: str, overrides: list, access_mode: str, nodes: int, gpu_memory: dict
+) -> str:
+    """Workspace writable with a fitting access mode, S3 writable, MLflow reachable, GPU memory enough."""
+    from anonbench.preflight import task
+
+    checks = ["workspace", "s3", "mlflow", "gpu-memory"]
+    return task(params_file, profile, overrides, workspace, checks, access_mode, nodes, gpu_memory)  # type: ignore[arg-type]
+
+
+@dp2_component
+def preflight_dp2(workspace: str, params_file: str, profile: str, overrides: list) -> str:
+    """DeepPrivacy2's checkpoints present with DP2's md5, in the DP2 image and its weights volume."""
+    from anonbench.preflight import task
+
+    return task(params_file, profile, overrides, workspace, ["dp2-weights"])
