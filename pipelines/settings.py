@@ -71,11 +71,15 @@ class TaskResources(_Strict):
 
 
 class Retries(_Strict):
-    """Retries of a failed task, with exponential backoff.
+    """Retries of a failed task, with exponential backoff: count and backoff, not which failures.
 
-    KFP retries every failure (its compiler gives Argo no retry condition); a stage that failed
-    with an exit status is recorded in the workspace, so a retry of it stops at once
-    (``anonbench.workspace.run_stage``), and only a task killed from outside (OOM, node loss) runs again.
+    KFP's pipeline spec has no retry condition, and its backend (2.17) writes Argo a
+    ``retryStrategy`` without one, so the cluster's Argo ``templateDefaults`` decide: KFP's own
+    manifests set ``retryPolicy: OnError``, which retries a lost pod (node loss, preemption) but
+    not an OOM kill, a non-zero exit or a time limit. ``infra/argo-retry-policy.patch.json`` sets
+    ``Always``; then a stage that failed with an exit status is recorded in the workspace, so its
+    retry stops at once (``anonbench.workspace.run_stage``), and a killed one runs again
+    (docs/orchestration.md, "Retries"; tests/pipeline/test_retries.py).
     """
 
     count: Annotated[int, Field(ge=0)] = 2
