@@ -5,13 +5,20 @@ from components.images import cpu_component, dp2_component
 
 @cpu_component
 def preflight(
-    workspace: str, params_file: str, profile: str, overrides: list, access_mode: str, nodes: int, gpu_memory: dict
+    workspace: str,
+    params_file: str,
+    profile: str,
+    overrides: list,
+    access_mode: str,
+    nodes: int,
+    gpu_memory: dict,
+    publish: bool,
 ) -> str:
-    """Workspace writable with a fitting access mode, S3 writable, MLflow reachable, GPU memory enough."""
+    """Workspace writable, access mode fit, S3 writable (a remote set if publishing), MLflow up, GPU memory enough."""
     from anonbench.preflight import task
 
     checks = ["workspace", "s3", "mlflow", "gpu-memory"]
-    return task(params_file, profile, overrides, workspace, checks, access_mode, nodes, gpu_memory)  # type: ignore[arg-type]
+    return task(params_file, profile, overrides, workspace, checks, access_mode, nodes, gpu_memory, publish)  # type: ignore[arg-type]
 
 
 @dp2_component

@@ -47,6 +47,24 @@ class Volume(_Strict):
     mount_path: str
 
 
+class SecretEnv(_Strict):
+    """One Kubernetes Secret whose keys become environment variables (same names) of the tasks that use it.
+
+    ``keys`` must be in the Secret (a pod without one does not start); ``optional`` keys may be
+    left out (``ANONBENCH_S3_ENDPOINT_URL`` on AWS itself). ``tasks`` names the components that
+    get them, by component name; every other task (plan, grid, gather, ...) gets none.
+    """
+
+    keys: list[str] = Field(min_length=1)
+    optional: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(min_length=1)
+
+    @property
+    def all_keys(self) -> list[str]:
+        """Required and optional keys."""
+        return [*self.keys, *self.optional]
+
+
 class TaskResources(_Strict):
     """What one kind of task asks the scheduler for, and how long it may run."""
 
@@ -104,7 +122,7 @@ class ClusterSettings(_Strict):
     publish: bool = True
     retries: Retries = Retries()
     image_pull_secrets: list[str] = Field(default_factory=list)
-    secrets: dict[str, list[str]] = Field(default_factory=dict)
+    secrets: dict[str, SecretEnv] = Field(default_factory=dict)
     tasks: dict[TaskKind, TaskResources] = Field(default_factory=dict)
 
     def resources(self, kind: TaskKind) -> TaskResources:

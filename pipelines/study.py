@@ -60,6 +60,8 @@ def _configure(
 ) -> dsl.PipelineTask:
     """Apply the cluster settings to one task: image lineage, volumes, secrets, retries, time limit, resources.
 
+    A task gets a Secret's keys only when the settings name its component there (``secrets.<name>.tasks``).
+
     KFP's own cache is off for every task: a task's real inputs live in the workspace,
     which KFP's cache key (component, image and input strings) cannot see, so a cached
     evaluation could outlive the model it scored. The workspace's stamps are the cache that
@@ -69,8 +71,12 @@ def _configure(
     """
     lineage(task)
     kubernetes.mount_pvc(task, pvc_name=settings.workspace_pvc, mount_path=settings.mount_path)
-    for secret, keys in settings.secrets.items():
-        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: key for key in keys})
+    for secret, env in settings.secrets.items():
+        if task.component_spec.name not in env.tasks:
+            continue
+        for keys, optional in ((env.keys, False), (env.optional, True)):
+            if keys:
+                kubernetes.use_secret_as_env(task, secret, {key: key for key in keys}, optional=optional)
     if settings.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
     task.set_caching_options(False)
@@ -173,6 +179,7 @@ def build(
                     access_mode=settings.workspace_access_mode,
                     nodes=settings.nodes,
                     gpu_memory=settings.gpu_memory,
+                    publish=settings.publish,
                 ),
             )
         ]
@@ -186,7 +193,6 @@ def build(
                 profile=profile,
                 overrides=overrides,
                 branches=list(branches),
-                publish=settings.publish,
             ),
         ).after(*checked)
         # Tasks take the pipeline parameter, ordered after `plan`: the KFP local runner hands a loop

@@ -330,6 +330,7 @@ def preflight(
         list[str] | None,
         typer.Option("--gpu-memory", help="KIND=GiB: memory of one GPU of a node class, e.g. train=80 (repeatable)."),
     ] = None,
+    publishes: Annotated[bool, typer.Option("--publish", help="The run publishes: a DVC remote must be set.")] = False,
     params: ParamsOption = Path("params.yaml"),
     profile: ProfileOption = None,
     set_: SetOption = None,
@@ -343,7 +344,7 @@ def preflight(
         raise typer.Exit(2)
     with stage_errors():
         node_gib = {kind: float(gib) for kind, gib in (item.split("=", 1) for item in gpu_memory or [])}
-        outcomes = run_checks(cfg, workspace, check or CHECKS, access_mode, nodes, node_gib)  # type: ignore[arg-type]
+        outcomes = run_checks(cfg, workspace, check or CHECKS, access_mode, nodes, node_gib, publishes)  # type: ignore[arg-type]
     for outcome in outcomes:
         typer.echo(outcome.line, err=not outcome.ok)
     if not all(o.ok for o in outcomes):

@@ -8,7 +8,7 @@ fails with it. The checks:
   (uid 10001, group 0 in the images), and the volume's access mode fits the node spread (a
   ReadWriteOnce claim attaches to one node; pods on a second one wait for it);
 - ``s3``: the DVC remote's bucket takes a small object and lets it be deleted, with the task's
-  credentials (:mod:`anonbench.s3`);
+  credentials (:mod:`anonbench.s3`); a run that publishes needs a remote;
 - ``mlflow``: the tracking server answers ``/health`` and accepts the task's credentials;
 - ``dp2-weights``: every checkpoint the DP2 methods of the run load is present, with DP2's md5
   where DP2 publishes one (runs in the DP2 image, which has DP2's configs);
@@ -121,6 +121,18 @@ def check_s3(remote: str | None) -> Outcome:
         reason = " ".join(str(err).split())
         return Outcome("s3", False, f"{where}: cannot write and delete {key} ({reason}); check the anonbench-s3 Secret")
     return Outcome("s3", True, f"{where}: wrote and deleted a test object")
+
+
+def check_run_s3(cfg: Config, publish: bool) -> Outcome:
+    """:func:`check_s3` for the run's remote; a publishing run without one fails (``workspace.check_publish``)."""
+    from anonbench.workspace import WorkspaceError, check_publish
+
+    if publish:
+        try:
+            check_publish(cfg)
+        except WorkspaceError as err:
+            return Outcome("s3", False, str(err))
+    return check_s3(cfg.publish.resolved_remote)
 
 
 def _get(url: str, headers: Mapping[str, str]) -> int:
@@ -244,6 +256,7 @@ def run_checks(
     access_mode: AccessMode = "ReadWriteMany",
     nodes: int = 1,
     node_gib: Mapping[str, float] | None = None,
+    publish: bool = False,
 ) -> list[Outcome]:
     """Run the named checks that apply to ``cfg`` (DP2 weights only when a DP2 method is in the run).
 
@@ -254,6 +267,7 @@ def run_checks(
         access_mode: The workspace claim's access mode.
         nodes: How many nodes the run's tasks may land on.
         node_gib: GiB of one GPU per kind of task.
+        publish: The run publishes its datasets (a DVC remote must be set).
 
     Returns:
         One outcome per check run, in :data:`CHECKS` order.
@@ -264,7 +278,7 @@ def run_checks(
         raise ValueError(f"unknown checks {sorted(unknown)}: expected some of {', '.join(CHECKS)}")
     runs: dict[str, Callable[[], Outcome]] = {
         "workspace": lambda: check_workspace(workspace, access_mode, nodes),
-        "s3": lambda: check_s3(cfg.publish.resolved_remote),
+        "s3": lambda: check_run_s3(cfg, publish),
         "mlflow": lambda: check_mlflow(cfg.tracking.resolved_uri),
         "dp2-weights": lambda: check_run_dp2_weights(cfg),
         "gpu-memory": lambda: check_gpu_memory(cfg, node_gib or {}),
@@ -287,6 +301,7 @@ def task(
     access_mode: AccessMode = "ReadWriteMany",
     nodes: int = 1,
     node_gib: Mapping[str, float] | None = None,
+    publish: bool = False,
 ) -> str:
     """What the pipeline's preflight tasks do: run the checks on the run's parameters, print each line.
 
@@ -299,6 +314,7 @@ def task(
         access_mode: The workspace claim's access mode.
         nodes: How many nodes the run's tasks may land on.
         node_gib: GiB of one GPU per kind of task.
+        publish: The run publishes its datasets.
 
     Returns:
         The outcomes as JSON (check -> ok): the task's output.
@@ -309,7 +325,7 @@ def task(
     from anonbench.config import load_config
 
     cfg = load_config(Path(params_file), profile or None, list(overrides))
-    outcomes = run_checks(cfg, Path(workspace), checks, access_mode, nodes, node_gib)
+    outcomes = run_checks(cfg, Path(workspace), checks, access_mode, nodes, node_gib, publish)
     for outcome in outcomes:
         print(outcome.line, flush=True)
     failed = [o.line for o in outcomes if not o.ok]

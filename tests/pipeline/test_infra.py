@@ -158,7 +158,7 @@ def test_pipeline_settings_name_what_infra_provides(rendered: list[dict[str, Any
     templates = [secret for path in (INFRA / "secrets").glob("*.yaml") for secret in documents(path)]
     pipeline_secrets = [s for s in templates if s["metadata"]["namespace"] == "kubeflow"]
     as_env = {(s["metadata"]["name"], frozenset(s["stringData"])) for s in pipeline_secrets if s["type"] == "Opaque"}
-    assert {(name, frozenset(keys)) for name, keys in settings.secrets.items()} == as_env
+    assert {(name, frozenset(env.all_keys)) for name, env in settings.secrets.items()} == as_env
     registry = {s["metadata"]["name"] for s in pipeline_secrets if s["type"] == "kubernetes.io/dockerconfigjson"}
     assert set(settings.image_pull_secrets) == registry
 

@@ -14,8 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from anonbench.anonymizers.dp2_weights import WeightFile, md5sum
 from anonbench.preflight import check_dp2_weights, check_workspace
+from anonbench.s3 import s3_environment
 from tests.pipeline.conftest import s3_bucket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,3 +184,14 @@ def test_a_fake_table_too_small_for_the_batch_fails() -> None:
     )
 
     assert "train n at batch 96 needs ~97.5 GiB" in failed_line(result, "gpu-memory")
+
+
+def test_anonbenchs_s3_names_win_and_a_missing_endpoint_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "the-launchers")
+    monkeypatch.setenv("ANONBENCH_S3_ACCESS_KEY_ID", "anonbenchs")
+    monkeypatch.setenv("ANONBENCH_S3_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    for name in ("ANONBENCH_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"):  # on AWS itself
+        monkeypatch.delenv(name, raising=False)
+
+    assert s3_environment() == {"AWS_ACCESS_KEY_ID": "anonbenchs", "AWS_SECRET_ACCESS_KEY": "secret"}
