@@ -78,8 +78,10 @@ class TaskResources(_Strict):
     tolerations: list[Toleration] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
-    """Memory of one GPU of the node class (GiB): checked against the trainings' needs by the preflight."""
+    gpu_memory_gib: Annotated[float, Field(gt=0)] | None = None
+    """Least memory of one GPU of the node class (GiB, as nvidia-smi shows it): the task's pods go only to
+    nodes whose ``nvidia.com/gpu.memory`` label (MiB, set by NVIDIA's GPU feature discovery) is at least
+    that, and the preflight checks the trainings' estimated needs against it."""
 
     @field_validator("timeout")
     @classmethod
@@ -139,8 +141,8 @@ class ClusterSettings(_Strict):
 
     @property
     def gpu_memory(self) -> dict[str, float]:
-        """GiB of one GPU per kind of task, where the settings give it (``gpu_memory_gb``)."""
-        return {kind: res.gpu_memory_gb for kind, res in self.tasks.items() if res.gpu_memory_gb is not None}
+        """GiB of one GPU per kind of task, where the settings give it (``gpu_memory_gib``)."""
+        return {kind: res.gpu_memory_gib for kind, res in self.tasks.items() if res.gpu_memory_gib is not None}
 
 
 def load_settings(path: Path | str = DEFAULT_SETTINGS) -> ClusterSettings:

@@ -50,6 +50,7 @@ from components.train import train
 from pipelines.settings import DEFAULT_SETTINGS, ClusterSettings, TaskKind, load_settings, seconds
 
 PIPELINE_NAME = "anonbench-study"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB of one GPU, set by NVIDIA's GPU feature discovery
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = Path(__file__).with_name("compiled") / "study.yaml"
 PARAMS_FILE = REPO / "params.yaml"
@@ -103,6 +104,11 @@ def _configure(
         task.set_env_variable(name, value)
     for key, value in res.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if res.gpu_memory_gib is not None and gpus:
+        least_mib = int(res.gpu_memory_gib * 1024)
+        kubernetes.add_node_affinity(
+            task, [{"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(least_mib - 1)]}]
+        )
     for toleration in res.tolerations:
         kubernetes.add_toleration(task, **toleration.model_dump(exclude_none=True))
     return task

@@ -224,7 +224,7 @@ def check_gpu_memory(cfg: Config, node_gib: Mapping[str, float]) -> Outcome:
 
     Args:
         cfg: The run's parameters (sizes, batches, image size, ``preflight.train_gpu_memory``).
-        node_gib: GiB of one GPU per kind of task (the cluster settings' ``gpu_memory_gb``).
+        node_gib: GiB of one GPU per kind of task (the cluster settings' ``gpu_memory_gib``).
 
     Returns:
         The outcome, naming each training that does not fit.
@@ -243,7 +243,7 @@ def check_gpu_memory(cfg: Config, node_gib: Mapping[str, float]) -> Outcome:
             "gpu-memory",
             False,
             f"{'; '.join(short)} at {cfg.train.imgsz} px (estimate: params.yaml preflight.train_gpu_memory), "
-            f"the train node class has {have:g} GiB: lower the batch or select larger GPUs (tasks.train.gpu_memory_gb)",
+            f"the train node class has {have:g} GiB: lower the batch or pick larger GPUs (tasks.train.gpu_memory_gib)",
         )
     top = max(need for _, _, need in needs)
     return Outcome("gpu-memory", True, f"largest training needs ~{top:.1f} GiB (estimate), node class has {have:g}")

@@ -246,3 +246,27 @@ def test_the_cluster_settings_and_manifests_name_files_that_exist() -> None:
         assert all((REPO / name).is_file() for name in named), (
             f"{path}: {[n for n in named if not (REPO / n).is_file()]}"
         )
+
+
+def test_the_workspace_claim_names_a_class_and_the_access_mode_the_settings_say(rendered: list[dict[str, Any]]) -> None:
+    settings = load_settings()
+    (claim,) = [
+        d for d in rendered if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == settings.workspace_pvc
+    ]
+    assert claim["spec"][
+        "storageClassName"
+    ]  # a default class rarely offers ReadWriteMany: the claim would stay Pending
+    assert claim["spec"]["accessModes"] == [settings.workspace_access_mode] == ["ReadWriteMany"]
+
+
+def test_the_workspace_init_job_makes_the_volume_writable_without_root(rendered: list[dict[str, Any]]) -> None:
+    (job,) = [d for d in rendered if d["kind"] == "Job" and d["metadata"]["name"] == "anonbench-workspace-init"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # The images' user and group (docker/*/Dockerfile: uid 10001, group 0); fsGroup makes the root group 0's.
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 0)
+    assert pod["securityContext"]["fsGroup"] == 0
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == load_settings().workspace_pvc
+    (container,) = pod["containers"]
+    assert container["volumeMounts"][0]["mountPath"] == load_settings().mount_path

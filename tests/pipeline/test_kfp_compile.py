@@ -380,3 +380,28 @@ def test_make_pipeline_command_compiles_with_the_image_from_the_environment(tmp_
     assert "anonymize_dp2" in compiled.loops()  # compiled for the profile asked for
     # The task image carries kfp: no pip install at task start, so tasks run with no network.
     assert all("pip install" not in str(e["container"]["command"]) for e in compiled.executors.values())
+
+
+def test_trainings_go_only_to_gpus_with_the_memory_the_settings_ask(
+    compiled: Compiled, settings: ClusterSettings
+) -> None:
+    least = settings.resources("train").gpu_memory_gib
+    assert least is not None
+    for label in compiled.executor_of("train") + compiled.executor_of("finetune"):
+        (term,) = compiled.platform[label]["nodeAffinity"]
+        assert term["matchExpressions"] == [
+            {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": [str(int(least * 1024) - 1)]}
+        ]
+    for label in compiled.executor_of("evaluate") + compiled.executor_of("preflight"):
+        assert "nodeAffinity" not in compiled.platform[label]
+
+
+def test_preflight_runs_first_and_the_dp2_one_needs_no_gpu(compiled: Compiled) -> None:
+    root = compiled.spec["root"]["dag"]["tasks"]
+    assert set(root["plan"]["dependentTasks"]) == {"preflight", "preflight-dp2"}
+    assert "dependentTasks" not in root["preflight"] and "dependentTasks" not in root["preflight-dp2"]
+    label = root["preflight-dp2"]["componentRef"]["name"].replace("comp-", "exec-")
+    assert "accelerator" not in compiled.executors[label]["container"].get("resources", {})
+    assert (
+        compiled.platform[label]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "anonbench-workspace"
+    )
