@@ -15,15 +15,15 @@ def preflight(
     publish: bool,
 ) -> str:
     """Workspace writable, access mode fit, S3 writable (a remote set if publishing), MLflow up, GPU memory enough."""
-    from anonbench.preflight import task
+    from anonbench.preflight import Cluster, task
 
-    checks = ["workspace", "s3", "mlflow", "gpu-memory"]
-    return task(params_file, profile, overrides, workspace, checks, access_mode, nodes, gpu_memory, publish)  # type: ignore[arg-type]
+    cluster = Cluster(access_mode, nodes, gpu_memory, publish)  # type: ignore[arg-type]
+    return task(params_file, profile, overrides, workspace, ["workspace", "s3", "mlflow", "gpu-memory"], cluster)
 
 
 @dp2_component
 def preflight_dp2(workspace: str, params_file: str, profile: str, overrides: list) -> str:
     """DeepPrivacy2's checkpoints present with DP2's md5, in the DP2 image and its weights volume."""
-    from anonbench.preflight import task
+    from anonbench.preflight import Cluster, task
 
-    return task(params_file, profile, overrides, workspace, ["dp2-weights"])
+    return task(params_file, profile, overrides, workspace, ["dp2-weights"], Cluster())

@@ -336,7 +336,7 @@ def preflight(
     set_: SetOption = None,
 ) -> None:
     """Check in seconds what would fail a run after hours: workspace, S3, MLflow, DP2 weights, GPU memory."""
-    from anonbench.preflight import CHECKS, run_checks
+    from anonbench.preflight import CHECKS, Cluster, run_checks
 
     cfg = load(params, profile, set_)
     if access_mode not in ("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"):
@@ -344,7 +344,8 @@ def preflight(
         raise typer.Exit(2)
     with stage_errors():
         node_gib = {kind: float(gib) for kind, gib in (item.split("=", 1) for item in gpu_memory or [])}
-        outcomes = run_checks(cfg, workspace, check or CHECKS, access_mode, nodes, node_gib, publishes)  # type: ignore[arg-type]
+        cluster = Cluster(access_mode, nodes, node_gib, publishes)  # type: ignore[arg-type]
+        outcomes = run_checks(cfg, workspace, check or CHECKS, cluster)
     for outcome in outcomes:
         typer.echo(outcome.line, err=not outcome.ok)
     if not all(o.ok for o in outcomes):

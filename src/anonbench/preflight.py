@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.error import HTTPError, URLError
@@ -249,14 +249,22 @@ def check_gpu_memory(cfg: Config, node_gib: Mapping[str, float]) -> Outcome:
     return Outcome("gpu-memory", True, f"largest training needs ~{top:.1f} GiB (estimate), node class has {have:g}")
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """What the checks need to know of the cluster (the pipeline's settings; ``anonbench preflight``'s options)."""
+
+    access_mode: AccessMode = "ReadWriteMany"
+    """The workspace claim's access mode."""
+    nodes: int = 1
+    """How many nodes the run's tasks may land on."""
+    node_gib: Mapping[str, float] = field(default_factory=dict)
+    """GiB of one GPU per kind of task."""
+    publish: bool = False
+    """The run publishes its datasets (a DVC remote must be set)."""
+
+
 def run_checks(
-    cfg: Config,
-    workspace: Path,
-    checks: Iterable[str] = CHECKS,
-    access_mode: AccessMode = "ReadWriteMany",
-    nodes: int = 1,
-    node_gib: Mapping[str, float] | None = None,
-    publish: bool = False,
+    cfg: Config, workspace: Path, checks: Iterable[str] = CHECKS, cluster: Cluster = Cluster()
 ) -> list[Outcome]:
     """Run the named checks that apply to ``cfg`` (DP2 weights only when a DP2 method is in the run).
 
@@ -264,10 +272,7 @@ def run_checks(
         cfg: The run's parameters.
         workspace: The run's folder.
         checks: Names from :data:`CHECKS`.
-        access_mode: The workspace claim's access mode.
-        nodes: How many nodes the run's tasks may land on.
-        node_gib: GiB of one GPU per kind of task.
-        publish: The run publishes its datasets (a DVC remote must be set).
+        cluster: Access mode, node spread, GPU memory, publishing.
 
     Returns:
         One outcome per check run, in :data:`CHECKS` order.
@@ -277,11 +282,11 @@ def run_checks(
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}: expected some of {', '.join(CHECKS)}")
     runs: dict[str, Callable[[], Outcome]] = {
-        "workspace": lambda: check_workspace(workspace, access_mode, nodes),
-        "s3": lambda: check_run_s3(cfg, publish),
+        "workspace": lambda: check_workspace(workspace, cluster.access_mode, cluster.nodes),
+        "s3": lambda: check_run_s3(cfg, cluster.publish),
         "mlflow": lambda: check_mlflow(cfg.tracking.resolved_uri),
         "dp2-weights": lambda: check_run_dp2_weights(cfg),
-        "gpu-memory": lambda: check_gpu_memory(cfg, node_gib or {}),
+        "gpu-memory": lambda: check_gpu_memory(cfg, cluster.node_gib),
     }
     if not any(m in DP2_METHODS for m in cfg.anonymize.methods):
         wanted.discard("dp2-weights")
@@ -293,15 +298,7 @@ class PreflightError(RuntimeError):
 
 
 def task(
-    params_file: str,
-    profile: str,
-    overrides: list[str],
-    workspace: str,
-    checks: Iterable[str],
-    access_mode: AccessMode = "ReadWriteMany",
-    nodes: int = 1,
-    node_gib: Mapping[str, float] | None = None,
-    publish: bool = False,
+    params_file: str, profile: str, overrides: list[str], workspace: str, checks: Iterable[str], cluster: Cluster
 ) -> str:
     """What the pipeline's preflight tasks do: run the checks on the run's parameters, print each line.
 
@@ -311,10 +308,7 @@ def task(
         overrides: The run's overrides.
         workspace: The run's folder.
         checks: Names from :data:`CHECKS`.
-        access_mode: The workspace claim's access mode.
-        nodes: How many nodes the run's tasks may land on.
-        node_gib: GiB of one GPU per kind of task.
-        publish: The run publishes its datasets.
+        cluster: Access mode, node spread, GPU memory, publishing.
 
     Returns:
         The outcomes as JSON (check -> ok): the task's output.
@@ -325,7 +319,7 @@ def task(
     from anonbench.config import load_config
 
     cfg = load_config(Path(params_file), profile or None, list(overrides))
-    outcomes = run_checks(cfg, Path(workspace), checks, access_mode, nodes, node_gib, publish)
+    outcomes = run_checks(cfg, Path(workspace), checks, cluster)
     for outcome in outcomes:
         print(outcome.line, flush=True)
     failed = [o.line for o in outcomes if not o.ok]
