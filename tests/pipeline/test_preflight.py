@@ -8,6 +8,7 @@ given as a number, the estimate table is params.yaml's.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from anonbench.anonymizers.dp2_weights import WeightFile, md5sum
-from anonbench.preflight import check_dp2_weights, check_workspace
+from anonbench.preflight import PreflightError, check_dp2_weights, check_workspace
 from anonbench.s3 import s3_environment
 from tests.pipeline.conftest import s3_bucket
 
@@ -195,3 +196,16 @@ def test_anonbenchs_s3_names_win_and_a_missing_endpoint_is_left_out(monkeypatch:
         monkeypatch.delenv(name, raising=False)
 
     assert s3_environment() == {"AWS_ACCESS_KEY_ID": "anonbenchs", "AWS_SECRET_ACCESS_KEY": "secret"}
+
+
+def test_the_pipelines_preflight_task_stops_the_run_on_a_failure(tmp_path: Path) -> None:
+    from components.preflight import preflight as component
+
+    def run(gib: float) -> str:
+        args = {"workspace": str(tmp_path / "ws"), "params_file": str(REPO / "params.yaml"), "profile": "mini"}
+        cluster = {"access_mode": "ReadWriteMany", "nodes": 8, "gpu_memory": {"train": gib}, "publish": False}
+        return str(component.python_func(**args, overrides=[], **cluster))
+
+    assert json.loads(run(80.0)) == {"workspace": True, "s3": True, "mlflow": True, "gpu-memory": True}
+    with pytest.raises(PreflightError, match=r"^preflight gpu-memory: FAIL train n at batch 16 needs ~1\.6 GiB"):
+        run(1.0)
