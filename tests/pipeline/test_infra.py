@@ -107,6 +107,7 @@ def test_every_rendered_manifest_is_valid_for_the_kubernetes_api(rendered: list[
     assert kinds == [
         "ConfigMap",
         "Deployment",
+        "Job",
         "Namespace",
         "PersistentVolumeClaim",
         "Role",
