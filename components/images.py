@@ -2,7 +2,8 @@
 
 KFP schedules and caches by image string, so images are named by immutable
 tags (``docker/build.sh`` tags ``anonbench-<name>:<version>-<git sha>``) or
-digests. Each image comes from, in order: the environment
+digests: ``build.sh --push`` records ``<registry>/anonbench-<name>:<tag>@sha256:...``, so
+pods pull by the digest the registry gave. Each image comes from, in order: the environment
 (``ANONBENCH_CPU_IMAGE``, ``ANONBENCH_TRAIN_IMAGE``, ``ANONBENCH_DP2_IMAGE``),
 ``build/images.env`` as ``make images`` leaves it, else
 ``anonbench-<name>:<package version>``. The choice is made when the pipeline
@@ -34,6 +35,20 @@ def image(name: str) -> str:
     """The image reference for ``cpu``, ``train`` or ``dp2``."""
     key = f"ANONBENCH_{name.upper()}_IMAGE"
     return os.environ.get(key) or _built().get(key) or f"anonbench-{name}:{version('anonbench')}"
+
+
+def registry(reference: str) -> str | None:
+    """The registry host an image reference names, None for a bare name.
+
+    Docker's rule: the first path component is a registry when it holds a dot or a port or is
+    ``localhost``. ``anonbench-cpu:0.1.0`` has none (a node would look for it on Docker Hub's
+    ``library/``); ``registry.example.org/vision/anonbench-cpu:0.1.0`` and
+    ``docker.io/me/anonbench-cpu`` have one.
+    """
+    first, slash, _ = reference.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
 
 
 def digest(name: str) -> str:

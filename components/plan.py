@@ -4,19 +4,16 @@ from components.images import cpu_component
 
 
 @cpu_component
-def plan(workspace: str, params_file: str, profile: str, overrides: list, branches: list, publish: bool) -> str:
+def plan(workspace: str, params_file: str, profile: str, overrides: list, branches: list) -> str:
     """Resolve the parameters once into ``<workspace>/params.yaml``; returns the workspace.
 
-    Fails at once when the run needs other fan-outs than ``branches`` (those compiled in) or when
-    ``publish`` is on and no DVC remote is configured.
+    Fails at once when the run needs other fan-outs than ``branches`` (those compiled in). A
+    publishing run without a DVC remote was refused before, by the preflight (which has the S3 Secret).
     """
     from anonbench.config import load_config
-    from anonbench.workspace import check_branches, check_publish, prepare
+    from anonbench.workspace import check_branches, prepare
 
-    cfg = load_config(prepare(workspace, params_file, profile, overrides))
-    check_branches(cfg, branches)
-    if publish:
-        check_publish(cfg)
+    check_branches(load_config(prepare(workspace, params_file, profile, overrides)), branches)
     return workspace
 
 

@@ -129,18 +129,21 @@ for name in "${names[@]}"; do
     --build-arg "GIT_COMMIT=$(git rev-parse HEAD)" \
     "${secret_args[@]}" -t "$image" .
   # The digest the pipeline tags MLflow runs with: the registry's after a push, else the local image id.
+  # A pushed image is named tag and digest (`name:tag@sha256:...`): pods pull exactly what was pushed.
+  reference=$image
   if $push; then
     "$DOCKER" push "$image"
     digest=$("$DOCKER" image inspect --format '{{index .RepoDigests 0}}' "$image")
     echo "$digest" >&2
     digest=${digest#*@}
+    reference="$image@$digest"
   else
     digest=$("$DOCKER" image inspect --format '{{.Id}}' "$image")
   fi
   key="ANONBENCH_$(tr '[:lower:]' '[:upper:]' <<<"$name")_IMAGE"
   touch build/images.env
   grep -v -e "^$key=" -e "^${key}_DIGEST=" build/images.env >build/images.env.tmp || true
-  echo "$key=$image" >>build/images.env.tmp
+  echo "$key=$reference" >>build/images.env.tmp
   echo "${key}_DIGEST=$digest" >>build/images.env.tmp
   mv build/images.env.tmp build/images.env
   echo "$image"

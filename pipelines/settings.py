@@ -47,6 +47,24 @@ class Volume(_Strict):
     mount_path: str
 
 
+class SecretEnv(_Strict):
+    """One Kubernetes Secret whose keys become environment variables (same names) of the tasks that use it.
+
+    ``keys`` must be in the Secret (a pod without one does not start); ``optional`` keys may be
+    left out (``ANONBENCH_S3_ENDPOINT_URL`` on AWS itself). ``tasks`` names the components that
+    get them, by component name; every other task (plan, grid, gather, ...) gets none.
+    """
+
+    keys: list[str] = Field(min_length=1)
+    optional: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(min_length=1)
+
+    @property
+    def all_keys(self) -> list[str]:
+        """Required and optional keys."""
+        return [*self.keys, *self.optional]
+
+
 class TaskResources(_Strict):
     """What one kind of task asks the scheduler for, and how long it may run."""
 
@@ -60,6 +78,10 @@ class TaskResources(_Strict):
     tolerations: list[Toleration] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    gpu_memory_gib: Annotated[float, Field(gt=0)] | None = None
+    """Least memory of one GPU of the node class (GiB, as nvidia-smi shows it): the task's pods go only to
+    nodes whose ``nvidia.com/gpu.memory`` label (MiB, set by NVIDIA's GPU feature discovery) is at least
+    that, and the preflight checks the trainings' estimated needs against it."""
 
     @field_validator("timeout")
     @classmethod
@@ -69,11 +91,15 @@ class TaskResources(_Strict):
 
 
 class Retries(_Strict):
-    """Retries of a failed task, with exponential backoff.
+    """Retries of a failed task, with exponential backoff: count and backoff, not which failures.
 
-    KFP retries every failure (its compiler gives Argo no retry condition); a stage that failed
-    with an exit status is recorded in the workspace, so a retry of it stops at once
-    (``anonbench.workspace.run_stage``), and only a task killed from outside (OOM, node loss) runs again.
+    KFP's pipeline spec has no retry condition, and its backend (2.17) writes Argo a
+    ``retryStrategy`` without one, so the cluster's Argo ``templateDefaults`` decide: KFP's own
+    manifests set ``retryPolicy: OnError``, which retries a lost pod (node loss, preemption) but
+    not an OOM kill, a non-zero exit or a time limit. ``infra/argo-retry-policy.patch.json`` sets
+    ``Always``; then a stage that failed with an exit status is recorded in the workspace, so its
+    retry stops at once (``anonbench.workspace.run_stage``), and a killed one runs again
+    (docs/orchestration.md, "Retries"; tests/pipeline/test_retries.py).
     """
 
     count: Annotated[int, Field(ge=0)] = 2
@@ -91,18 +117,32 @@ class ClusterSettings(_Strict):
     """
 
     workspace_pvc: str = "anonbench-workspace"
+    workspace_access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteMany"
     mount_path: str = "/mnt/anonbench"
     parallelism: Annotated[int, Field(ge=1)] = 4
     dp2_shards: Annotated[int, Field(ge=1)] = 1
     publish: bool = True
     retries: Retries = Retries()
     image_pull_secrets: list[str] = Field(default_factory=list)
-    secrets: dict[str, list[str]] = Field(default_factory=dict)
+    secrets: dict[str, SecretEnv] = Field(default_factory=dict)
     tasks: dict[TaskKind, TaskResources] = Field(default_factory=dict)
 
     def resources(self, kind: TaskKind) -> TaskResources:
         """Resources of ``kind`` (none requested when the settings leave it out)."""
         return self.tasks.get(kind, TaskResources())
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes a run's tasks may land on: ``parallelism`` per node class (distinct node selectors)."""
+        classes = {
+            tuple(sorted(self.resources(kind).node_selector.items())) for kind in ("cpu", "dp2", "train", "evaluate")
+        }
+        return self.parallelism * len(classes)
+
+    @property
+    def gpu_memory(self) -> dict[str, float]:
+        """GiB of one GPU per kind of task, where the settings give it (``gpu_memory_gib``)."""
+        return {kind: res.gpu_memory_gib for kind, res in self.tasks.items() if res.gpu_memory_gib is not None}
 
 
 def load_settings(path: Path | str = DEFAULT_SETTINGS) -> ClusterSettings:

@@ -1,6 +1,6 @@
 """The study as a Kubeflow pipeline: the stages of dvc.yaml as tasks over one shared workspace.
 
-Data order: plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
+Data order: preflight -> plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
 export -> train (``train.models``) -> finetune (freeze configs) -> evaluate (per model, over the
 eval variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
 list the run's own parameters produce (``grid``), so an override changes the grid at run
@@ -40,6 +40,7 @@ from components.fetch import fetch
 from components.finetune import finetune
 from components.images import lineage
 from components.plan import gather, grid, plan
+from components.preflight import preflight, preflight_dp2
 from components.prepare import prepare
 from components.publish import publish
 from components.relabel import relabel
@@ -49,24 +50,34 @@ from components.train import train
 from pipelines.settings import DEFAULT_SETTINGS, ClusterSettings, TaskKind, load_settings, seconds
 
 PIPELINE_NAME = "anonbench-study"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB of one GPU, set by NVIDIA's GPU feature discovery
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = Path(__file__).with_name("compiled") / "study.yaml"
 PARAMS_FILE = REPO / "params.yaml"
 
 
-def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings) -> dsl.PipelineTask:
+def _configure(
+    task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings, gpus: bool = True
+) -> dsl.PipelineTask:
     """Apply the cluster settings to one task: image lineage, volumes, secrets, retries, time limit, resources.
+
+    A task gets a Secret's keys only when the settings name its component there (``secrets.<name>.tasks``).
 
     KFP's own cache is off for every task: a task's real inputs live in the workspace,
     which KFP's cache key (component, image and input strings) cannot see, so a cached
     evaluation could outlive the model it scored. The workspace's stamps are the cache that
     knows the data: a stage that is current is not run again, and GPU tasks that are current
-    are not even scheduled (their fan-out's ``todo``).
+    are not even scheduled (their fan-out's ``todo``). ``gpus=False`` gives a task of a GPU kind
+    its image, volumes and environment but no GPU (the DP2 preflight only reads files).
     """
     lineage(task)
     kubernetes.mount_pvc(task, pvc_name=settings.workspace_pvc, mount_path=settings.mount_path)
-    for secret, keys in settings.secrets.items():
-        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: key for key in keys})
+    for secret, env in settings.secrets.items():
+        if task.component_spec.name not in env.tasks:
+            continue
+        for keys, optional in ((env.keys, False), (env.optional, True)):
+            if keys:
+                kubernetes.use_secret_as_env(task, secret, {key: key for key in keys}, optional=optional)
     if settings.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
     task.set_caching_options(False)
@@ -79,7 +90,7 @@ def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings
     )
     res = settings.resources(kind)
     kubernetes.set_timeout(task, seconds(res.timeout))
-    if res.accelerator and res.gpus:
+    if res.accelerator and res.gpus and gpus:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpus)
     if res.cpu:
         task.set_cpu_request(res.cpu)
@@ -93,6 +104,11 @@ def _configure(task: dsl.PipelineTask, kind: TaskKind, settings: ClusterSettings
         task.set_env_variable(name, value)
     for key, value in res.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if res.gpu_memory_gib is not None and gpus:
+        least_mib = int(res.gpu_memory_gib * 1024)
+        kubernetes.add_node_affinity(
+            task, [{"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(least_mib - 1)]}]
+        )
     for toleration in res.tolerations:
         kubernetes.add_toleration(task, **toleration.model_dump(exclude_none=True))
     return task
@@ -160,6 +176,21 @@ def build(
         download: bool = False,
     ) -> None:
         """Run the whole study in ``workspace`` with ``params_file``, ``profile`` and ``overrides``."""
+        run = {"workspace": workspace, "params_file": params_file, "profile": profile, "overrides": overrides}
+        checked = [
+            on(
+                "cpu",
+                preflight(
+                    **run,
+                    access_mode=settings.workspace_access_mode,
+                    nodes=settings.nodes,
+                    gpu_memory=settings.gpu_memory,
+                    publish=settings.publish,
+                ),
+            )
+        ]
+        if "anonymize_dp2" in branches:
+            checked.append(_configure(preflight_dp2(**run), "dp2", settings, gpus=False))
         planned = on(
             "cpu",
             plan(
@@ -168,9 +199,8 @@ def build(
                 profile=profile,
                 overrides=overrides,
                 branches=list(branches),
-                publish=settings.publish,
             ),
-        )
+        ).after(*checked)
         # Tasks take the pipeline parameter, ordered after `plan`: the KFP local runner hands a loop
         # task its loop item in place of an upstream task's output (kfp 2.17).
         ws = workspace

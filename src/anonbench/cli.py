@@ -315,6 +315,43 @@ def pull(
         wrote(stage.pull(run, names or [], remote))
 
 
+@app.command()
+def preflight(
+    workspace: Annotated[Path, typer.Option("--workspace", help="The run's folder (created if missing).")] = Path("."),
+    check: Annotated[
+        list[str] | None,
+        typer.Option("--check", help="workspace, s3, mlflow, dp2-weights or gpu-memory (repeatable; default all)."),
+    ] = None,
+    access_mode: Annotated[
+        str, typer.Option("--access-mode", help="The workspace claim's access mode (ReadWriteMany, ReadWriteOnce).")
+    ] = "ReadWriteMany",
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="How many nodes the run's tasks may land on.")] = 1,
+    gpu_memory: Annotated[
+        list[str] | None,
+        typer.Option("--gpu-memory", help="KIND=GiB: memory of one GPU of a node class, e.g. train=80 (repeatable)."),
+    ] = None,
+    publishes: Annotated[bool, typer.Option("--publish", help="The run publishes: a DVC remote must be set.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Check in seconds what would fail a run after hours: workspace, S3, MLflow, DP2 weights, GPU memory."""
+    from anonbench.preflight import CHECKS, Cluster, run_checks
+
+    cfg = load(params, profile, set_)
+    if access_mode not in ("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"):
+        typer.echo(f"error: --access-mode {access_mode!r}: expected ReadWriteMany, ReadWriteOnce or ReadWriteOncePod")
+        raise typer.Exit(2)
+    with stage_errors():
+        node_gib = {kind: float(gib) for kind, gib in (item.split("=", 1) for item in gpu_memory or [])}
+        cluster = Cluster(access_mode, nodes, node_gib, publishes)  # type: ignore[arg-type]
+        outcomes = run_checks(cfg, workspace, check or CHECKS, cluster)
+    for outcome in outcomes:
+        typer.echo(outcome.line, err=not outcome.ok)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point for ``python -m anonbench``."""
     app()

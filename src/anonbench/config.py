@@ -399,6 +399,27 @@ class Publish(_Section):
         return os.environ.get("ANONBENCH_DVC_REMOTE") or self.remote
 
 
+class GpuMemory(_Section):
+    """GPU memory a YOLOv10 training needs, in GiB: ``base_gb + per_image_gb[size] x batch x (imgsz / 640)^2``.
+
+    An estimate (``anonbench preflight`` compares it with a node class's GPU memory); params.yaml
+    gives its source.
+    """
+
+    base_gb: Annotated[float, Field(ge=0.0)]
+    per_image_gb: dict[ModelSize, Annotated[float, Field(gt=0.0)]]
+
+    def need(self, size: ModelSize, batch: int, imgsz: int) -> float:
+        """GiB a training of ``size`` at ``batch`` images of ``imgsz`` pixels needs on one GPU."""
+        return self.base_gb + self.per_image_gb[size] * batch * (imgsz / 640) ** 2
+
+
+class Preflight(_Section):
+    """What ``anonbench preflight`` checks against (docs/orchestration.md, "Preflight")."""
+
+    train_gpu_memory: GpuMemory
+
+
 class Config(_Section):
     """The whole, validated parameter set of one run."""
 
@@ -421,6 +442,7 @@ class Config(_Section):
     report: Report = Report()
     tracking: Tracking = Tracking()
     publish: Publish = Publish()
+    preflight: Preflight
 
     @model_validator(mode="after")
     def _class_names(self) -> Config:

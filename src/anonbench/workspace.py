@@ -445,10 +445,10 @@ def run_stage(workspace: Path | str, stage: str, *args: str) -> str:
     """Run ``anonbench <stage> ARGS`` in the workspace with its resolved parameters, unless it is current.
 
     The stage's output streams to this task's log as it comes. A stage that exits with an error
-    status is recorded as failed for the rest of this submission: a retry of the task (KFP
-    retries every failure) stops at once with the same error instead of repeating the work. A
-    stage killed by a signal (the kernel's OOM killer, a node drain) is not recorded, so its
-    retry runs it again.
+    status is recorded as failed for the rest of this submission: a retry of the task (what the
+    cluster's Argo retry policy allows, docs/orchestration.md) stops at once with the same error
+    instead of repeating the work. A stage killed by a signal (the kernel's OOM killer, a node
+    drain) is not recorded, so its retry runs it again.
 
     Args:
         workspace: The run's folder, prepared by :func:`prepare`.

@@ -540,6 +540,46 @@ def test_a_checkpoint_with_a_wrong_md5_is_refused_naming_it(tmp_path: Path) -> N
     assert not (tmp_path / "weights" / files[0].path).exists()
 
 
+def test_preflight_names_missing_then_corrupt_weights_with_exit_status_1(tmp_path: Path) -> None:
+    # The paper's DP2 method, read from DP2's own configs as the pipeline's preflight-dp2 task does.
+    def preflight() -> tuple[int, list[str]]:
+        weights = f"anonymize.dp2.weights_dir={tmp_path}"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "anonbench",
+                "preflight",
+                "--check",
+                "dp2-weights",
+                "--profile",
+                "paper",
+                "--set",
+                weights,
+            ],
+            cwd=PARAMS.parent,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return result.returncode, [x for x in result.stderr.splitlines() if x.startswith("preflight ")]
+
+    status, (line,) = preflight()
+    assert status == 1 and line.startswith(f"preflight dp2-weights: FAIL {tmp_path}: missing ")
+    assert "model_final_2d9806.pkl" in line and "md5 not DP2's" not in line
+    missing = [part.split("missing ", 1)[1] for part in line.split("; ") if "missing " in part]
+    for path in missing:  # every file there, none of them DP2's
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"not a checkpoint")
+
+    status, (line,) = preflight()
+    # Only the generator, whose md5 DP2's config gives; nothing missing any more.
+    assert status == 1 and line.startswith(
+        f"preflight dp2-weights: FAIL {tmp_path}: md5 not DP2's: torch/hub/checkpoints/"
+    )
+    assert "; missing" not in line
+
+
 def test_the_study_detector_needs_these_files(tmp_path: Path) -> None:
     from anonbench.anonymizers.dp2 import STUDY_CONFIG, repo_dir
     from anonbench.config import DeepPrivacy2

@@ -107,6 +107,7 @@ def test_every_rendered_manifest_is_valid_for_the_kubernetes_api(rendered: list[
     assert kinds == [
         "ConfigMap",
         "Deployment",
+        "Job",
         "Namespace",
         "PersistentVolumeClaim",
         "Role",
@@ -158,7 +159,7 @@ def test_pipeline_settings_name_what_infra_provides(rendered: list[dict[str, Any
     templates = [secret for path in (INFRA / "secrets").glob("*.yaml") for secret in documents(path)]
     pipeline_secrets = [s for s in templates if s["metadata"]["namespace"] == "kubeflow"]
     as_env = {(s["metadata"]["name"], frozenset(s["stringData"])) for s in pipeline_secrets if s["type"] == "Opaque"}
-    assert {(name, frozenset(keys)) for name, keys in settings.secrets.items()} == as_env
+    assert {(name, frozenset(env.all_keys)) for name, env in settings.secrets.items()} == as_env
     registry = {s["metadata"]["name"] for s in pipeline_secrets if s["type"] == "kubernetes.io/dockerconfigjson"}
     assert set(settings.image_pull_secrets) == registry
 
@@ -246,3 +247,27 @@ def test_the_cluster_settings_and_manifests_name_files_that_exist() -> None:
         assert all((REPO / name).is_file() for name in named), (
             f"{path}: {[n for n in named if not (REPO / n).is_file()]}"
         )
+
+
+def test_the_workspace_claim_names_a_class_and_the_access_mode_the_settings_say(rendered: list[dict[str, Any]]) -> None:
+    settings = load_settings()
+    (claim,) = [
+        d for d in rendered if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == settings.workspace_pvc
+    ]
+    assert claim["spec"][
+        "storageClassName"
+    ]  # a default class rarely offers ReadWriteMany: the claim would stay Pending
+    assert claim["spec"]["accessModes"] == [settings.workspace_access_mode] == ["ReadWriteMany"]
+
+
+def test_the_workspace_init_job_makes_the_volume_writable_without_root(rendered: list[dict[str, Any]]) -> None:
+    (job,) = [d for d in rendered if d["kind"] == "Job" and d["metadata"]["name"] == "anonbench-workspace-init"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # The images' user and group (docker/*/Dockerfile: uid 10001, group 0); fsGroup makes the root group 0's.
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 0)
+    assert pod["securityContext"]["fsGroup"] == 0
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == load_settings().workspace_pvc
+    (container,) = pod["containers"]
+    assert container["volumeMounts"][0]["mountPath"] == load_settings().mount_path

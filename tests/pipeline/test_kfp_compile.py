@@ -195,17 +195,39 @@ def test_training_gets_a_memory_backed_dev_shm(compiled: Compiled, settings: Clu
         assert "emptyDirMounts" not in compiled.platform[label]
 
 
-def test_every_task_gets_the_s3_and_mlflow_secrets_as_environment(compiled: Compiled) -> None:
-    expected = {
-        "anonbench-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "ANONBENCH_DVC_REMOTE"},
-        "anonbench-mlflow": {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
-    }
-    assert set(compiled.platform) == set(compiled.executors)
-    for label, platform in compiled.platform.items():
-        found = {s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in platform["secretAsEnv"]}
-        assert found == expected, label
-        for secret in platform["secretAsEnv"]:
+def secret_env(compiled: Compiled, component: str) -> set[tuple[str, str, bool]]:
+    """(Secret, variable, optional) of every secret key the tasks running ``component`` get as environment."""
+    found = set()
+    for label in compiled.executor_of(component):
+        for secret in compiled.platform[label].get("secretAsEnv", []):
             assert all(k["envVar"] == k["secretKey"] for k in secret["keyToEnv"])
+            found |= {(secret["secretName"], k["envVar"], secret["optional"]) for k in secret["keyToEnv"]}
+    return found
+
+
+S3_KEYS = {
+    ("anonbench-s3", "ANONBENCH_S3_ACCESS_KEY_ID", False),
+    ("anonbench-s3", "ANONBENCH_S3_SECRET_ACCESS_KEY", False),
+    ("anonbench-s3", "ANONBENCH_DVC_REMOTE", False),
+    ("anonbench-s3", "ANONBENCH_S3_ENDPOINT_URL", True),  # absent on AWS itself
+}
+MLFLOW_KEYS = {
+    ("anonbench-mlflow", "MLFLOW_TRACKING_URI", False),
+    ("anonbench-mlflow", "MLFLOW_TRACKING_USERNAME", True),  # a server without authentication
+    ("anonbench-mlflow", "MLFLOW_TRACKING_PASSWORD", True),
+}
+
+
+def test_only_the_tasks_that_use_s3_or_mlflow_get_their_secrets(compiled: Compiled) -> None:
+    for component in ("plan", "grid", "gather", "fetch", "prepare", "export"):
+        assert secret_env(compiled, component) == set(), component
+    for component in ("preflight", "publish"):
+        assert secret_env(compiled, component) == S3_KEYS | MLFLOW_KEYS, component
+    for component in ("anonymize", "anonymize-shard", "ssim", "train", "finetune", "evaluate", "relabel", "drift"):
+        assert secret_env(compiled, component) == MLFLOW_KEYS, component
+    # No AWS_* variable in any task: the KFP launcher's S3 client reads those (anonbench.s3).
+    names = {k["envVar"] for p in compiled.platform.values() for s in p.get("secretAsEnv", []) for k in s["keyToEnv"]}
+    assert names and not any(name.startswith("AWS_") for name in names)
 
 
 def test_every_task_pulls_with_the_registry_secret_and_has_a_time_limit(
@@ -377,3 +399,28 @@ def test_make_pipeline_command_compiles_with_the_image_from_the_environment(tmp_
     assert "anonymize_dp2" in compiled.loops()  # compiled for the profile asked for
     # The task image carries kfp: no pip install at task start, so tasks run with no network.
     assert all("pip install" not in str(e["container"]["command"]) for e in compiled.executors.values())
+
+
+def test_trainings_go_only_to_gpus_with_the_memory_the_settings_ask(
+    compiled: Compiled, settings: ClusterSettings
+) -> None:
+    least = settings.resources("train").gpu_memory_gib
+    assert least is not None
+    for label in compiled.executor_of("train") + compiled.executor_of("finetune"):
+        (term,) = compiled.platform[label]["nodeAffinity"]
+        assert term["matchExpressions"] == [
+            {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": [str(int(least * 1024) - 1)]}
+        ]
+    for label in compiled.executor_of("evaluate") + compiled.executor_of("preflight"):
+        assert "nodeAffinity" not in compiled.platform[label]
+
+
+def test_preflight_runs_first_and_the_dp2_one_needs_no_gpu(compiled: Compiled) -> None:
+    root = compiled.spec["root"]["dag"]["tasks"]
+    assert set(root["plan"]["dependentTasks"]) == {"preflight", "preflight-dp2"}
+    assert "dependentTasks" not in root["preflight"] and "dependentTasks" not in root["preflight-dp2"]
+    label = root["preflight-dp2"]["componentRef"]["name"].replace("comp-", "exec-")
+    assert "accelerator" not in compiled.executors[label]["container"].get("resources", {})
+    assert (
+        compiled.platform[label]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "anonbench-workspace"
+    )

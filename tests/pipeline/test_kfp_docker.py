@@ -59,7 +59,6 @@ def cpu_stages() -> Callable[..., None]:
                 profile="mini",
                 overrides=overrides,
                 branches=branches,
-                publish=True,
             )
         )
         fetched = lineage(fetch(workspace=workspace, download=False).after(planned))

@@ -3,12 +3,15 @@
 No KFP cluster can run here, so only the HTTP endpoint is faked: a small server on 127.0.0.1
 that answers the KFP v2beta1 REST calls the real kfp.Client makes (health, pipelines,
 upload, versions, experiments, runs) and records them. Everything on the client side is real.
+Its healthz answers as KFP 2.17's API server does (``backend/src/apiserver/main.go``:
+``commit_sha``, ``tag_name``, ``multi_user``), with the release a test gives it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,8 +26,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
+from components.images import IMAGES
 from pipelines.study import PIPELINE_NAME
-from pipelines.submit import submit
+from pipelines.submit import SubmitError, submit
 
 REPO = Path(__file__).resolve().parents[2]
 API = "/apis/v2beta1"
@@ -41,6 +45,7 @@ class FakeKfp(ThreadingHTTPServer):
         self.versions: list[tuple[str, str]] = []  # (pipeline id, version name)
         self.runs: list[dict[str, Any]] = []
         self.authorization: set[str | None] = set()  # Authorization headers seen
+        self.release = "2.17.0"  # the backend's tag_name
 
     @property
     def url(self) -> str:
@@ -77,7 +82,9 @@ class FakeKfpHandler(BaseHTTPRequestHandler):
         elif url.path.startswith(f"{API}/pipelines/") and url.path.endswith("/versions"):
             pid = url.path.split("/")[-2]
             self._reply({"pipeline_versions": [{"pipeline_id": pid, "pipeline_version_id": f"{pid}-v1"}]})
-        else:  # healthz, experiments (none yet)
+        elif url.path.endswith("/healthz"):
+            self._reply({"commit_sha": "4a3592cb", "tag_name": self.server.release, "multi_user": False})
+        else:  # experiments (none yet)
             self._reply({})
 
     def do_POST(self) -> None:
@@ -121,7 +128,9 @@ def kfp_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKfp
 def test_submit_uploads_the_study_and_starts_a_run_with_the_arguments(kfp_api: FakeKfp) -> None:
     arguments = {"profile": "paper", "overrides": ["train.epochs=50"], "workspace": "/mnt/anonbench/p1"}
 
-    url = submit(kfp_api.url, arguments, experiment="study", service_account="anonbench-pipeline-runner")
+    url = submit(
+        kfp_api.url, arguments, experiment="study", service_account="anonbench-pipeline-runner", local_images=True
+    )
 
     assert url == f"{kfp_api.url}/#/runs/details/r1"
     (package,) = kfp_api.packages
@@ -134,8 +143,8 @@ def test_submit_uploads_the_study_and_starts_a_run_with_the_arguments(kfp_api: F
 
 
 def test_a_second_submit_adds_a_version_instead_of_a_new_pipeline(kfp_api: FakeKfp) -> None:
-    submit(kfp_api.url, {"profile": "mini"})
-    url = submit(kfp_api.url, {"profile": "paper"})
+    submit(kfp_api.url, {"profile": "mini"}, local_images=True)
+    url = submit(kfp_api.url, {"profile": "paper"}, local_images=True)
 
     assert url.endswith("/#/runs/details/r2")
     assert list(kfp_api.pipelines) == [PIPELINE_NAME] and len(kfp_api.packages) == 2
@@ -146,21 +155,38 @@ def test_a_second_submit_adds_a_version_instead_of_a_new_pipeline(kfp_api: FakeK
     assert kfp_api.runs[1]["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": "v2"}
 
 
+@pytest.mark.parametrize("release", ["2.5.0", "2.13.1", "unknown"])
+def test_submit_refuses_a_backend_older_than_the_minimum(kfp_api: FakeKfp, release: str) -> None:
+    kfp_api.release = release
+
+    with pytest.raises(SubmitError, match="KFP backend") as refused:
+        submit(kfp_api.url, {"profile": "mini"}, local_images=True)
+
+    assert "2.14.0" in str(refused.value) and "\n" not in str(refused.value)
+    assert kfp_api.packages == [] and kfp_api.runs == []
+
+
 OPTIONS = ["--set", "train.epochs=2", "--set", "train.sizes=[n,m]", "--workspace", "/mnt/anonbench/x"]
+DIGEST = "sha256:" + "ab" * 32
+# As build/images.env names images that build.sh --push pushed: tag and the registry's digest.
+PUSHED = {f"ANONBENCH_{n.upper()}_IMAGE": f"registry.example.org/vision/anonbench-{n}:0.1.0@{DIGEST}" for n in IMAGES}
 
 
-def test_submit_command_prints_the_run_url(kfp_api: FakeKfp, tmp_path: Path) -> None:
+def test_submit_command_prints_the_run_url_and_pods_pull_by_digest(kfp_api: FakeKfp, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.submit", "--host", kfp_api.url, "--profile", "paper", *OPTIONS],
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, "HOME": str(tmp_path), "KFP_TOKEN": "t0ken"},
+        env={**os.environ, **PUSHED, "HOME": str(tmp_path), "KFP_TOKEN": "t0ken"},
         check=True,
     )
 
     assert f"run: {kfp_api.url}/#/runs/details/r1" in result.stdout.splitlines()
     assert kfp_api.authorization == {"Bearer t0ken"}
+    (package,) = kfp_api.packages
+    executors = package["deploymentSpec"]["executors"].values()
+    assert {e["container"]["image"] for e in executors} == set(PUSHED.values())  # paper: cpu, train, dp2
     assert kfp_api.runs[0]["runtime_config"]["parameters"] == {
         "profile": "paper",
         "overrides": ["train.epochs=2", "train.sizes=[n,m]"],
@@ -185,9 +211,38 @@ def test_submit_command_refuses_invalid_parameters_before_uploading(kfp_api: Fak
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, "HOME": str(tmp_path)},
+        env={**os.environ, **PUSHED, "HOME": str(tmp_path)},
     )
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "finetune.base.size" in result.stderr
+    assert kfp_api.packages == [] and kfp_api.runs == []
+
+
+def test_submit_from_a_fresh_clone_refuses_images_without_a_registry(kfp_api: FakeKfp, tmp_path: Path) -> None:
+    # A fresh clone: the files git would check out (tracked and not ignored), no build/images.env.
+    clone = tmp_path / "clone"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    )
+    for name in listed.stdout.splitlines():
+        if (REPO / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, clone / name)
+    assert not (clone / "build").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANONBENCH_") or not k.endswith("_IMAGE")}
+    env |= {"HOME": str(tmp_path), "PYTHONPATH": f"{clone / 'src'}{os.pathsep}{clone}"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.submit", "--host", kfp_api.url, "--profile", "mini"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: images without a registry") and "anonbench-cpu:" in line
+    assert "docker/build.sh --push" in line and "--local-images" in line
     assert kfp_api.packages == [] and kfp_api.runs == []

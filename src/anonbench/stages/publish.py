@@ -4,8 +4,8 @@ Runs in a study workspace (``anonbench.workspace``), never in the repository, wh
 ``dvc.yaml`` already versions the same outputs (there: ``dvc push -r s3 <stage>``). The
 workspace becomes a DVC repository without git whose cache hardlinks the published files
 (no second copy on the volume) and whose remote ``publish`` is ``publish.remote``
-(``ANONBENCH_DVC_REMOTE`` wins), with ``AWS_ENDPOINT_URL`` as the S3 endpoint; credentials
-come only from the environment. For one target:
+(``ANONBENCH_DVC_REMOTE`` wins), with ``ANONBENCH_S3_ENDPOINT_URL`` (else ``AWS_ENDPOINT_URL``)
+as the S3 endpoint; credentials come only from the environment (:mod:`anonbench.s3`). For one target:
 
 - ``dvc add <folder>`` writes ``<folder>.dvc``: the folder's hash, size and file count. The
   resume records and timings of a variant are ignored (:data:`IGNORE`, as in the
@@ -22,7 +22,6 @@ anonymization method (its variant).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ import yaml
 
 from anonbench.config import CLASSIC_METHODS, DP2_METHODS, Config
 from anonbench.io import atomic_write_text, move_into_place
+from anonbench.s3 import s3_environment, use_s3_environment
 
 log = logging.getLogger(__name__)
 REMOTE = "publish"
@@ -60,10 +60,15 @@ def target_path(cfg: Config, target: str) -> Path:
 
 
 def _remote_config(url: str) -> dict[str, Any]:
-    """The DVC remote section for ``url``: an S3 URL takes the endpoint from ``AWS_ENDPOINT_URL``."""
+    """The DVC remote section for ``url``: an S3 URL takes the endpoint anonbench's S3 settings name.
+
+    The credentials go to DVC through this process's environment (:func:`anonbench.s3.use_s3_environment`),
+    never into the workspace's DVC config.
+    """
     config: dict[str, Any] = {"url": url}
-    if url.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        config["endpointurl"] = os.environ["AWS_ENDPOINT_URL"]
+    endpoint = s3_environment().get("AWS_ENDPOINT_URL")
+    if url.startswith("s3://") and endpoint:
+        config["endpointurl"] = endpoint
     return config
 
 
@@ -142,6 +147,7 @@ def run(cfg: Config, target: str, root: Path = Path(".")) -> list[Path]:
     if not (root / folder).is_dir():
         raise PublishError(f"{root / folder}: nothing to publish (run the stage that makes it first)")
     run_name = cfg.publish.run or root.resolve().name
+    use_s3_environment()
     repo = _open_workspace_repo(root, url)
     try:
         source = target == "source"  # public data: hashed for lineage, never uploaded
