@@ -91,7 +91,8 @@ def tracking_url(
     cfg = load(params, profile, set_)
     experiment = MlflowClient(cfg.tracking.resolved_uri).get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
-        typer.echo(f"error: no experiment {cfg.tracking.experiment!r} in {cfg.tracking.resolved_uri} yet", err=True)
+        where = f"{cfg.tracking.experiment!r} in {cfg.tracking.resolved_uri}"
+        typer.echo(f"error: no experiment {where} yet (run a stage first, e.g. make demo)", err=True)
         raise typer.Exit(1)
     typer.echo(runs_url(cfg.report.tracking_ui, experiment.experiment_id))
 

@@ -89,19 +89,30 @@ def register(run: Any, tags: dict[str, str], dataset: Path) -> dict[str, str]:
     return {"name": name, "version": str(version.version)}
 
 
-def link_evaluation(registered: dict[str, str], eval_data: str, eval_run_id: str) -> None:
+def link_evaluation(registered: dict[str, str], eval_data: str, eval_run_id: str) -> bool:
     """Tie an evaluation run and the model version it scored to each other.
 
     Args:
         registered: The model's ``{"name", "version"}`` from its train.json.
         eval_data: The variant it was evaluated on (the version tag ``eval.<eval data>``).
         eval_run_id: The evaluation's MLflow run.
+
+    Returns:
+        False when the store does not hold that version (weights trained against another store, or a
+        store made anew since): the evaluation stands, only the link is missing.
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    client.set_model_version_tag(registered["name"], registered["version"], f"eval.{eval_data}", eval_run_id)
+    try:
+        client.set_model_version_tag(registered["name"], registered["version"], f"eval.{eval_data}", eval_run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
     client.set_tag(eval_run_id, REGISTERED_TAG, f"{registered['name']}/{registered['version']}")
+    return True
 
 
 def fetch(name: str, version: str, dest: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 from anonbench.config import Config
-from anonbench.registry import dataset_digest, model_name
+from anonbench.registry import dataset_digest, link_evaluation, model_name
 from anonbench.study import RunLinks
 from anonbench.tracking import ensure_experiment
 from anonbench.tracking_ui import COLUMNS, KIND_TAG, MODEL_TRAINING, VIEW_KEY, VIEW_TAG_PREFIX, compare_url, runs_url
@@ -83,3 +83,19 @@ def test_a_section_compare_link_names_exactly_its_runs_in_the_store(
     assert unquote(link).endswith(f'#/compare-runs?runs=["{second}","{first}"]&experiments=["{experiment}"])')
     links.text("y", first)
     assert links.compare() is None, "one run is nothing to compare"
+
+
+def test_an_evaluation_of_weights_the_store_has_not_registered_is_left_unlinked(
+    make_config: Callable[..., Config], mlflow_db: Path
+) -> None:
+    cfg = make_config()
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    run_id = client.create_run(client.create_experiment(cfg.tracking.experiment)).info.run_id
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    assert not link_evaluation({"name": "anonbench-yolov10-n-org", "version": "1"}, "org", run_id)
+    assert "registered_model" not in client.get_run(run_id).data.tags
+    client.create_registered_model("anonbench-yolov10-n-org")
+    client.create_model_version("anonbench-yolov10-n-org", source="file:///nowhere/weights", run_id=run_id)
+    assert link_evaluation({"name": "anonbench-yolov10-n-org", "version": "1"}, "org", run_id)
+    assert client.get_run(run_id).data.tags["registered_model"] == "anonbench-yolov10-n-org/1"
+    assert client.get_model_version("anonbench-yolov10-n-org", "1").tags == {"eval.org": run_id}

@@ -20,6 +20,7 @@ reason, and the MLflow run is tagged ``void=true`` and logs no AP.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from anonbench.predict import PredictSettings, predict, split_images
 from anonbench.registry import link_evaluation
 from anonbench.tracking import mlflow_run
 from anonbench.yolo import SUMMARY, chosen_weights, head_record, model_dir
+
+log = logging.getLogger(__name__)
 
 NO_DETECTIONS = "no detections"
 
@@ -259,8 +262,10 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         )
         if void_reason is None:
             mlflow.log_metrics(mlflow_metrics(scores))
-        if registered := registered_version(cfg, model_id):
-            link_evaluation(registered, eval_variant, active.info.run_id)
+        if (registered := registered_version(cfg, model_id)) and not link_evaluation(
+            registered, eval_variant, active.info.run_id
+        ):
+            log.warning("%s is not in %s: the evaluation is not linked to it", registered, cfg.tracking.resolved_uri)
         metrics = {
             **scores.stats,
             "per_class": scores.per_class,
