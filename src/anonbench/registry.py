@@ -39,7 +39,10 @@ def model_name(tags: dict[str, str]) -> str:
 
 
 def dataset_digest(folder: Path, lock: Path = Path("dvc.lock")) -> str:
-    """The DVC hash of a dataset folder: from dvc.lock (``dvc repro``), else from a workspace's pointers (KFP).
+    """The DVC hash of a dataset folder: from dvc.lock (``dvc repro``), else from a workspace's pointers.
+
+    KFP publishes the anonymized variants, not their YOLO exports, so an export is found among a
+    workspace's pointers only where a publish target names it.
 
     Args:
         folder: The exported dataset (``data/yolo/<variant>``), as the stage was given it.
