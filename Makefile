@@ -60,9 +60,12 @@ PROFILE ?= mini
 pipeline: install
 	$(BIN)/python -m pipelines.study --profile $(PROFILE) --output pipelines/compiled/study.yaml
 
-# Browse the demo's MLflow runs (the local store mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT).
+# Browse the demo's MLflow runs (the local store mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT); prints the
+# address of the runs table with anonbench's default columns (docs/tracking.md).
 MLFLOW_PORT ?= 5000
 mlflow-ui: install
+	-@$(BIN)/anonbench tracking-url --set tracking.uri=sqlite:///mlflow.db \
+		--set report.tracking_ui=http://127.0.0.1:$(MLFLOW_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
 

@@ -192,7 +192,13 @@ def renumber_folder(source: Path, target: Path, splits: dict[str, str]) -> Path:
 def built_report(
     tmp_path_factory: pytest.TempPathFactory, coco_mini: Path, tiny_coco: Path, mlflow_template: Path
 ) -> tuple[Config, list[Path]]:
-    """The study report of tests/report_study.py's synthetic outputs, built once for the tests that only read it."""
+    """The study report of tests/report_study.py's synthetic outputs, built once for the tests that only read it.
+
+    A session fixture is made before the asking test's own fixtures (``_own_tracking_uri``), so the store an
+    earlier test exported through MLFLOW_TRACKING_URI is cleared here too: the report logs to its own store.
+    """
     from tests.report_study import build_report
 
-    return build_report(tmp_path_factory.mktemp("report"), coco_mini, tiny_coco, mlflow_template)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return build_report(tmp_path_factory.mktemp("report"), coco_mini, tiny_coco, mlflow_template)

@@ -210,9 +210,13 @@ def report_cfg(make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: P
 @pytest.fixture
 def report_copy(built_report: tuple[Config, list[Path]], tmp_path: Path, coco_mini: Path, tiny_coco: Path) -> Config:
     """A copy of the built synthetic study (outputs, MLflow store) for a test that changes it."""
-    root = built_report[0].paths.reports.parent
-    shutil.copytree(root, tmp_path / "study", symlinks=True)
-    return config_under(tmp_path / "study", coco_mini, *GRID, source=tiny_coco)
+    return copy_study(built_report[0], tmp_path / "study", coco_mini, tiny_coco)
+
+
+def copy_study(cfg: Config, target: Path, coco_mini: Path, tiny_coco: Path, *overrides: str) -> Config:
+    """Copy the synthetic study of ``cfg`` (outputs, MLflow store) to ``target``; its config there (plus overrides)."""
+    shutil.copytree(cfg.paths.reports.parent, target, symlinks=True)
+    return config_under(target, coco_mini, *GRID, *overrides, source=tiny_coco)
 
 
 def build_report(root: Path, coco_mini: Path, tiny_coco: Path, mlflow_template: Path) -> tuple[Config, list[Path]]:

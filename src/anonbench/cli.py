@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the resolved parameters.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+model_app = typer.Typer(help="Trained models in the MLflow Model Registry.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="Parameter file.")]
 ProfileOption = Annotated[str | None, typer.Option("--profile", help="Profile to apply (default: the file's).")]
@@ -75,6 +77,45 @@ def config_show(
     """Print the resolved, validated configuration as YAML."""
     cfg = load(params, profile, set_)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+@app.command("tracking-url")
+def tracking_url(
+    params: ParamsOption = Path("params.yaml"), profile: ProfileOption = None, set_: SetOption = None
+) -> None:
+    """Print the MLflow UI address of the experiment's runs table with anonbench's default columns."""
+    from mlflow import MlflowClient
+
+    from anonbench.tracking_ui import runs_url
+
+    cfg = load(params, profile, set_)
+    experiment = MlflowClient(cfg.tracking.resolved_uri).get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        where = f"{cfg.tracking.experiment!r} in {cfg.tracking.resolved_uri}"
+        typer.echo(f"error: no experiment {where} yet (run a stage first, e.g. make demo)", err=True)
+        raise typer.Exit(1)
+    typer.echo(runs_url(cfg.report.tracking_ui, experiment.experiment_id))
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: Annotated[str, typer.Option("--name", help="Registered model, e.g. anonbench-yolov10-n-org.")],
+    version: Annotated[str, typer.Option("--version", help="Version number (or @alias).")],
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to download the weights into.")] = Path("."),
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Download a registered model version's weights (best.pt, last.pt) from the tracking store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from anonbench.registry import fetch as fetch_version
+
+    cfg = load(params, profile, set_)
+    mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
+    with stage_errors(MlflowException):  # no such model or version
+        wrote(fetch_version(name, version, dest))
 
 
 @app.command()

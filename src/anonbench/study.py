@@ -287,6 +287,7 @@ class RunLinks:
         self._ui = cfg.report.tracking_ui.rstrip("/")
         self._experiments: dict[str, str | None] = {}
         self.cited: set[str] = set()
+        self.section: list[str] = []  # the runs cited since the last compare link, in order of first citation
 
     def _experiment(self, run_id: str) -> str | None:
         if run_id not in self._experiments:
@@ -319,7 +320,25 @@ class RunLinks:
         if not run_id:
             return text
         self.cited.add(run_id)
+        if run_id not in self.section:
+            self.section.append(run_id)
         return f"[{text}]({self.url(run_id)})"
+
+    def compare(self) -> str | None:
+        """A link to MLflow's compare view on the runs cited since the last call (one question's runs).
+
+        Returns:
+            The Markdown link, or None when fewer than two of those runs are in the tracking store.
+        """
+        from anonbench.tracking_ui import compare_url
+
+        known = {run_id: self._experiment(run_id) for run_id in self.section}
+        self.section = []
+        runs = [run_id for run_id, experiment in known.items() if experiment is not None]
+        if len(runs) < 2:
+            return None
+        experiments = sorted({str(known[run_id]) for run_id in runs})
+        return f"[Compare these {len(runs)} runs in MLflow]({compare_url(self._ui, runs, experiments)})"
 
     def find(self, stage: str, **tags: str) -> str | None:
         """The newest run of a stage with the given tags (for stages that keep no run id in their outputs)."""

@@ -119,14 +119,24 @@ def local_artifact_location(uri: str) -> str | None:
 
 
 def ensure_experiment(cfg: Config) -> None:
-    """Point MLflow at the configured store and experiment, creating it (artifacts beside a local store) if missing."""
+    """Point MLflow at the configured store and experiment, creating it (artifacts beside a local store) if missing.
+
+    The experiment carries :func:`anonbench.tracking_ui.experiment_tags` (a model-training experiment, the
+    default runs-table view); an experiment made before them gets them now.
+    """
     import mlflow
+
+    from anonbench.tracking_ui import experiment_tags
 
     uri = cfg.tracking.resolved_uri
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=local_artifact_location(uri))
+    tags = experiment_tags()
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=local_artifact_location(uri), tags=tags)
     mlflow.set_experiment(cfg.tracking.experiment)
+    if experiment is not None and not tags.items() <= experiment.tags.items():
+        mlflow.set_experiment_tags(tags)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from anonbench.config import ORIGINAL, Config
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.offline import configure_ultralytics
+from anonbench.registry import register
 from anonbench.tracking import mlflow_run
 
 if TYPE_CHECKING:
@@ -360,7 +361,8 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
     counts = param_counts(model.model)  # type: ignore[arg-type]
     tracker = _Tracker(fresh=run_id is None)
     tracker.attach(model)
-    with mlflow_run(cfg, out.name, job.stage, job.tags, run_id=run_id, reads=job.reads) as run:
+    tags = {"model_id": out.name, **job.tags}
+    with mlflow_run(cfg, out.name, job.stage, tags, run_id=run_id, reads=job.reads) as run:
         import mlflow
 
         atomic_write_text(run_file, run.info.run_id + "\n")
@@ -388,5 +390,6 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
         }
         for path in outputs[:2]:
             mlflow.log_artifact(str(path), artifact_path="weights")
+        summary["registered_model"] = register(run, tags, Path(job.args["data"]).parent, job.reads)
         mlflow.log_artifact(str(atomic_write_json(out / SUMMARY, summary)))
     return outputs

@@ -80,6 +80,12 @@ def test_train_and_evaluate_find_the_memorized_objects(memorized: tuple[Config, 
     assert summary["epochs_done"] == cfg.train.epochs
     run = mlflow.MlflowClient(cfg.tracking.uri).get_run(metrics["mlflow_run_id"])
     assert run.data.tags["void"] == "false" and run.data.metrics["coco/AP50"] == metrics["AP50"]
+    # The trained model's registry version and the evaluation that scored it name each other.
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    (version,) = client.search_model_versions("name = 'anonbench-yolov10-n-org'")
+    assert summary["registered_model"] == {"name": version.name, "version": str(version.version)}
+    assert version.run_id == summary["mlflow_run_id"] and version.tags["eval.org"] == run.info.run_id
+    assert run.data.tags["registered_model"] == f"anonbench-yolov10-n-org/{version.version}"
 
 
 def ultralytics_map50(cfg: Config) -> float:

@@ -48,7 +48,7 @@ def runs(cfg: Config) -> list[mlflow.entities.Run]:
 
 
 def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(
-    make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path
+    make_config: Callable[..., Config], tiny_coco: Path, mlflow_db: Path, tmp_path: Path
 ) -> None:
     cfg = make_config(*TINY, source=tiny_coco)
     export.run(cfg, "org")
@@ -74,7 +74,14 @@ def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(
     tags = run.data.tags
     assert (
         tags.items()
-        >= {"stage": "train", "model_size": "n", "train_data": "org", "profile": "mini", "seed": "0"}.items()
+        >= {
+            "stage": "train",
+            "model_id": "org-n",
+            "model_size": "n",
+            "train_data": "org",
+            "profile": "mini",
+            "seed": "0",
+        }.items()
     )
     assert tags["git_commit"] and tags["dvc_revision"]
     params = run.data.params
@@ -90,6 +97,24 @@ def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
     assert {"train.json", "frozen_parameters.txt", "weights/best.pt", "weights/last.pt"} <= artifacts
+
+    # The weights are a version of the registered model of YOLOv10-n trained on org, with the run's lineage.
+    (version,) = client.search_model_versions("name = 'anonbench-yolov10-n-org'")
+    assert summary["registered_model"] == {"name": "anonbench-yolov10-n-org", "version": str(version.version)}
+    assert version.run_id == run.info.run_id and version.source.endswith("/weights")
+    lineage = ("git_commit", "dvc_revision", "image", "image_digest", "image_revision", "model_id", "train_data")
+    assert {key: version.tags[key] for key in lineage} == {key: tags[key] for key in lineage}
+    assert version.tags["train_data_digest"] == "unknown"  # a bare CLI run outside DVC: no recorded digest
+    fetched = CliRunner().invoke(
+        app, ["model", "fetch", "--name", "anonbench-yolov10-n-org", "--version", str(version.version),
+              "--dest", str(tmp_path / "fetched"), *cli_args(cfg)],
+    )  # fmt: skip
+    assert fetched.exit_code == 0, fetched.output
+    for name in ("best.pt", "last.pt"):
+        assert (tmp_path / "fetched" / name).read_bytes() == (out / "weights" / name).read_bytes()
+    missing = CliRunner().invoke(app, ["model", "fetch", "--name", "anonbench-yolov10-n-org", "--version", "9",
+                                       "--dest", str(tmp_path / "none"), *cli_args(cfg)])  # fmt: skip
+    assert missing.exit_code == 1 and "error:" in missing.output
 
     stamp = (out / "train.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, ["train", "--variant", "org", "--size", "n", *cli_args(cfg, *TINY)])

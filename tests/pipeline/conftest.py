@@ -1,4 +1,5 @@
-"""Fixtures of the pipeline tests: a Docker daemon and the CPU image built from this tree, a real S3 store.
+"""Fixtures of the pipeline tests: a Docker daemon and the CPU image built from this tree, a real S3 store,
+a headless browser (Debian's chromium, installed by tests/pipeline/browser/chromium.sh).
 
 A daemon needs root (docker/daemon.sh installs Debian's docker.io when it is missing); so does the
 S3 store, Ceph's RADOS Gateway (tests/pipeline/s3/start_rgw.sh installs Debian's packages). In CI
@@ -10,7 +11,8 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,37 @@ def s3_bucket(server: dict[str, str], name: str) -> Any:
 def s3_objects(bucket: Any) -> dict[str, tuple[str, Any]]:
     """Every object of a bucket: key -> (ETag, last modified); unchanged when nothing was uploaded."""
     return {o.key: (o.e_tag, o.last_modified) for o in bucket.objects.all()}
+
+
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--hide-scrollbars")  # fmt: skip
+
+
+def browser_unavailable(reason: str) -> None:
+    """Fail in CI, where the browser must install; skip elsewhere, saying why."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"chromium is required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Callable[..., str]:
+    """Run Debian's chromium headless with a throwaway profile; returns its stdout."""
+    found = subprocess.run(
+        [Path(__file__).with_name("browser") / "chromium.sh"], capture_output=True, text=True, check=False
+    )
+    if found.returncode != 0:
+        browser_unavailable(found.stderr.strip()[-2000:] or "tests/pipeline/browser/chromium.sh failed")
+    binary = found.stdout.strip()
+
+    def run(*args: str) -> str:
+        with tempfile.TemporaryDirectory() as profile:
+            proc = subprocess.run(
+                [binary, *FLAGS, f"--user-data-dir={profile}", *args],
+                capture_output=True, text=True, timeout=180, check=False,
+            )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.fail(f"chromium exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        return proc.stdout
+
+    return run

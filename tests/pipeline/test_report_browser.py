@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,38 +48,6 @@ window.addEventListener("load", () => {
   document.body.appendChild(out);
 });
 </script>"""
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--hide-scrollbars")  # fmt: skip
-
-
-def browser_unavailable(reason: str) -> None:
-    """Fail in CI, where the browser must install; skip elsewhere, saying why."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"chromium is required in CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Callable[..., str]:
-    """Run Debian's chromium headless with a throwaway profile; returns its stdout."""
-    found = subprocess.run(
-        [REPO / "tests" / "pipeline" / "browser" / "chromium.sh"], capture_output=True, text=True, check=False
-    )
-    if found.returncode != 0:
-        browser_unavailable(found.stderr.strip()[-2000:] or "tests/pipeline/browser/chromium.sh failed")
-    binary = found.stdout.strip()
-
-    def run(*args: str) -> str:
-        with tempfile.TemporaryDirectory() as profile:
-            proc = subprocess.run(
-                [binary, *FLAGS, f"--user-data-dir={profile}", *args],
-                capture_output=True, text=True, timeout=180, check=False,
-            )  # fmt: skip
-        if proc.returncode != 0:
-            pytest.fail(f"chromium exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        return proc.stdout
-
-    return run
 
 
 def measure(chromium: Callable[..., str], page: Path, folder: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ reason, and the MLflow run is tagged ``void=true`` and logs no AP.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,11 @@ from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
 from anonbench.predict import PredictSettings, predict, split_images
+from anonbench.registry import link_evaluation
 from anonbench.tracking import mlflow_run
-from anonbench.yolo import chosen_weights, head_record
+from anonbench.yolo import SUMMARY, chosen_weights, head_record, model_dir
+
+log = logging.getLogger(__name__)
 
 NO_DETECTIONS = "no detections"
 
@@ -61,6 +65,18 @@ class ModelInfo:
             "combination": f"{self.train_data} on {eval_variant}",
         }
         return tags | ({"freeze": self.freeze} if self.freeze is not None else {})
+
+
+def registered_version(cfg: Config, model_id: str) -> dict[str, str] | None:
+    """The Model Registry version a training registered (its train.json), to link the evaluation to.
+
+    Returns:
+        ``{"name", "version"}``, or None for weights that no tracked training of this study registered.
+    """
+    summary = model_dir(cfg, model_id) / SUMMARY
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text(encoding="utf-8")).get("registered_model")
 
 
 def parse_model_id(cfg: Config, model_id: str) -> ModelInfo:
@@ -247,6 +263,10 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         )
         if void_reason is None:
             mlflow.log_metrics(mlflow_metrics(scores))
+        if (registered := registered_version(cfg, model_id)) and not link_evaluation(
+            registered, eval_variant, active.info.run_id
+        ):
+            log.warning("%s is not in %s: the evaluation is not linked to it", registered, cfg.tracking.resolved_uri)
         metrics = {
             **scores.stats,
             "per_class": scores.per_class,

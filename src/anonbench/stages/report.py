@@ -973,12 +973,16 @@ SECTIONS: tuple[Callable[[Document, Context], None], ...] = (
 def build(cfg: Config, study: Study, links: RunLinks) -> tuple[Document, list[Path]]:
     """The report document and the figures it shows (written under ``reports/figures/``).
 
-    The sections are built first so that the header can say which of them are void.
+    The sections are built first so that the header can say which of them are void. Each section that
+    cites runs ends with a link to MLflow's compare view on exactly those runs.
     """
     ctx = Context(study, links, cfg.paths.reports / "figures")
     body = Document()
     for section in SECTIONS:
+        links.section = []
         section(body, ctx)
+        if link := links.compare():
+            body.paragraph(link)
     doc = Document()
     header(doc, ctx)
     blocks: list[Block] = [*doc.blocks, *body.blocks]
