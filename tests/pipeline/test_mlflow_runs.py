@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from anonbench.config import Config
 from anonbench.stages import anonymize, evaluate, export, report, ssim, train
 from anonbench.tracking import PARENT_TAG, STUDY_TAG
+from tests.conftest import kill_when
 
 REPO = Path(__file__).resolve().parents[2]
 VAL, TRAIN = "val2017", "train2017"
@@ -176,12 +177,7 @@ def test_a_killed_stage_rerun_continues_its_run(served: Callable[..., Config], t
     command = [sys.executable, "-m", "anonbench", "anonymize", "--method", "pixelate", "--split", TRAIN]
     command += ["--params", str(REPO / "params.yaml"), "--set", "workers=1", "--set", f"paths.data={cfg.paths.data}"]
     command += ["--set", f"tracking.uri={cfg.tracking.uri}", "--set", f"tracking.experiment={cfg.tracking.experiment}"]
-    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(records.glob("*.json"))) < 5 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(command, tmp_path, lambda: len(list(records.glob("*.json"))) >= 5)
     total = len(json.loads(cfg.annotation_file("org", TRAIN).read_text())["images"])
     assert 5 <= len(list(records.glob("*.json"))) < total, "the stage was not killed mid-way"
     (killed,) = (run for run in stage_runs(cfg) if run.data.tags["stage"] == "anonymize")
@@ -205,13 +201,7 @@ def test_a_training_killed_before_its_first_checkpoint_starts_over_in_its_run(
     for pair in (*(f"paths.{p}={getattr(cfg.paths, p)}" for p in ("data", "models", "metrics")), *TINY_TRAIN):
         command += ["--set", pair]
     command += ["--set", f"tracking.uri={cfg.tracking.uri}", "--set", f"tracking.experiment={cfg.tracking.experiment}"]
-    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not any(r.data.tags["stage"] == "train" for r in stage_runs(cfg)) and time.monotonic() < deadline:
-        assert process.poll() is None, "the training ended before its run opened"
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(command, tmp_path, lambda: any(r.data.tags["stage"] == "train" for r in stage_runs(cfg)))
     assert not (out / "weights" / "last.pt").exists(), "killed too late: a checkpoint exists"
 
     (killed,) = (run for run in stage_runs(cfg) if run.data.tags["stage"] == "train")
