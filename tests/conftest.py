@@ -6,6 +6,9 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA device (none here)")
+
+
+def kill_when(command: list[str], cwd: Path, ready: Callable[[], bool], timeout: float = 120) -> None:
+    """Run a command in its own process group and SIGKILL the group once ``ready()`` holds (a preempted pod).
+
+    Returns early, leaving the process killed, if it ends or ``timeout`` seconds pass first: the caller
+    checks that the kill came mid-way.
+    """
+    process = subprocess.Popen(command, cwd=cwd, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture(scope="session")

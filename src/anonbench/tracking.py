@@ -6,13 +6,22 @@ Every run carries its lineage: the code (``git_commit``), the container image it
 the commit and revision come from the environment the image was built with (its
 ``org.opencontainers.image.revision`` label has the same value); the image reference and
 digest are set per task by the compiled pipeline (``components/images.py``).
+
+A stage's run spans its work (opened after the up-to-date check, before the work; ended FINISHED,
+or FAILED with the error) and samples MLflow's system metrics. Work resumed after a kill continues
+the run the killed process left RUNNING, found by the study and the run's name (DVC deletes a
+stage's outputs before running it, so nothing kept there would survive). Every stage run is nested
+under one study run per study (see :func:`study_run_id` and docs/orchestration.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +38,17 @@ IMAGE_ENV = "ANONBENCH_IMAGE"  # set per task by the pipeline: the image referen
 DIGEST_ENV = "ANONBENCH_IMAGE_DIGEST"  # set per task by the pipeline: that image's digest, where known
 # Where the publish stage leaves DVC pointers (<target>.dvc beside each published folder), relative to a workspace.
 POINTER_GLOBS = ("*.dvc", "*/*.dvc", "*/*/*.dvc")
+PARENT_ENV = "ANONBENCH_PARENT_RUN_ID"  # an orchestrator's own study run: nest every stage run under it
+PARENT_TAG = "mlflow.parentRunId"  # what MLflow's UI nests runs by
+STUDY_TAG = "study"  # the study key the study run and its stage runs carry
+STUDY_STAGE = "study"  # the study run's stage tag
+# System metrics every 2 s: a stage of a few seconds still gets samples; each sample is one call to the store.
+SYSTEM_METRICS_INTERVAL_S = 2.0
+# Settings that say where a study runs or logs, not what it computes: left out of the params hash.
+PLACE_SETTINGS: dict[str, Any] = {
+    **dict.fromkeys(("paths", "workers", "worker_memory_gb", "tracking", "publish"), True),
+    "data": {"local_copy": True},
+}
 
 
 def git_commit() -> str:
@@ -47,6 +67,11 @@ def git_commit() -> str:
         return "unknown"
     return out.stdout.strip()
 
+
+
+def code_revision() -> str:
+    """The code a study runs: the image's revision (version, commit, dirty marker) if any, else the commit."""
+    return os.environ.get(REVISION_ENV) or git_commit()
 
 def data_hashes(root: Path = Path("."), reads: Sequence[Path] | None = None) -> dict[str, str]:
     """DVC hash of the datasets published in a workspace that a run reads, from the publish stage's pointers.
@@ -118,11 +143,14 @@ def local_artifact_location(uri: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
-def ensure_experiment(cfg: Config) -> None:
+def ensure_experiment(cfg: Config) -> str:
     """Point MLflow at the configured store and experiment, creating it (artifacts beside a local store) if missing.
 
     The experiment carries :func:`anonbench.tracking_ui.experiment_tags` (a model-training experiment, the
     default runs-table view); an experiment made before them gets them now.
+
+    Returns:
+        The experiment's id.
     """
     import mlflow
 
@@ -134,9 +162,97 @@ def ensure_experiment(cfg: Config) -> None:
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
         mlflow.create_experiment(cfg.tracking.experiment, artifact_location=local_artifact_location(uri), tags=tags)
-    mlflow.set_experiment(cfg.tracking.experiment)
+    experiment_id = str(mlflow.set_experiment(cfg.tracking.experiment).experiment_id)
     if experiment is not None and not tags.items() <= experiment.tags.items():
         mlflow.set_experiment_tags(tags)
+    return experiment_id
+
+
+def params_hash(cfg: Config) -> str:
+    """A short hash of the settings that decide a study's results (paths, worker counts and stores left out).
+
+    Returns:
+        12 hex digits; equal for two studies that compute the same thing with the same code.
+    """
+    settings = cfg.model_dump(mode="json", exclude=PLACE_SETTINGS)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def study_tags(cfg: Config) -> dict[str, str]:
+    """What identifies a study: profile, params hash, code revision and workspace, and the key made of them.
+
+    The workspace (the folder holding ``paths.data``: a checkout for ``dvc repro``, the shared volume's
+    study folder for KFP) keeps two checkouts running the same study apart, and lets a resubmitted KFP
+    run or a second ``dvc repro`` after a kill continue the study it left unfinished.
+    """
+    tags = {
+        "profile": cfg.profile,
+        "params_hash": params_hash(cfg),
+        "code_revision": code_revision(),
+        "workspace": str(cfg.paths.data.resolve().parent),
+    }
+    return {**tags, STUDY_TAG: hashlib.sha256(json.dumps(tags, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def study_run_id(cfg: Config, experiment_id: str) -> str:
+    """The study run every stage run nests under: ``ANONBENCH_PARENT_RUN_ID``, else found or made by its tags.
+
+    Stages run as separate processes (DVC, KFP pods) find the same run by searching the experiment for
+    the study key of :func:`study_tags`; the first to find none creates it. Processes that race to
+    create it all keep the oldest (ties broken by run id) and delete their own extra.
+
+    Args:
+        cfg: The study's configuration.
+        experiment_id: Its experiment (:func:`ensure_experiment`).
+
+    Returns:
+        The study run's id (it stays RUNNING until the report stage ends it).
+    """
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = study_tags(cfg)
+    query = f"tags.{STUDY_TAG} = '{tags[STUDY_TAG]}' and tags.stage = '{STUDY_STAGE}'"
+
+    def oldest() -> str | None:
+        runs = client.search_runs([experiment_id], query, max_results=50)
+        return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
+
+    if (found := oldest()) is not None:
+        return found
+    name = f"study {cfg.profile} {tags['params_hash']}"
+    mine = client.create_run(experiment_id, run_name=name, tags={**tags, "stage": STUDY_STAGE, **lineage_tags(None)})
+    chosen = oldest() or mine.info.run_id
+    if chosen != mine.info.run_id:
+        client.delete_run(mine.info.run_id)
+    else:  # what the params hash stands for, beside the run
+        client.log_dict(mine.info.run_id, cfg.model_dump(mode="json", exclude=PLACE_SETTINGS), "params.json")
+    return chosen
+
+
+def finish_study(run_id: str, metrics: dict[str, float]) -> None:
+    """End the study run FINISHED with the study's headline numbers, which two studies' runs compare by.
+
+    Args:
+        run_id: The study run (a stage run's ``mlflow.parentRunId``).
+        metrics: Headline numbers (the report's).
+    """
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in sorted(metrics.items())])
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _unfinished_run(client: Any, experiment_id: str, study: str, name: str) -> str | None:
+    """The run of the same work in the same study that a killed process left RUNNING, if any."""
+    query = f"tags.{STUDY_TAG} = '{study}' and attributes.run_name = '{name}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment_id], query, max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 @contextmanager
@@ -145,18 +261,23 @@ def mlflow_run(
     name: str,
     stage: str,
     tags: dict[str, Any] | None = None,
-    run_id: str | None = None,
     *,
     reads: Sequence[Path] | None,
 ) -> Iterator[Any]:
-    """Start an MLflow run in the configured store and experiment with the common tags.
+    """An MLflow run around a stage's work, nested under the study run, with the common tags and system metrics.
+
+    Open it after the stage has found work to do and before doing it, so that its start, end and
+    system metrics are the work's. An exception ends it FAILED with the error as the ``error`` tag
+    and the traceback as ``error.txt``. A run of the same name that a killed process left RUNNING in
+    the same study is continued: the rerun finishes that work (per-image stages skip what is done,
+    a training resumes from its checkpoint or, with none, starts over in the same run).
 
     Args:
         cfg: The run's configuration (tracking URI, experiment, profile, seed).
-        name: Run name shown in the MLflow UI.
+        name: Run name shown in the MLflow UI; unique per piece of work in a study (a model id, a
+            variant, a shard), so that a rerun after a kill finds the run the killed process left.
         stage: Pipeline stage, stored as the ``stage`` tag.
         tags: Further tags (train_data, model_size, ...).
-        run_id: Resume this existing run (an interrupted training) instead of starting a new one.
         reads: The folders the stage reads, for the data lineage tags (None: every published dataset).
 
     Yields:
@@ -164,9 +285,26 @@ def mlflow_run(
     """
     import mlflow
 
-    ensure_experiment(cfg)
-    common = {"stage": stage, "profile": cfg.profile, "seed": str(cfg.seed), **lineage_tags(reads)}
-    with mlflow.start_run(
-        run_id=run_id, run_name=name, tags={**common, **{k: str(v) for k, v in (tags or {}).items()}}
-    ) as run:
-        yield run
+    experiment_id = ensure_experiment(cfg)
+    client = mlflow.MlflowClient()
+    study = {k: v for k, v in study_tags(cfg).items() if k != "workspace"}
+    unfinished = _unfinished_run(client, experiment_id, study[STUDY_TAG], name)
+    common = {
+        "stage": stage,
+        "profile": cfg.profile,
+        "seed": str(cfg.seed),
+        **lineage_tags(reads),
+        **study,
+    }
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    all_tags = {**common, **{k: str(v) for k, v in (tags or {}).items()}}
+    with mlflow.start_run(run_id=unfinished, run_name=name, tags=all_tags, log_system_metrics=True) as run:
+        try:
+            # Inside the run: the first stage of a study creates the study run, and that takes a while.
+            mlflow.set_tag(PARENT_TAG, study_run_id(cfg, experiment_id))
+            yield run
+        except BaseException as exc:
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:4000])
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            raise

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from anonbench.config import ORIGINAL, Config
-from anonbench.io import atomic_write_json, atomic_write_text
+from anonbench.io import atomic_write_json
 from anonbench.offline import configure_ultralytics
 from anonbench.registry import register
 from anonbench.tracking import mlflow_run
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from ultralytics.nn.tasks import BaseModel, DetectionModel
 
 SUMMARY = "train.json"
-RUN_ID_FILE = "mlflow_run_id.txt"
 # YOLOv10's inference: the one-to-one branch's best boxes, no NMS (Ultralytics' `nms=False`). Without it
 # Ultralytics 8.4 scores the one-to-many branch plus NMS. Its predictor asks the head for
 # max(max_det, ONE2ONE_TOPK) candidates, sorted by score, and keeps the first max_det above conf.
@@ -206,8 +205,8 @@ class TrainJob:
 class _Tracker:
     """Ultralytics callbacks that log one training into the active MLflow run."""
 
-    def __init__(self, fresh: bool) -> None:
-        self.fresh = fresh
+    def __init__(self) -> None:
+        self.fresh = True  # False once the run is known to be a resumed one, which has its parameters
         self.epoch = -1
         self.summary: dict[str, Any] = {}
 
@@ -347,26 +346,24 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
     outputs = [weights / "best.pt", weights / "last.pt", out / SUMMARY]
     if outputs[-1].is_file():
         return outputs
-    configure_ultralytics()
-    from ultralytics import YOLO, __version__
-
-    from anonbench.criterion import V10Trainer
-
-    epoch = _unfinished_epoch(weights / "last.pt")
-    run_file = out / RUN_ID_FILE
-    run_id = run_file.read_text().strip() if epoch is not None and run_file.is_file() else None
-    if epoch is None and out.exists():
-        shutil.rmtree(out)  # a run killed before its first checkpoint, or a cut-short checkpoint
-    model = YOLO(job.start if epoch is None else str(weights / "last.pt"))
-    counts = param_counts(model.model)  # type: ignore[arg-type]
-    tracker = _Tracker(fresh=run_id is None)
-    tracker.attach(model)
     tags = {"model_id": out.name, **job.tags}
-    with mlflow_run(cfg, out.name, job.stage, tags, run_id=run_id, reads=job.reads) as run:
+    with mlflow_run(cfg, out.name, job.stage, tags, reads=job.reads) as run:
         import mlflow
 
-        atomic_write_text(run_file, run.info.run_id + "\n")
-        if run_id is None:
+        configure_ultralytics()
+        from ultralytics import YOLO, __version__
+
+        from anonbench.criterion import V10Trainer
+
+        epoch = _unfinished_epoch(weights / "last.pt")
+        if epoch is None and out.exists():
+            shutil.rmtree(out)  # a run killed before its first checkpoint, or a cut-short checkpoint
+        model = YOLO(job.start if epoch is None else str(weights / "last.pt"))
+        counts = param_counts(model.model)  # type: ignore[arg-type]
+        tracker = _Tracker()
+        tracker.attach(model)
+        tracker.fresh = not run.data.params  # a resumed run has its parameters (MLflow refuses to change one)
+        if tracker.fresh:
             mlflow.log_params({**job.params, **counts, "ultralytics_version": __version__})
             mlflow.log_metrics(job.metrics)
             for artifact in job.artifacts:

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import pytest
 from anonbench.config import Config
 from anonbench.images import read_image
 from anonbench.stages import anonymize
+from tests.conftest import kill_when
 
 REPO = Path(__file__).resolve().parents[2]
 VAL, TRAIN = "val2017", "train2017"
@@ -101,12 +98,7 @@ def test_resume_after_killing_a_real_run(make_config: Callable[..., Config], tmp
     command = [sys.executable, "-m", "anonbench", "anonymize", "--method", "pixelate", "--split", TRAIN]
     command += ["--params", str(REPO / "params.yaml"), "--set", "workers=1", "--set", f"paths.data={cfg.paths.data}"]
     command += ["--set", f"tracking.uri={cfg.tracking.uri}"]
-    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(records.glob("*.json"))) < 5 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(command, tmp_path, lambda: len(list(records.glob("*.json"))) >= 5)
     done = sorted(records.glob("*.json"))
     total = len(json.loads(cfg.annotation_file("org", TRAIN).read_text())["images"])
     assert 5 <= len(done) < total, "the run was not killed mid-way"

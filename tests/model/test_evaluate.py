@@ -247,7 +247,10 @@ def test_cli_writes_coco_predictions_metrics_and_an_mlflow_run(evaluation_config
     files = [out / name for name in ("predictions.json", "metrics.json", "manifest.json", "resamples.npy")]
     assert stage.run(cfg, MODEL_ID, "org") == files
     assert {p: p.read_bytes() for p in out.iterdir()} == before
-    assert len(mlflow.search_runs(experiment_names=[cfg.tracking.experiment])) == 1
+    assert (
+        len(mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="tags.stage = 'evaluate'"))
+        == 1
+    )
 
 
 def test_authors_conf_warns_and_reevaluates(evaluation_config: Callable[..., Config]) -> None:

@@ -44,7 +44,9 @@ app(sys.argv[1:])
 
 def runs(cfg: Config) -> list[mlflow.entities.Run]:
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    return mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
+    return mlflow.search_runs(  # the stage runs, not the study run they nest under
+        experiment_names=[cfg.tracking.experiment], filter_string="tags.stage != 'study'", output_format="list"
+    )
 
 
 def test_cli_trains_yolov10n_from_yaml_into_one_tracked_run(

@@ -163,7 +163,10 @@ def test_study_pipeline_runs_locally_end_to_end(study: LocalStudy, first_run: Pa
         drift=1,
         report=1,
         publish=4,  # source (hash only), prepared, the mask variant, models
+        study=1,  # every task's run nests under it; the report ends it
     )
+    (parent,) = (run.info.run_id for run in runs if run.data.tags["stage"] == "study")
+    assert all(run.data.tags["mlflow.parentRunId"] == parent for run in runs if run.info.run_id != parent)
     evaluations = {run.data.tags["combination"] for run in runs if run.data.tags["stage"] == "evaluate"}
     assert "org on mask" in evaluations and all(run.data.tags["profile"] == "mini" for run in runs)
 
@@ -200,7 +203,7 @@ def test_every_mlflow_run_carries_code_image_and_data_lineage(study: LocalStudy,
     client = MlflowClient(f"sqlite:///{study.workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("anonbench-mini")
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.stage != 'study'")  # the study run: no data of its own
     for run in runs:
         tags = run.data.tags
         assert tags["git_commit"] == commit, tags["stage"]

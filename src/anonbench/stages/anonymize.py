@@ -44,7 +44,15 @@ from anonbench.anonymizers.masks import (
     to_person,
     union,
 )
-from anonbench.coco import AnnotationLookup, CocoError, CocoIndex, image_path, indexed, person_category_id
+from anonbench.coco import (
+    AnnotationLookup,
+    CocoError,
+    CocoIndex,
+    image_path,
+    indexed,
+    person_category_id,
+    read_list,
+)
 from anonbench.config import CLASSIC_METHODS, DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
 from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
 from anonbench.io import atomic_write_bytes, atomic_write_json
@@ -360,9 +368,7 @@ def _start_fresh_if_settings_changed(ctx: Context) -> None:
     differ (or the split predates them) every output of the split is removed
     before work starts, so no image, mask or record of the old settings survives.
     """
-    settings = {"method": ctx.method, "seed": ctx.cfg.seed, "anonymize": ctx.cfg.anonymize.model_dump(mode="json")}
-    stamp = ctx.records.parent / f"settings_{ctx.split}.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+    if _same_settings(ctx):
         return
     root = ctx.cfg.variant_root(ctx.method)
     if ctx.records.exists() or ctx.images.exists():
@@ -372,13 +378,45 @@ def _start_fresh_if_settings_changed(ctx: Context) -> None:
     for name in (f"manifest_{ctx.split}.json", f"coverage_{ctx.split}.json", f"timings_{ctx.split}.json"):
         (root / name).unlink(missing_ok=True)
     ctx.cfg.annotation_file(ctx.method, ctx.split).unlink(missing_ok=True)
-    atomic_write_json(stamp, settings)
+    atomic_write_json(_settings_stamp(ctx), _settings(ctx))
+
+
+def _settings(ctx: Context) -> dict[str, Any]:
+    """The settings a split's images are made with."""
+    return {"method": ctx.method, "seed": ctx.cfg.seed, "anonymize": ctx.cfg.anonymize.model_dump(mode="json")}
+
+
+def _settings_stamp(ctx: Context) -> Path:
+    """Where the settings of a split's records are kept, beside the records."""
+    return ctx.records.parent / f"settings_{ctx.split}.json"
+
+
+def _same_settings(ctx: Context) -> bool:
+    """Whether the split's records were made with the current settings."""
+    stamp = _settings_stamp(ctx)
+    return stamp.exists() and json.loads(stamp.read_text()) == _settings(ctx)
 
 
 def _done(ctx: Context, file_name: str) -> bool:
     """An image with a record is done, except one that failed: it is tried again (a repaired file, a strict rerun)."""
     path = ctx.record_path(file_name)
     return path.exists() and json.loads(path.read_text())["status"] != "error"
+
+
+def split_pending(cfg: Config, method: str, split: str, shard: tuple[int, int] | None) -> bool:
+    """Whether :func:`anonymize_split` has work to do.
+
+    Work is changed settings, images of the shard without a done record, or a split whose images are
+    all done but whose coverage is not assembled yet.
+    """
+    annotation_file = cfg.annotation_file(ORIGINAL, split)
+    ctx = Context(cfg, method, split, person_category_id(read_list(annotation_file, "categories")))
+    images = read_list(annotation_file, "images")
+    mine = take_shard(sorted(images, key=lambda im: im["id"]), shard) if shard else images
+    if not _same_settings(ctx) or not all(_done(ctx, im["file_name"]) for im in mine):
+        return True
+    assembled = (cfg.variant_root(method) / f"coverage_{split}.json").is_file()
+    return not assembled and all(ctx.record_path(im["file_name"]).exists() for im in images)
 
 
 def anonymize_split(
@@ -417,34 +455,36 @@ def _process_indexed(ctx: Context, lookup: AnnotationLookup, info: dict[str, Any
     return process_image(ctx, (info, lookup.of(info["id"])))
 
 
-def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]], paths: list[Path]) -> None:
-    """One MLflow run per method: the anonymization settings and each split's coverage."""
-    import mlflow
+def _run_tags(cfg: Config, method: str) -> dict[str, str]:
+    """The anonymize run's tags: the method, and for DeepPrivacy2 its mode and whether it is untrained."""
+    tags = {"method": method}
+    if method in DP2_METHODS:
+        tags |= {"dp2_mode": cfg.anonymize.dp2.mode, "dp2_untrained": str(cfg.anonymize.dp2.untrained).lower()}
+    return tags
 
-    from anonbench.tracking import mlflow_run
+
+def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]], paths: list[Path]) -> None:
+    """Into the active anonymize run: the anonymization settings and each split's coverage."""
+    import mlflow
 
     params = cfg.anonymize
     settings = params.dp2 if method in DP2_METHODS else getattr(params, method)
-    tags = {"method": method}
-    if method in DP2_METHODS:
-        tags |= {"dp2_mode": params.dp2.mode, "dp2_untrained": str(params.dp2.untrained).lower()}
-    with mlflow_run(cfg, f"anonymize-{method}", "anonymize", tags, reads=[cfg.source_root]):
-        mlflow.log_params(
-            {
-                "method": method,
-                "mask_source": f"dp2 {params.dp2.mode}" if method in DP2_METHODS else params.mask_source,
-                "dilation_px": params.dilation_px,
-                "min_person_px": params.min_person_px,
-                "output_format": params.output_format,
-                "settings": settings.model_dump_json(),
-            }
-        )
-        for split, summary in summaries.items():
-            numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            mlflow.log_metrics({f"{split}/{key}": float(value) for key, value in numbers.items()})
-        for path in paths:
-            if path.name.startswith(("coverage_", "manifest_")):
-                mlflow.log_artifact(str(path))
+    mlflow.log_params(
+        {
+            "method": method,
+            "mask_source": f"dp2 {params.dp2.mode}" if method in DP2_METHODS else params.mask_source,
+            "dilation_px": params.dilation_px,
+            "min_person_px": params.min_person_px,
+            "output_format": params.output_format,
+            "settings": settings.model_dump_json(),
+        }
+    )
+    for split, summary in summaries.items():
+        numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        mlflow.log_metrics({f"{split}/{key}": float(value) for key, value in numbers.items()})
+    for path in paths:
+        if path.name.startswith(("coverage_", "manifest_")):
+            mlflow.log_artifact(str(path))
 
 
 def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[Path]:
@@ -467,17 +507,23 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
     """
     if method not in (*CLASSIC_METHODS, *DP2_METHODS):
         raise ValueError(f"--method {method!r}: expected one of {', '.join((*CLASSIC_METHODS, *DP2_METHODS))}")
-    if uses_dp2(cfg, method):  # load DP2 before any work: a missing weight, CUDA or DP2 stops here
-        _dp2(cfg.anonymize.dp2, method if method in DP2_METHODS else "detector", cfg.seed)
-    # DP2 keeps a model on the GPU per process: one process per GPU, shards across GPUs.
-    workers = 1 if uses_dp2(cfg, method) else cfg.n_workers
-    written: list[Path] = []
-    summaries: dict[str, dict[str, Any]] = {}
-    for split in splits or list(cfg.data.splits):
-        paths, summary = anonymize_split(cfg, method, split, shard, workers)
-        written += paths
-        if summary is not None:
-            summaries[split] = summary
-    if summaries:
+    splits = splits or list(cfg.data.splits)
+    if not any(split_pending(cfg, method, split, shard) for split in splits):
+        return [p for split in splits for p in anonymize_split(cfg, method, split, shard, 1)[0]]
+    from anonbench.tracking import mlflow_run
+
+    name = f"anonymize-{method}" + (f" shard {shard[0]}/{shard[1]}" if shard else "")
+    with mlflow_run(cfg, name, "anonymize", _run_tags(cfg, method), reads=[cfg.source_root]):
+        if uses_dp2(cfg, method):  # load DP2 before any work: a missing weight, CUDA or DP2 stops here
+            _dp2(cfg.anonymize.dp2, method if method in DP2_METHODS else "detector", cfg.seed)
+        # DP2 keeps a model on the GPU per process: one process per GPU, shards across GPUs.
+        workers = 1 if uses_dp2(cfg, method) else cfg.n_workers
+        written: list[Path] = []
+        summaries: dict[str, dict[str, Any]] = {}
+        for split in splits:
+            paths, summary = anonymize_split(cfg, method, split, shard, workers)
+            written += paths
+            if summary is not None:
+                summaries[split] = summary
         _log_to_mlflow(cfg, method, summaries, written)
     return written

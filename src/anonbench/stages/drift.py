@@ -106,26 +106,24 @@ def run(cfg: Config, variant: str) -> list[Path]:
         if previous.get("inputs") == inputs:
             return [json_path, png_path]
 
-    configure_ultralytics()
-    from ultralytics import YOLO
-
-    net: Any = YOLO(str(weights)).model
-    net = use_one2one(net).float().eval().to(_device(cfg))  # the head evaluate scores
-    originals = np.stack([letterboxed(path, cfg.train.imgsz) for _, path, _ in images])
-    anonymized = np.stack([letterboxed(path, cfg.train.imgsz) for _, _, path in images])
-    scores = layer_cka(net, originals, anonymized)
-    layers = [
-        {"layer": i, "module": type(net.model[i]).__name__, "part": part_of(i), "cka": score}
-        for i, score in enumerate(scores)
-    ]
-    title = f"Layer drift of {model_id}: original vs {variant} ({len(images)} val images)"
-    tags, reads = (
-        {"model_id": model_id, "eval_data": variant},
-        [weights, cfg.variant_root(ORIGINAL), cfg.variant_root(variant)],
-    )
+    tags = {"model_id": model_id, "eval_data": variant}
+    reads = [weights, cfg.variant_root(ORIGINAL), cfg.variant_root(variant)]
     with mlflow_run(cfg, f"drift {variant}", "drift", tags, reads=reads) as active:
         import mlflow
 
+        configure_ultralytics()
+        from ultralytics import YOLO
+
+        net: Any = YOLO(str(weights)).model
+        net = use_one2one(net).float().eval().to(_device(cfg))  # the head evaluate scores
+        originals = np.stack([letterboxed(path, cfg.train.imgsz) for _, path, _ in images])
+        anonymized = np.stack([letterboxed(path, cfg.train.imgsz) for _, _, path in images])
+        scores = layer_cka(net, originals, anonymized)
+        layers = [
+            {"layer": i, "module": type(net.model[i]).__name__, "part": part_of(i), "cka": score}
+            for i, score in enumerate(scores)
+        ]
+        title = f"Layer drift of {model_id}: original vs {variant} ({len(images)} val images)"
         mlflow.log_params({"images": len(images), "imgsz": cfg.train.imgsz})
         mlflow.log_metrics({f"cka/layer_{i:02d}": s for i, s in enumerate(scores) if np.isfinite(s)})
         doc = {

@@ -228,30 +228,30 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     if _up_to_date(outputs, settings):
         return outputs
 
-    instances = read_instances(annotation_file)
-    categories = CategoryTable.of(instances, annotation_file)
-    manifest = Manifest("evaluate", split)
-    images = _usable_images(cfg, instances, cfg.image_dir(eval_variant, split), manifest)
-    predictions = predict(weights, images, categories, protocol)
-    atomic_write_text(predictions_file, json.dumps(predictions, separators=(",", ":")) + "\n")
-    manifest.write(manifest_file)
-    bootstrap: dict[str, Any] | None = None
-    if predictions:
-        image_ids = [i for i, _ in images]
-        scores, void_reason = score(instances, predictions, backend, image_ids, scorer), None
-        bootstrap = write_resamples(
-            resamples_file, instances, predictions, image_ids, cfg.report.bootstrap_samples, cfg.seed, scorer
-        )
-    else:  # void: nothing to resample
-        scores, void_reason = void_scores(instances), NO_DETECTIONS
-        save_resamples(resamples_file, None)
-
     tags = info.tags(eval_variant)
-    run_tags = {**tags, "protocol": protocol.protocol, "scorer": scorer, "void": str(void_reason is not None).lower()}
+    run_tags = {**tags, "protocol": protocol.protocol, "scorer": scorer}
     reads = [weights, cfg.variant_root(eval_variant)]
     with mlflow_run(cfg, f"{model_id} on {eval_variant}", "evaluate", run_tags, reads=reads) as active:
         import mlflow
 
+        instances = read_instances(annotation_file)
+        categories = CategoryTable.of(instances, annotation_file)
+        manifest = Manifest("evaluate", split)
+        images = _usable_images(cfg, instances, cfg.image_dir(eval_variant, split), manifest)
+        predictions = predict(weights, images, categories, protocol)
+        atomic_write_text(predictions_file, json.dumps(predictions, separators=(",", ":")) + "\n")
+        manifest.write(manifest_file)
+        bootstrap: dict[str, Any] | None = None
+        if predictions:
+            image_ids = [i for i, _ in images]
+            scores, void_reason = score(instances, predictions, backend, image_ids, scorer), None
+            bootstrap = write_resamples(
+                resamples_file, instances, predictions, image_ids, cfg.report.bootstrap_samples, cfg.seed, scorer
+            )
+        else:  # void: nothing to resample
+            scores, void_reason = void_scores(instances), NO_DETECTIONS
+            save_resamples(resamples_file, None)
+        mlflow.set_tag("void", str(void_reason is not None).lower())
         mlflow.log_params(
             {
                 "split": split,

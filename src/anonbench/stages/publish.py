@@ -146,34 +146,41 @@ def run(cfg: Config, target: str, root: Path = Path(".")) -> list[Path]:
     folder = target_path(cfg, target)
     if not (root / folder).is_dir():
         raise PublishError(f"{root / folder}: nothing to publish (run the stage that makes it first)")
+    from anonbench.tracking import mlflow_run
+
     run_name = cfg.publish.run or root.resolve().name
     use_s3_environment()
-    repo = _open_workspace_repo(root, url)
-    try:
-        source = target == "source"  # public data: hashed for lineage, never uploaded
-        repo.add(str(folder), no_commit=source)
-        pointer = root / folder.with_name(f"{folder.name}.dvc")
-        pushed = 0 if source else repo.push(targets=[str(pointer)], remote=REMOTE)
-        pointer_url, uploaded = _put_pointer(repo, pointer, run_name, target)
-    finally:
-        repo.close()
-    out = yaml.safe_load(pointer.read_text(encoding="utf-8"))["outs"][0]
-    log.info("%s: %s (%s files), %d files uploaded; pointer %s", target, out["md5"], out["nfiles"], pushed, pointer_url)
-    _log_to_mlflow(cfg, target, out, pushed, pointer_url, uploaded)
+    with mlflow_run(cfg, f"publish {target}", "publish", {"target": target}, reads=[folder]):
+        repo = _open_workspace_repo(root, url)
+        try:
+            source = target == "source"  # public data: hashed for lineage, never uploaded
+            repo.add(str(folder), no_commit=source)
+            pointer = root / folder.with_name(f"{folder.name}.dvc")
+            pushed = 0 if source else repo.push(targets=[str(pointer)], remote=REMOTE)
+            pointer_url, uploaded = _put_pointer(repo, pointer, run_name, target)
+        finally:
+            repo.close()
+        out = yaml.safe_load(pointer.read_text(encoding="utf-8"))["outs"][0]
+        log.info(
+            "%s: %s (%s files), %d files uploaded; pointer %s", target, out["md5"], out["nfiles"], pushed, pointer_url
+        )
+        _log_to_mlflow(out, pushed, pointer_url, uploaded, folder)
     return [folder.with_name(f"{folder.name}.dvc")]
 
 
-def _log_to_mlflow(cfg: Config, target: str, out: dict[str, Any], pushed: int, pointer: str, uploaded: bool) -> None:
-    """One MLflow run per publish: what was versioned, where it went, how much was uploaded."""
+def _log_to_mlflow(out: dict[str, Any], pushed: int, pointer: str, uploaded: bool, folder: Path) -> None:
+    """What was versioned (``folder``), where it went, how much was uploaded, into the publish run.
+
+    The lineage tags are set again: the run was opened before the pointer it made existed.
+    """
     import mlflow
 
-    from anonbench.tracking import mlflow_run
+    from anonbench.tracking import lineage_tags
 
-    tags = {"target": target, "md5": out["md5"], "pointer": pointer}
-    with mlflow_run(cfg, f"publish {target}", "publish", tags, reads=[target_path(cfg, target)]):
-        mlflow.log_metrics(
-            {"files": out["nfiles"], "bytes": out["size"], "files_uploaded": pushed, "pointer_uploaded": int(uploaded)}
-        )
+    mlflow.set_tags({**lineage_tags([folder]), "md5": out["md5"], "pointer": pointer})
+    mlflow.log_metrics(
+        {"files": out["nfiles"], "bytes": out["size"], "files_uploaded": pushed, "pointer_uploaded": int(uploaded)}
+    )
 
 
 def pull(run: str, names: list[str], remote: str = "s3", root: Path = Path(".")) -> list[Path]:

@@ -360,12 +360,12 @@ def score_models(cfg: Config, variant: str) -> list[Path]:
     written = [metrics_file(cfg, d.name.removesuffix(f"_on_{variant}"), variant) for d in eval_dirs if d not in todo]
     if not todo:
         return written
-    original, corrected = read_instances(original_path), read_instances(corrected_path)
-    review = json.loads((output_dir(cfg, variant) / f"review_{split}.json").read_text(encoding="utf-8"))
     tags = {"eval_data": variant, "split": split}
     with mlflow_run(cfg, f"relabel {variant}", "relabel", tags, reads=[cfg.variant_root(variant)]) as active:
         import mlflow
 
+        original, corrected = read_instances(original_path), read_instances(corrected_path)
+        review = json.loads((output_dir(cfg, variant) / f"review_{split}.json").read_text(encoding="utf-8"))
         mlflow.log_params({"review": review["review"], **cfg.relabel.model_dump()})
         mlflow.log_metrics({f"proposals/{k}": v for k, v in review["counts"].items()})
         for eval_dir, inputs in todo.items():

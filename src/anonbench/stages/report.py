@@ -29,7 +29,7 @@ from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, finetune_model_i
 from anonbench.io import atomic_write_text
 from anonbench.reportdoc import Block, Document
 from anonbench.study import Delta, EvalRecord, RunLinks, Study, load_study, percent
-from anonbench.tracking import mlflow_run
+from anonbench.tracking import PARENT_TAG, finish_study, mlflow_run
 
 TITLE = "anonbench study report"
 SIZE_ORDER = "nsmlx"
@@ -989,6 +989,25 @@ def build(cfg: Config, study: Study, links: RunLinks) -> tuple[Document, list[Pa
     return Document(blocks), ctx.made
 
 
+def headline_metrics(study: Study) -> dict[str, float]:
+    """The study's headline numbers: how many evaluations, how many void, and each one's AP and AP50.
+
+    Keys are ``evaluations``, ``void_evaluations``, ``AP/<model> on <variant>`` and ``AP50/...``.
+    Logged to the study run, they let two studies compare model by model in MLflow's compare view.
+    """
+    return {
+        "evaluations": len(study.evaluations),
+        "void_evaluations": sum(record.void for record in study.evaluations),
+        **{
+            f"{stat}/{record.model_id} on {record.eval_data}": float(record.stats[stat])
+            for record in study.evaluations
+            if not record.void
+            for stat in ("AP", "AP50")
+            if record.stats.get(stat) is not None
+        },
+    }
+
+
 def run(cfg: Config) -> list[Path]:
     """Build the study report from every stage's outputs and log it to an MLflow run.
 
@@ -998,25 +1017,27 @@ def run(cfg: Config) -> list[Path]:
     Returns:
         ``reports/study.md``, ``reports/study.html`` and the figures.
     """
-    study = load_study(cfg)
-    links = RunLinks(cfg)
-    out = cfg.paths.reports
-    doc, figures = build(cfg, study, links)
-    for stale in (out / "figures").glob("*.png"):
-        if stale not in figures:
-            stale.unlink()
-    written = [
-        atomic_write_text(out / "study.md", doc.markdown(out)),
-        atomic_write_text(out / "study.html", doc.html(TITLE)),
-        *figures,
-    ]
-    with mlflow_run(cfg, "study report", "report", {"cited_runs": len(links.cited)}, reads=None):
+    with mlflow_run(cfg, "study report", "report", reads=None) as active:
         import mlflow
 
+        study = load_study(cfg)
+        links = RunLinks(cfg)
+        out = cfg.paths.reports
+        doc, figures = build(cfg, study, links)
+        for stale in (out / "figures").glob("*.png"):
+            if stale not in figures:
+                stale.unlink()
+        written = [
+            atomic_write_text(out / "study.md", doc.markdown(out)),
+            atomic_write_text(out / "study.html", doc.html(TITLE)),
+            *figures,
+        ]
+        mlflow.set_tag("cited_runs", len(links.cited))
         mlflow.log_params({"bootstrap_samples": cfg.report.bootstrap_samples, "confidence": cfg.report.confidence,
                            "per_class_combination": cfg.report.per_class_combination})  # fmt: skip
         mlflow.log_dict({"cited_runs": sorted(links.cited)}, "cited_runs.json")
         mlflow.log_artifact(str(written[0]))
         mlflow.log_artifact(str(written[1]))
         mlflow.log_artifacts(str(out / "figures"), "figures")
+        finish_study(mlflow.get_run(active.info.run_id).data.tags[PARENT_TAG], headline_metrics(study))
     return written

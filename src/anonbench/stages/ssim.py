@@ -282,6 +282,25 @@ def _outputs(folder: Path, split: str) -> list[Path]:
     return [folder / name for name in names]
 
 
+def _state(cfg: Config, variant: str, split: str) -> tuple[list[Path], Path, list[Job], list[tuple[str, str]], str]:
+    """A split's outputs, its stamp file, its jobs and problems, and the stamp of its current inputs."""
+    paths = _outputs(cfg.paths.data / STAGE / variant, split)
+    stamp_file = paths.pop()
+    jobs, problems = _jobs(cfg, variant, split)
+    return paths, stamp_file, jobs, problems, _stamp(cfg, variant, split, jobs)
+
+
+def _complete(paths: list[Path], stamp_file: Path, stamp: str) -> bool:
+    """Whether a split's tables are there and were measured from the inputs ``stamp`` describes."""
+    return all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp
+
+
+def split_measured(cfg: Config, variant: str, split: str) -> bool:
+    """Whether :func:`measure_split` would find the split complete for its current inputs."""
+    paths, stamp_file, _, _, stamp = _state(cfg, variant, split)
+    return _complete(paths, stamp_file, stamp)
+
+
 def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bool]:
     """Measure one split unless its tables are complete for the same inputs.
 
@@ -291,11 +310,8 @@ def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bo
     Raises:
         SsimStageError: The first bad image under the strict policy.
     """
-    paths = _outputs(cfg.paths.data / STAGE / variant, split)
-    stamp_file = paths.pop()
-    jobs, problems = _jobs(cfg, variant, split)
-    stamp = _stamp(cfg, variant, split, jobs)
-    if all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp:
+    paths, stamp_file, jobs, problems, stamp = _state(cfg, variant, split)
+    if _complete(paths, stamp_file, stamp):
         return paths, False
     strict = cfg.policy == "strict"
     if strict and problems:
@@ -329,10 +345,8 @@ def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bo
 
 
 def _log_to_mlflow(cfg: Config, variant: str, summary: dict[str, Any], files: list[Path]) -> None:
-    """One MLflow run per variant: the headline means per split and scope, the summary and the figures."""
+    """Into the variant's ssim run: the headline means per split and scope, the summary and the figures."""
     import mlflow
-
-    from anonbench.tracking import mlflow_run
 
     metrics: dict[str, float] = {}
     for split, scopes in summary["splits"].items():
@@ -344,13 +358,20 @@ def _log_to_mlflow(cfg: Config, variant: str, summary: dict[str, Any], files: li
                         value = entry[level][component]["mean"]
                         if value is not None:
                             metrics[f"{split}/{scope}/{group}/{level}_{component}"] = value
-    with mlflow_run(
-        cfg, f"ssim-{variant}", STAGE, {"variant": variant}, reads=[cfg.source_root, cfg.variant_root(variant)]
-    ):
-        mlflow.log_params({"variant": variant, "win_size": cfg.ssim.win_size, "splits": ",".join(summary["splits"])})
-        mlflow.log_metrics(metrics)
-        for path in files:
-            mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png" else None)
+    mlflow.log_params({"variant": variant, "win_size": cfg.ssim.win_size, "splits": ",".join(summary["splits"])})
+    mlflow.log_metrics(metrics)
+    for path in files:
+        mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png" else None)
+
+
+def _summarize(cfg: Config, variant: str) -> tuple[dict[str, Any], list[Path]]:
+    """The summary of every configured split measured so far (so `--split` runs add up), and its file and figures."""
+    out = cfg.paths.data / STAGE / variant
+    done = [s for s in cfg.data.splits if all(p.is_file() for p in _outputs(out, s))]
+    per_split = {s: split_summary(out, s, cfg.classes.use_case_groups) for s in done}
+    summary = {"variant": variant, "win_size": cfg.ssim.win_size, "splits": per_split}
+    summary_path = atomic_write_json(out / "summary.json", summary)
+    return summary, [summary_path, *(p for s in done for p in write_figures(out, s, per_split[s], out / "figures"))]
 
 
 def run(cfg: Config, variant: str, splits: list[str] | None = None) -> list[Path]:
@@ -371,21 +392,18 @@ def run(cfg: Config, variant: str, splits: list[str] | None = None) -> list[Path
     """
     if variant == ORIGINAL:
         raise ValueError("--variant org is the original itself; name an anonymized variant")
-    if not cfg.annotation_file(variant, (splits or list(cfg.data.splits))[0]).is_file():
+    splits = splits or list(cfg.data.splits)
+    if not cfg.annotation_file(variant, splits[0]).is_file():
         raise CocoError(f"{cfg.variant_root(variant)}: no such variant (run `anonbench anonymize --method {variant}`)")
-    out = cfg.paths.data / STAGE / variant
-    written: list[Path] = []
-    measured = False
-    for split in splits or list(cfg.data.splits):
-        paths, fresh = measure_split(cfg, variant, split)
-        written += paths
-        measured |= fresh
-    # The summary covers every configured split measured so far, so `--split` runs add up.
-    done = [s for s in cfg.data.splits if all(p.is_file() for p in _outputs(out, s))]
-    per_split = {s: split_summary(out, s, cfg.classes.use_case_groups) for s in done}
-    summary = {"variant": variant, "win_size": cfg.ssim.win_size, "splits": per_split}
-    summary_path = atomic_write_json(out / "summary.json", summary)
-    figures = [p for s in done for p in write_figures(out, s, per_split[s], out / "figures")]
-    if measured:
-        _log_to_mlflow(cfg, variant, summary, [summary_path, *figures])
-    return [*written, summary_path, *figures]
+    if all(split_measured(cfg, variant, split) for split in splits):
+        out = cfg.paths.data / STAGE / variant
+        return [*(p for split in splits for p in _outputs(out, split)[:-1]), *_summarize(cfg, variant)[1]]
+    from anonbench.tracking import mlflow_run
+
+    with mlflow_run(
+        cfg, f"ssim-{variant}", STAGE, {"variant": variant}, reads=[cfg.source_root, cfg.variant_root(variant)]
+    ):
+        written = [p for split in splits for p in measure_split(cfg, variant, split)[0]]
+        summary, files = _summarize(cfg, variant)
+        _log_to_mlflow(cfg, variant, summary, files)
+    return [*written, *files]
