@@ -68,10 +68,10 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
-
 def code_revision() -> str:
     """The code a study runs: the image's revision (version, commit, dirty marker) if any, else the commit."""
     return os.environ.get(REVISION_ENV) or git_commit()
+
 
 def data_hashes(root: Path = Path("."), reads: Sequence[Path] | None = None) -> dict[str, str]:
     """DVC hash of the datasets published in a workspace that a run reads, from the publish stage's pointers.
