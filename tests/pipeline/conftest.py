@@ -8,10 +8,16 @@ S3 store, Ceph's RADOS Gateway (tests/pipeline/s3/start_rgw.sh installs Debian's
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +147,47 @@ def chromium() -> Callable[..., str]:
         return proc.stdout
 
     return run
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mlflow_server(store_uri: str, folder: Path, *options: str, port: int | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` of this environment on ``store_uri``, on ``port`` (else a free one); yields its address.
+
+    It runs in its own process group without job workers (its log in ``folder/server.log``), answers
+    ``/health`` before the block starts, and the whole group is stopped after it.
+    """
+    port = port or free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", store_uri, *options]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = folder / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, cwd=folder, env=env, stdout=sink, stderr=sink, start_new_session=True)
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer /health:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield address
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -11,13 +11,7 @@ kept under ``build/test-artifacts/mlflow/`` (git-ignored).
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -32,6 +26,7 @@ from anonbench.stages import report
 from anonbench.tracking import mlflow_run
 from anonbench.tracking_ui import COLUMNS
 from tests.conftest import PARAMS
+from tests.pipeline.conftest import free_port, mlflow_server
 from tests.report_study import copy_study
 
 pytestmark = pytest.mark.browser
@@ -43,19 +38,13 @@ COMPARE_LINK = re.compile(r"\[Compare these (\d+) runs in MLflow\]\((\S+)\)")
 RUN_LINK = re.compile(r"#/experiments/\d+/runs/([0-9a-f]{32})\)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def log_evaluations(cfg: Config) -> None:
     """One evaluate run per evaluation of the study, as the stage logs it; its metrics.json then names it."""
     for metrics_file in sorted((cfg.paths.metrics / "eval").glob("*/metrics.json")):
         metrics = json.loads(metrics_file.read_text())
         tags = {key: metrics[key] for key in ("model_id", "train_data", "eval_data")}
         name = f"{metrics['model_id']} on {metrics['eval_data']}"
-        with mlflow_run(cfg, name, "evaluate", {**tags, "void": str(metrics["void"]).lower()}) as run:
+        with mlflow_run(cfg, name, "evaluate", {**tags, "void": str(metrics["void"]).lower()}, reads=None) as run:
             if not metrics["void"]:
                 mlflow.log_metrics({"coco/AP": metrics["AP"], "coco/AP50": metrics["AP50"]})
         metrics_file.write_text(json.dumps({**metrics, "mlflow_run_id": run.info.run_id}))
@@ -74,28 +63,8 @@ def served_study(
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier test's store would win over tracking.uri
         log_evaluations(cfg)
         report.run(cfg)
-    log = root / "server.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(
-            [Path(sys.executable).with_name("mlflow"), "server", "--backend-store-uri", cfg.tracking.uri,
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=root, stdout=sink, stderr=sink,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{ui}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
+    with mlflow_server(cfg.tracking.uri, root, port=port):
         yield cfg, ui
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def look(chromium: Callable[..., str], url: str, name: str) -> str:
@@ -118,7 +87,15 @@ def test_the_printed_address_opens_the_runs_table_with_the_documented_columns(
     shown = re.findall(r'role="columnheader"[^>]*col-id="([^"]+)"', dom)
     assert [column for column in shown if column in COLUMNS] == list(COLUMNS), shown
     assert "Model registry" in dom and "Judges" not in dom, "the Model training side bar, not the GenAI one"
-    assert "org-n on org" in dom, "the evaluate runs are listed"
+    # Stage runs nest under their study's run (the table lists study runs, each expandable), all counted.
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    studies = [run for run in runs if run.data.tags.get("stage") == "study"]
+    assert studies and all(run.info.run_name in dom for run in studies), "the study runs are listed"
+    text = re.sub(r"<!--.*?-->|<[^>]+>", "", dom)  # what the page reads as, React's text-node markers left out
+    assert f"{len(runs)} matching runs" in text, "every run, the nested evaluate runs included, is counted"
 
 
 def test_a_question_compare_link_opens_the_compare_view_on_its_runs(

@@ -8,14 +8,9 @@ its own process group (sqlite backend, artifacts in a folder, no job workers) an
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +22,7 @@ from anonbench.config import Config
 from anonbench.stages import anonymize, evaluate, export, report, ssim, train
 from anonbench.tracking import PARENT_TAG, STUDY_TAG
 from tests.conftest import kill_when
+from tests.pipeline.conftest import mlflow_server
 
 REPO = Path(__file__).resolve().parents[2]
 VAL, TRAIN = "val2017", "train2017"
@@ -37,55 +33,24 @@ TINY_TRAIN = ("train.epochs=1", "train.imgsz=64", "train.batch=4", "train.worker
 MAX_OUTSIDE_S = 1.5
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> Iterator[str]:
-    """A real MLflow tracking server for the module; yields its URI."""
+def served_store(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> Iterator[str]:
+    """A real MLflow tracking server for the module (sqlite store, artifacts in a folder); yields its URI."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     database = Path(shutil.copyfile(mlflow_template, folder / "mlflow.db"))  # tables made once per session
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{database}"]
-    command += ["--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with (folder / "server.log").open("wb") as log:
-        server = subprocess.Popen([*command, "--workers", "1"], env=env, stdout=log, stderr=log, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health:\n{(folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{database}", folder, "--artifacts-destination", str(folder / "artifacts")) as uri:
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture
 def served(
-    make_config: Callable[..., Config], mlflow_server: str, request: pytest.FixtureRequest
+    make_config: Callable[..., Config], served_store: str, request: pytest.FixtureRequest
 ) -> Callable[..., Config]:
     """make_config logging to the test server, in an experiment of the test's own."""
 
     def _make(*overrides: str, source: Path | None = None) -> Config:
         experiment = f"tracking.experiment={request.node.name}"
-        sets = [f"tracking.uri={mlflow_server}", experiment, "workers=1", *overrides]
+        sets = [f"tracking.uri={served_store}", experiment, "workers=1", *overrides]
         return make_config(*sets, source=source)
 
     return _make
