@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from anonbench.anonymizers.dp2_weights import WeightFile, md5sum
 from anonbench.preflight import PreflightError, check_dp2_weights, check_workspace
 from anonbench.s3 import s3_environment
-from tests.pipeline.conftest import s3_bucket
+from tests.pipeline.conftest import free_port, s3_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_UID = 10001  # the images' user (docker/*/Dockerfile), group 0
@@ -43,13 +42,6 @@ def failed_line(result: subprocess.CompletedProcess[str], check: str) -> str:
     assert result.returncode == 1, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith(f"preflight {check}: FAIL")]
     return line
-
-
-def closed_port() -> int:
-    """A local port where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_a_workspace_the_runtime_user_cannot_write_fails(tmp_path: Path) -> None:
@@ -96,7 +88,7 @@ def test_a_writable_readwritemany_workspace_passes(tmp_path: Path) -> None:
 
 
 def test_a_stopped_s3_server_fails(tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     env = {
         "ANONBENCH_S3_ENDPOINT_URL": endpoint,
         "ANONBENCH_S3_ACCESS_KEY_ID": "k",
@@ -125,7 +117,7 @@ def test_s3_with_the_tasks_credentials_passes_and_leaves_nothing(rgw: dict[str, 
 
 
 def test_an_unreachable_mlflow_server_fails() -> None:
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
 
     result = preflight("--check", "mlflow", env={"MLFLOW_TRACKING_URI": uri})
 
