@@ -194,7 +194,7 @@ def study_tags(cfg: Config) -> dict[str, str]:
     return {**tags, STUDY_TAG: hashlib.sha256(json.dumps(tags, sort_keys=True).encode()).hexdigest()[:16]}
 
 
-def study_run_id(cfg: Config, experiment_id: str) -> str:
+def study_run_id(cfg: Config, experiment_id: str, tags: dict[str, str]) -> str:
     """The study run every stage run nests under: ``ANONBENCH_PARENT_RUN_ID``, else found or made by its tags.
 
     Stages run as separate processes (DVC, KFP pods) find the same run by searching the experiment for
@@ -204,6 +204,7 @@ def study_run_id(cfg: Config, experiment_id: str) -> str:
     Args:
         cfg: The study's configuration.
         experiment_id: Its experiment (:func:`ensure_experiment`).
+        tags: Its :func:`study_tags`, as the stage run computed them.
 
     Returns:
         The study run's id (it stays RUNNING until the report stage ends it).
@@ -213,7 +214,6 @@ def study_run_id(cfg: Config, experiment_id: str) -> str:
     import mlflow
 
     client = mlflow.MlflowClient()
-    tags = study_tags(cfg)
     query = f"tags.{STUDY_TAG} = '{tags[STUDY_TAG]}' and tags.stage = '{STUDY_STAGE}'"
 
     def oldest() -> str | None:
@@ -287,7 +287,8 @@ def mlflow_run(
 
     experiment_id = ensure_experiment(cfg)
     client = mlflow.MlflowClient()
-    study = {k: v for k, v in study_tags(cfg).items() if k != "workspace"}
+    study_run_tags = study_tags(cfg)
+    study = {k: v for k, v in study_run_tags.items() if k != "workspace"}
     unfinished = _unfinished_run(client, experiment_id, study[STUDY_TAG], name)
     common = {
         "stage": stage,
@@ -302,7 +303,7 @@ def mlflow_run(
     with mlflow.start_run(run_id=unfinished, run_name=name, tags=all_tags, log_system_metrics=True) as run:
         try:
             # Inside the run: the first stage of a study creates the study run, and that takes a while.
-            mlflow.set_tag(PARENT_TAG, study_run_id(cfg, experiment_id))
+            mlflow.set_tag(PARENT_TAG, study_run_id(cfg, experiment_id, study_run_tags))
             yield run
         except BaseException as exc:
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:4000])
