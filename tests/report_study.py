@@ -2,7 +2,7 @@
 
 Shared by the report's code tests (tests/code/test_report.py) and its browser test
 (tests/pipeline/test_report_browser.py). Evaluations are scored with the real scoring core
-(anonbench.cocoeval) on tiny-coco's validation ground truth with jittered predictions; class
+(anonbench.analysis.cocoeval) on tiny-coco's validation ground truth with jittered predictions; class
 statistics come from the prepare stage itself; the SSIM summary from the ssim stage's own
 aggregation of synthetic tables; relabel metrics from the relabel stage's own function; the
 fine-tune subset's counts from the finetune stage's own functions. Void evaluations are written
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anonbench.cocoeval import score
+from anonbench.analysis.cocoeval import score
+from anonbench.analysis.ssim_summary import split_summary
 from anonbench.config import ORIGINAL, Config, finetune_model_id, model_id
 from anonbench.io import atomic_write_json
-from anonbench.ssim_summary import split_summary
 from anonbench.stages import finetune, prepare, relabel, report
 from tests.conftest import config_under
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anonbench.bootstrap import Resampled, image_ids_digest, interval, load_resamples, resample
+from anonbench.analysis.bootstrap import Resampled, image_ids_digest, interval, load_resamples, resample
+from anonbench.analysis.cocoeval import Scorer
 from anonbench.coco import read_instances
-from anonbench.cocoeval import Scorer
 from anonbench.config import Config
 from anonbench.parallel import map_with_progress
 

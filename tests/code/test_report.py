@@ -15,9 +15,9 @@ import numpy as np
 
 from anonbench.config import Config
 from anonbench.io import atomic_write_json
-from anonbench.reportdoc import Document, inline_html
+from anonbench.report.context import ANON_COMBINATIONS, NOT_RUN
+from anonbench.report.doc import Document, inline_html
 from anonbench.stages import report
-from anonbench.stages.report import NOT_RUN
 from tests.report_study import (
     GRID,
     LINK,
@@ -220,7 +220,7 @@ def test_a_narrowed_grid_compares_sizes_only_where_it_trains_them(
     md = (cfg.paths.reports / "study.md").read_text()
     assert "| models | YOLOv10 n, s (blur at s only) from scratch" in md
     q2 = table_after(md, "## Q2")
-    assert [row[0] for row in q2[1:]] == ["Org on Org", *(f"mask: {name}" for name in report.ANON_COMBINATIONS)]
+    assert [row[0] for row in q2[1:]] == ["Org on Org", *(f"mask: {name}" for name in ANON_COMBINATIONS)]
     assert "Not compared across sizes: blur (trained at s), as train.sizes_by_variant sets" in md
     assert "Not trained at n (train.sizes_by_variant): blur." in md
     assert [row[0] for row in table_after(md, "### Size n")[1:]] == ["mask"]
