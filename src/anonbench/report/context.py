@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config
 from anonbench.report.doc import Document
@@ -185,6 +185,12 @@ def scaled(value: float | None) -> float | None:
 def ap_of(record: EvalRecord | None, classes: list[str] | None = None, stat: str = "AP") -> float | None:
     """AP (0-1) of an evaluation over ``classes``; None when it does not exist (or has no number)."""
     return None if record is None else record.ap(classes, stat)
+
+
+def ssim_mean(entry: dict[str, Any], level: str, component: str = "ssim") -> float | None:
+    """The mean of an SSIM summary entry's ``level`` (image, box) and ``component`` (ssim, luminance, ...)."""
+    value: float | None = entry.get(level, {}).get(component, {}).get("mean")
+    return value
 
 
 def fmt(value: float | None) -> str:

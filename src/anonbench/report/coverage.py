@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from anonbench.report import charts
-from anonbench.report.context import (
-    Context,
-    fmt,
-)
+from anonbench.report.context import Context, fmt
 from anonbench.report.doc import Document
 
 

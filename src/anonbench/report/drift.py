@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 
 from anonbench.analysis.cka import YOLOV10_PARTS, plot_cka
-from anonbench.report.context import (
-    Context,
-)
+from anonbench.report.context import Context
 from anonbench.report.doc import Document
 
 

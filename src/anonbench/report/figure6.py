@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from anonbench.report import charts
-from anonbench.report.context import (
-    Context,
-    note_absent,
-)
+from anonbench.report.context import Context, note_absent
 from anonbench.report.doc import Document
 
 # Figure 6's colours: the paper's blue (full training set) and green (fine-tune subset) bars.

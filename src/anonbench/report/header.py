@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 
-from anonbench.report.context import (
-    NOT_RUN,
-    Context,
-    grid_text,
-)
+from anonbench.report.context import NOT_RUN, Context, grid_text
 from anonbench.report.doc import Document
 from anonbench.study import Study
 

@@ -5,16 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from anonbench.report import charts
-from anonbench.report.context import (
-    Context,
-    fmt,
-)
+from anonbench.report.context import Context, fmt, ssim_mean
 from anonbench.report.doc import Document
-
-
-def _ssim_mean(entry: dict[str, Any], level: str, component: str = "ssim") -> float | None:
-    value: float | None = entry.get(level, {}).get(component, {}).get("mean")
-    return value
 
 
 def q4_ssim(doc: Document, ctx: Context) -> None:
@@ -40,7 +32,7 @@ def q4_ssim(doc: Document, ctx: Context) -> None:
         for group, entry in entries.items():
             rows.append([
                 variant, group, ", ".join(entry["classes"]),
-                *(ctx.links.number(_ssim_mean(entry, level, comp), runs[variant])
+                *(ctx.links.number(ssim_mean(entry, level, comp), runs[variant])
                   for level, comp in (("image", "ssim"), ("box", "ssim"), ("box", "luminance"),
                                       ("box", "contrast"), ("box", "structure"))),
                 str(entry.get("box", {}).get("count", 0)),
@@ -51,8 +43,8 @@ def q4_ssim(doc: Document, ctx: Context) -> None:
     series = {}
     for variant, scope in measured.items():
         entries = scope["use_case_groups"]
-        series[f"{variant} image"] = [_ssim_mean(entries[g], "image") for g in groups]
-        series[f"{variant} box"] = [_ssim_mean(entries[g], "box") for g in groups]
+        series[f"{variant} image"] = [ssim_mean(entries[g], "image") for g in groups]
+        series[f"{variant} box"] = [ssim_mean(entries[g], "box") for g in groups]
     path = charts.grouped_bars(list(groups), series, f"Mean SSIM per use-case group ({split})", "SSIM",
                                ctx.figures / "q4_ssim.png")  # fmt: skip
     ctx.figure(doc, path, f"Q4: whole-image vs box SSIM per use-case group and method ({split}, images with a person).")
@@ -76,7 +68,7 @@ def _q4_classes(doc: Document, ctx: Context, measured: dict[str, Any], runs: dic
         row = [group, c]
         for variant, scope in measured.items():
             entry = scope["classes"].get(c)
-            ssim = ctx.links.number(_ssim_mean(entry, "box"), runs[variant]) if entry else "no boxes"
+            ssim = ctx.links.number(ssim_mean(entry, "box"), runs[variant]) if entry else "no boxes"
             row += [ssim, ctx.linked_delta(afters[variant], base, [c])]
         rows.append(row)
     header = ["group", "class"]
@@ -94,6 +86,6 @@ def _q4_classes(doc: Document, ctx: Context, measured: dict[str, Any], runs: dic
                           "with a person; a class without boxes has no box).")  # fmt: skip
     answers = []
     for variant, scope in measured.items():
-        parts = [f"{g} {fmt(_ssim_mean(e, 'box'))}" for g, e in scope["use_case_groups"].items()]
+        parts = [f"{g} {fmt(ssim_mean(e, 'box'))}" for g, e in scope["use_case_groups"].items()]
         answers.append(f"{variant}: box SSIM " + ", ".join(parts))
     doc.paragraph(f"**Answer ({cfg.data.val_split}):** " + "; ".join(answers) + ".")

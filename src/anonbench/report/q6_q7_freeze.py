@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from anonbench.config import Config, finetune_model_id
 from anonbench.report import charts
-from anonbench.report.context import (
-    Context,
-    significance,
-)
+from anonbench.report.context import Context, significance
 from anonbench.report.doc import Document
 from anonbench.report.drift import drift_section
 from anonbench.study import EvalRecord

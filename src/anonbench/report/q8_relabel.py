@@ -6,11 +6,7 @@ from typing import Any
 
 from anonbench.config import ORIGINAL
 from anonbench.report import charts
-from anonbench.report.context import (
-    Context,
-    reference_size,
-    scaled,
-)
+from anonbench.report.context import Context, reference_size, scaled
 from anonbench.report.doc import Document
 from anonbench.study import Delta
 

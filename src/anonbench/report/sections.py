@@ -6,9 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anonbench.config import Config
-from anonbench.report.context import (
-    Context,
-)
+from anonbench.report.context import Context
 from anonbench.report.coverage import coverage_section
 from anonbench.report.doc import Block, Document
 from anonbench.report.figure6 import figure6
@@ -20,6 +18,7 @@ from anonbench.report.q4_ssim import q4_ssim
 from anonbench.report.q5_grid import q5_grid
 from anonbench.report.q6_q7_freeze import q6_q7_freeze
 from anonbench.report.q8_relabel import q8_relabel
+from anonbench.report.q9_privacy import q9_privacy
 from anonbench.study import RunLinks, Study
 
 SECTIONS: tuple[Callable[[Document, Context], None], ...] = (
@@ -31,6 +30,7 @@ SECTIONS: tuple[Callable[[Document, Context], None], ...] = (
     figure6,
     q6_q7_freeze,
     q8_relabel,
+    q9_privacy,
     coverage_section,
 )
 

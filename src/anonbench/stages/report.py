@@ -1,4 +1,4 @@
-"""Stage report: the study's answers to Q1-Q8 (DESIGN.md), the paper's tables and figures beside ours.
+"""Stage report: the study's answers to Q1-Q8 (DESIGN.md) and Q9 (privacy), the paper's tables and figures beside ours.
 
 Writes ``reports/study.md`` with ``reports/figures/*.png`` beside it and
 ``reports/study.html``, the same report as one self-contained file (figures
@@ -10,9 +10,10 @@ points with a paired bootstrap interval over the validation images. Every
 number links to the MLflow run that produced it. A void evaluation (its
 metrics file says so: no detections) shows its reason and takes part in no
 difference; a question whose inputs are missing says which and how to make
-them instead of failing. Reading the stored predictions and tables only: no
-torch, no inference. The sections are :mod:`anonbench.report`'s, one module per
-question; this module loads the study, writes the files and logs them.
+them instead of failing. Reading the stored predictions and tables (and one
+validation image per method for Q9's pictures) only: no torch, no inference.
+The sections are :mod:`anonbench.report`'s, one module per question; this
+module loads the study, writes the files and logs them.
 """
 
 from __future__ import annotations
