@@ -2,8 +2,8 @@
 
 Same ground truth and detections as benchmarks/cocoeval_speed.py (coco-mini val replicated under fresh ids,
 jittered detections with random scores plus false positives). Both sides start from one per-image matching
-pass and score the same resampled image multisets: :func:`anonbench.bootstrap.accumulate` (all resamples at
-once, numpy) and :func:`anonbench.cocoeval.rescore` per resample with the configured backend
+pass and score the same resampled image multisets: :func:`anonbench.analysis.bootstrap.accumulate` (all resamples at
+once, numpy) and :func:`anonbench.analysis.cocoeval.rescore` per resample with the configured backend
 (faster-coco-eval's C++ accumulate), the obvious alternative. Their AP must agree to 1e-12.
 
 Run: ``.venv/bin/python benchmarks/bootstrap_speed.py [--copies 10 --samples 40]``; writes
@@ -20,8 +20,8 @@ import numpy as np
 from cocoeval_speed import detections, replicate
 from common import arguments, machine, write_results
 
-from anonbench.bootstrap import accumulate, evaluate, resample_counts
-from anonbench.cocoeval import evaluate_images, rescore
+from anonbench.analysis.bootstrap import accumulate, evaluate, resample_counts
+from anonbench.analysis.cocoeval import evaluate_images, rescore
 
 
 def main() -> None:

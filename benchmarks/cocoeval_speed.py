@@ -4,7 +4,7 @@ coco-mini's val ground truth (real COCO boxes, crowd regions included) is
 replicated under fresh image ids to reach a full-COCO-like image count, and
 detections are made from it: every box jittered with a random score, a fifth of
 them missed, plus false positives, up to about 45 per image. Both backends score
-the same list through :func:`anonbench.cocoeval.score`; the numbers must agree
+the same list through :func:`anonbench.analysis.cocoeval.score`; the numbers must agree
 to 1e-12. Also timed: one bootstrap resample through :func:`rescore`.
 
 Run: ``.venv/bin/python benchmarks/cocoeval_speed.py [--copies 40]``; writes
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from common import arguments, machine, write_results
 
-from anonbench.cocoeval import BACKENDS, STAT_NAMES, CocoScores, evaluate_images, rescore, score
+from anonbench.analysis.cocoeval import BACKENDS, STAT_NAMES, CocoScores, evaluate_images, rescore, score
 
 FALSE_POSITIVES_PER_IMAGE = 35
 

@@ -2,7 +2,7 @@
 
 Shared by the report's code tests (tests/code/test_report.py) and its browser test
 (tests/pipeline/test_report_browser.py). Evaluations are scored with the real scoring core
-(anonbench.cocoeval) on tiny-coco's validation ground truth with jittered predictions; class
+(anonbench.analysis.cocoeval) on tiny-coco's validation ground truth with jittered predictions; class
 statistics come from the prepare stage itself; the SSIM summary from the ssim stage's own
 aggregation of synthetic tables; relabel metrics from the relabel stage's own function; the
 fine-tune subset's counts from the finetune stage's own functions. Void evaluations are written
@@ -22,10 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anonbench.cocoeval import score
+from anonbench.analysis.cocoeval import score
+from anonbench.analysis.ssim_summary import split_summary
+from anonbench.anonymizers import classic
+from anonbench.anonymizers.masks import person_masks
+from anonbench.coco import person_category_id
 from anonbench.config import ORIGINAL, Config, finetune_model_id, model_id
+from anonbench.images import encode_image, read_image
 from anonbench.io import atomic_write_json
-from anonbench.ssim_summary import split_summary
 from anonbench.stages import finetune, prepare, relabel, report
 from tests.conftest import config_under
 
@@ -133,6 +137,58 @@ def write_coverage(cfg: Config, variant: str, dp2: dict[str, Any] | None = None)
             "coverage_min_image": 0.5, **extra})  # fmt: skip
 
 
+def write_anonymized_images(cfg: Config, method: str) -> None:
+    """The validation images of a classic method as the anonymize stage writes them: PNG, named in its annotations."""
+    split = cfg.data.val_split
+    instances = json.loads(cfg.annotation_file(ORIGINAL, split).read_text())
+    person = person_category_id(instances["categories"])
+    folder = cfg.image_dir(method, split)
+    folder.mkdir(parents=True, exist_ok=True)
+    params = cfg.anonymize
+    for image in instances["images"]:
+        found = [a for a in instances["annotations"] if a["image_id"] == image["id"]]
+        masks = person_masks(found, person, image["height"], image["width"], params.dilation_px, params.min_person_px)
+        original = read_image(cfg.image_dir(ORIGINAL, split) / image["file_name"])
+        image["file_name"] = f"{Path(image['file_name']).stem}.png"
+        (folder / image["file_name"]).write_bytes(encode_image(classic.anonymize(method, original, masks.persons,
+                                                                                  params)))  # fmt: skip
+    atomic_write_json(cfg.annotation_file(method, split), instances)
+
+
+def privacy_audit(variant: str, image_ids: list[int], rates: dict[str, float | None]) -> dict[str, Any]:
+    """A privacy stage's ``metrics/privacy/<variant>.json`` (docs/report.md's contract) with the given rates.
+
+    11 faces on the originals of 3 images, 20 persons; none in a small person, so that bucket's rates are void.
+    """
+    bucket = {"faces": 0, "detected_rate": None, "naive_rank1": None, "inversion_rank1": None,
+              "appearance_rank1": None, "appearance_persons": 0}  # fmt: skip
+    sized = {"faces": 5, "detected_rate": rates["detected"], "naive_rank1": rates["naive"],
+             "inversion_rank1": rates["inversion"], "appearance_rank1": rates["appearance"],
+             "appearance_persons": 10}  # fmt: skip
+    residual = image_ids[: int(rates["residual"] or 0)]
+    return {
+        "variant": variant, "split": "val2017", "images": 6, "images_with_faces": 3,
+        "detector": {"model": "hog", "upsample": 2}, "faces": 11, "detected_rate": rates["detected"],
+        "linkage": {
+            "naive": {"rank1": rates["naive"], "chance": 1 / 11, "tmr_at_fmr_1pct": rates["tmr"], "threshold": 0.41},
+            "inversion": {"rank1": rates["inversion"], "tmr_at_fmr_1pct": rates["inversion"],
+                          "how": "richardson-lucy" if rates["inversion"] is not None else None},
+            "appearance": {"rank1": rates["appearance"], "chance": 0.05, "persons": 20},
+        },
+        "residual_faces": len(residual), "residual_image_ids": residual,
+        "by_size": {"small": bucket, "medium": sized, "large": sized,
+                    "outside": {**sized, "faces": 1, "appearance_rank1": None, "appearance_persons": 0}},
+    }  # fmt: skip
+
+
+# The audits' rates (org is the identity control; mask has no inversion: void, never 0).
+PRIVACY = {
+    ORIGINAL: {"detected": 1.0, "naive": 1.0, "tmr": 1.0, "inversion": None, "appearance": 1.0, "residual": 0},
+    "mask": {"detected": 0.0, "naive": 0.0, "tmr": 0.0, "inversion": None, "appearance": 0.05, "residual": 2},
+    "blur": {"detected": 0.182, "naive": 0.273, "tmr": 0.091, "inversion": 0.455, "appearance": 0.35, "residual": 1},
+}
+
+
 def write_subset(cfg: Config) -> None:
     """The fine-tune subset's summary.json and class_counts.csv, made by the finetune stage's own functions."""
     classes = cfg.classes.size_frequency_classes
@@ -166,10 +222,15 @@ def synthetic_study(cfg: Config) -> None:
     for method in cfg.anonymize.methods:
         write_ssim(cfg, method, rng)
         write_coverage(cfg, method)
+        write_anonymized_images(cfg, method)
         drift = [{"layer": i, "module": "Conv", "part": "x", "cka": 1 - 0.02 * i} for i in range(24)]
         doc = {"variant": method, "model_id": "org-n", "layers": drift, "mlflow_run_id": "drift0001"}
         atomic_write_json(cfg.paths.metrics / "drift" / f"{method}.json", doc)
     write_subset(cfg)
+    image_ids = sorted(im["id"] for im in original["images"])
+    for variant in (ORIGINAL, *cfg.anonymize.methods):
+        rates = PRIVACY[variant]
+        atomic_write_json(cfg.paths.metrics / "privacy" / f"{variant}.json", privacy_audit(variant, image_ids, rates))
     seed = 1
     models = [(model_id(v, s), v, s) for v, s in cfg.train.models] + [
         (finetune_model_id(f), cfg.finetune.variant, cfg.finetune.base.size) for f in cfg.finetune.freeze

@@ -2,7 +2,7 @@
 
     python -m benchmarks.scale.tasks coco-load FILE...           pycocotools.coco.COCO on each file (the reference)
     python -m benchmarks.scale.tasks predictions TRUTH OUT       synthetic detections in the evaluate stage's format
-    python -m benchmarks.scale.tasks score TRUTH EVAL_DIR --backend B     one COCO evaluation (anonbench.cocoeval.score)
+    python -m benchmarks.scale.tasks score TRUTH EVAL_DIR --backend B     one COCO evaluation (analysis.cocoeval.score)
     python -m benchmarks.scale.tasks bootstrap TRUTH EVAL_DIR --samples N  the report's per-evaluation bootstrap
     python -m benchmarks.scale.tasks report-grid ROOT ...        synthetic outputs of the paper's model grid
 
@@ -96,8 +96,8 @@ def make_predictions(truth: Path, out: Path, per_image: int, seed: int) -> int:
 
 def score_once(truth: Path, eval_dir: Path, backend: str) -> dict[str, Any]:
     """Read the ground truth and predictions and score them once (what evaluate does after inference)."""
+    from anonbench.analysis.cocoeval import score
     from anonbench.coco import read_instances
-    from anonbench.cocoeval import score
 
     instances = read_instances(truth)
     predictions = json.loads((eval_dir / "predictions.json").read_text(encoding="utf-8"))

@@ -287,7 +287,7 @@ class Evaluate(_Section):
 
     ``conf``, ``max_det``, ``batch`` and ``backend`` belong to the COCO protocol; the authors'
     protocol fixes its own (conf 0.25, 300 detections, batch 1, integer boxes) and scores with the
-    authors' scorer on pycocotools (:mod:`anonbench.cocoeval`).
+    authors' scorer on pycocotools (:mod:`anonbench.analysis.cocoeval`).
     """
 
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from anonbench.analysis.cocoeval import Prediction
 from anonbench.coco import CategoryTable, Instances, image_path
-from anonbench.cocoeval import Prediction
 from anonbench.config import Config
 from anonbench.yolo import NMS_FREE
 

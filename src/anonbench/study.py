@@ -2,7 +2,7 @@
 
 Reads the output contracts (metrics/eval, models/*/train.json, data/prepared
 class statistics, data/ssim, data/variants coverage, data/finetune_subset,
-metrics/relabel, metrics/drift, data/relabel proposals and reviews),
+metrics/relabel, metrics/drift, metrics/privacy, data/relabel proposals and reviews),
 reads each evaluation's bootstrap resamples over the validation images (paired
 deltas: the evaluate stage drew them with the same seed; an evaluation without
 them, or drawn with other settings, is re-matched from its stored predictions
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anonbench.bootstrap import Resampled, image_ids_digest, interval, load_resamples, resample
+from anonbench.analysis.bootstrap import Resampled, image_ids_digest, interval, load_resamples, resample
+from anonbench.analysis.cocoeval import Scorer
 from anonbench.coco import read_instances
-from anonbench.cocoeval import Scorer
-from anonbench.config import Config
+from anonbench.config import ORIGINAL, Config
 from anonbench.parallel import map_with_progress
 
 
@@ -189,6 +189,7 @@ class Study:
     subset: dict[str, Any] | None = None
     subset_counts: pd.DataFrame | None = None
     ssim_boxes: dict[str, pd.DataFrame] = field(default_factory=dict)
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def find(self, model_id: str, eval_data: str) -> EvalRecord | None:
         """The evaluation of a model on a variant, if it was run."""
@@ -251,6 +252,9 @@ def load_study(cfg: Config) -> Study:
         if (drift := cfg.paths.metrics / "drift" / f"{variant}.json").is_file():
             study.drift[variant] = _read_json(drift)
     study.relabel = [_read_json(p) for p in sorted((cfg.paths.metrics / "relabel").glob("*.json"))]
+    for audited in (ORIGINAL, *cfg.anonymize.methods):
+        if (audit := cfg.paths.metrics / "privacy" / f"{audited}.json").is_file():
+            study.privacy[audited] = _read_json(audit)
     if (class_stats := data / "prepared" / cfg.data.train_split / "class_stats.csv").is_file():
         study.class_stats = pd.read_csv(class_stats).set_index("name")
     subset = data / "finetune_subset"

@@ -11,8 +11,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from anonbench.bootstrap import Resampled, accumulate, evaluate, interval, resample_counts
-from anonbench.cocoeval import evaluate_images, rescore
+from anonbench.analysis.bootstrap import Resampled, accumulate, evaluate, interval, resample_counts
+from anonbench.analysis.cocoeval import evaluate_images, rescore
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 37, "name": "sports ball"}]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from anonbench.cka import layer_activations, layer_cka, linear_cka, part_of, plot_cka, representation
+from anonbench.analysis.cka import layer_activations, layer_cka, linear_cka, part_of, plot_cka, representation
 from anonbench.yolo import use_one2one
 
 

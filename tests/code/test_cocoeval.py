@@ -14,8 +14,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from anonbench.bootstrap import accumulate, evaluate
-from anonbench.cocoeval import (
+from anonbench.analysis.bootstrap import accumulate, evaluate
+from anonbench.analysis.cocoeval import (
     BACKENDS,
     STAT_NAMES,
     CocoScores,

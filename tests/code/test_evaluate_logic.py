@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from anonbench.analysis.cocoeval import STAT_NAMES, CocoScores, void_scores
 from anonbench.coco import CategoryTable, CocoError
 from anonbench.coco_classes import COCO_CATEGORIES, COCO_NAMES
-from anonbench.cocoeval import STAT_NAMES, CocoScores, void_scores
 from anonbench.config import Config
 from anonbench.predict import PredictSettings, check_classes, check_conf, coco_results, sort_results
 from anonbench.stages.evaluate import ModelInfo, metric_key, mlflow_metrics, parse_model_id

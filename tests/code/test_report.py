@@ -15,12 +15,13 @@ import numpy as np
 
 from anonbench.config import Config
 from anonbench.io import atomic_write_json
-from anonbench.reportdoc import Document, inline_html
+from anonbench.report.context import ANON_COMBINATIONS, NOT_RUN
+from anonbench.report.doc import Document, inline_html
 from anonbench.stages import report
-from anonbench.stages.report import NOT_RUN
 from tests.report_study import (
     GRID,
     LINK,
+    PRIVACY,
     V10_CRITERION,
     make_void,
     markdown_tables,
@@ -32,7 +33,7 @@ from tests.report_study import (
 
 __all__ = ["report_cfg", "report_copy"]  # fixtures, imported for pytest
 
-QUESTIONS = ("Q1:", "Q2:", "Q3:", "Q4:", "Q5:", "Figure 6:", "Q6 and Q7:", "Layer drift", "Q8:",
+QUESTIONS = ("Q1:", "Q2:", "Q3:", "Q4:", "Q5:", "Figure 6:", "Q6 and Q7:", "Layer drift", "Q8:", "Q9:",
              "Anonymization coverage", "How to read this")  # fmt: skip
 INTERVAL = r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]"
 
@@ -71,7 +72,7 @@ def test_every_section_is_filled_logged_and_rerun_identical(built_report: tuple[
     assert {p.name for p in figures} == {
         "q1_comparison_classes.png", "q2_size.png", "q3_matrix.png", "q4_ssim.png", "q4_ssim_boxes.png",
         "q5_grid_ap.png", "q5_grid_ap50.png", "figure6_cooccurrence.png", "q6_q7_freeze.png", "q7_drift.png",
-        "q8_relabel.png", "coverage.png",
+        "q8_relabel.png", "q9_privacy_utility.png", "q9_example_mask.png", "q9_example_blur.png", "coverage.png",
     }  # fmt: skip
     for figure in figures:
         assert figure.parent == cfg.paths.reports / "figures" and f"](figures/{figure.name})" in md
@@ -147,6 +148,57 @@ def test_cells_equal_the_metrics_files_they_cite(built_report: tuple[Config, lis
     assert by_run[run]["model_id"] == "ft-neck" and text.startswith(f"{value:+.1f} [")
 
 
+def test_q9_shows_each_audit_beside_chance_void_where_null(built_report: tuple[Config, list[Path]]) -> None:
+    """Q9's cells are the privacy files' rates (tests/report_study.py's PRIVACY), null ones void, never 0.000."""
+    cfg, _ = built_report
+    md = (cfg.paths.reports / "study.md").read_text()
+    q9 = md[md.index("## Q9") : md.index("## Anonymization coverage")]
+    totals = table_after(q9, "Detected: the share")
+    header, rows = totals[0], {row[0]: row for row in totals[1:]}
+    assert list(rows) == ["org", "mask", "blur"], "org (the control) first, then the methods in params order"
+    column = {name: header.index(name) for name in header}
+    for variant, rates in PRIVACY.items():
+        row = rows[variant]
+        assert row[column["naive<br>chance"]] == f"{1 / 11:.3f}" and row[column["appearance<br>chance"]] == "0.050"
+        for name, key in (("detected", "detected"), ("naive<br>rank-1", "naive"), ("inverted<br>rank-1", "inversion"),
+                          ("appearance<br>rank-1", "appearance"), ("naive TMR<br>@1% FMR", "tmr")):  # fmt: skip
+            value = rates[key]
+            assert row[column[name]] == ("void" if value is None else f"{value:.3f}"), (variant, name)
+    assert rows["mask"][column["inversion"]] == "none" and rows["blur"][column["inversion"]] == "richardson-lucy"
+    image_ids = sorted(int(p.stem) for p in cfg.image_dir("org", cfg.data.val_split).glob("*.jpg"))
+    assert rows["mask"][column["residual faces"]] == f"2 (image {image_ids[0]}, {image_ids[1]})"
+    assert rows["org"][column["residual faces"]] == "0"
+
+    sized = table_after(q9, "Per COCO size bucket")
+    small = [row for row in sized[1:] if row[1] == "small"]
+    assert len(small) == 3 and all(row[3:7] == ["void"] * 4 and row[2] == "0" for row in small), "no face: void"
+    blur_large = next(row for row in sized[1:] if row[:2] == ["blur", "large"])
+    assert blur_large[2:] == ["5", "0.182", "0.273", "0.455", "0.350", "10"]
+    assert "0.000" not in "".join("".join(row) for row in small)
+
+    # The example image: the validation image whose largest non-crowd person box is largest (ties: smaller id).
+    truth = json.loads(cfg.annotation_file("org", cfg.data.val_split).read_text())
+    boxes = [(a["bbox"][2] * a["bbox"][3], -a["image_id"]) for a in truth["annotations"]
+             if a["category_id"] == 1 and not a["iscrowd"]]  # fmt: skip
+    chosen = -max(boxes)[1]
+    for method in ("mask", "blur"):
+        assert f"Q9: {method} on val2017 image {chosen}: original" in md
+        assert (cfg.paths.reports / "figures" / f"q9_example_{method}.png").stat().st_size > 10_000
+    assert "figures/q9_privacy_utility.png" in md
+    assert "**Answer:** org: detected 1.000 of 11 faces, naive rank-1 1.000 (chance 0.091), inverted void" in md
+
+
+def test_q9_names_the_missing_audits(report_copy: Config) -> None:
+    cfg = report_copy
+    (cfg.paths.metrics / "privacy" / "blur.json").unlink()
+    (cfg.paths.metrics / "privacy" / "org.json").unlink()
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    q9 = md[md.index("## Q9") : md.index("## Anonymization coverage")]
+    assert "**Missing:** no privacy audit of org, blur (`metrics/privacy/<variant>.json`)" in q9
+    assert [row[0] for row in table_after(q9, "Detected: the share")[1:]] == ["mask"]
+
+
 def test_void_evaluations_show_their_reason_and_take_part_in_no_difference(report_copy: Config) -> None:
     cfg = report_copy
     make_void(cfg, "mask-n_on_mask")
@@ -220,7 +272,7 @@ def test_a_narrowed_grid_compares_sizes_only_where_it_trains_them(
     md = (cfg.paths.reports / "study.md").read_text()
     assert "| models | YOLOv10 n, s (blur at s only) from scratch" in md
     q2 = table_after(md, "## Q2")
-    assert [row[0] for row in q2[1:]] == ["Org on Org", *(f"mask: {name}" for name in report.ANON_COMBINATIONS)]
+    assert [row[0] for row in q2[1:]] == ["Org on Org", *(f"mask: {name}" for name in ANON_COMBINATIONS)]
     assert "Not compared across sizes: blur (trained at s), as train.sizes_by_variant sets" in md
     assert "Not trained at n (train.sizes_by_variant): blur." in md
     assert [row[0] for row in table_after(md, "### Size n")[1:]] == ["mask"]

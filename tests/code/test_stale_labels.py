@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from anonbench.stale_labels import (
+from anonbench.analysis.stale_labels import (
     Proposal,
     ReviewedBox,
     accept_all,

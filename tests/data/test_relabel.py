@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from anonbench.analysis.stale_labels import extension_proposals
 from anonbench.anonymizers.masks import dilate, paint_record
 from anonbench.coco import CocoError, indexed
 from anonbench.config import Config, load_config
 from anonbench.images import encode_image, read_image
 from anonbench.stages import anonymize, relabel, ssim
-from anonbench.stale_labels import extension_proposals
 from tests.conftest import PARAMS
 
 VARIANT = "mask"

@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from anonbench.analysis.stale_labels import extension_proposals
 from anonbench.anonymizers.dp2 import STUDY_CONFIG, Dp2Anonymizer, Dp2Output, Dp2Unavailable, repo_dir
 from anonbench.anonymizers.dp2_weights import WeightsError, lay_out, required
 from anonbench.anonymizers.masks import dilate, person_masks, read_paint_record
@@ -34,7 +35,6 @@ from anonbench.coco import indexed
 from anonbench.config import Config, DeepPrivacy2, load_config
 from anonbench.images import read_image
 from anonbench.stages import anonymize, relabel
-from anonbench.stale_labels import extension_proposals
 from tests.conftest import DP2_UNTRAINED_GT, PARAMS, coco_slice
 
 pytestmark = pytest.mark.dp2

@@ -14,10 +14,10 @@ import pytest
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
+from anonbench.analysis.cocoeval import STAT_NAMES, score
 from anonbench.cli import app
 from anonbench.coco import CategoryTable, CocoError
 from anonbench.coco_classes import COCO_CATEGORIES, COCO_NAMES
-from anonbench.cocoeval import STAT_NAMES, score
 from anonbench.config import Config
 from anonbench.offline import configure_ultralytics
 from anonbench.predict import PredictSettings, predict, sort_results

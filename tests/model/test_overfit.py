@@ -29,7 +29,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from anonbench.cocoeval import score
+from anonbench.analysis.cocoeval import score
 from anonbench.config import Config, load_config
 from anonbench.offline import configure_ultralytics
 from anonbench.yolo import NMS_FREE, chosen_weights, dataset_yaml

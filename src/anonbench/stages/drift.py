@@ -5,7 +5,7 @@ its ``train.checkpoint``) sees ``report.cka_images`` validation images twice,
 original and anonymized; each layer's activations on the two are compared with
 debiased linear CKA (1: the layer sees them alike; near 0: unrelated; the head
 on the dense per-anchor outputs of the branch evaluation scores, YOLOv10's
-one-to-one head, before top-k selection, :mod:`anonbench.cka`).
+one-to-one head, before top-k selection, :mod:`anonbench.analysis.cka`).
 Only images with an anonymized region are drawn (seeded), so
 untouched images do not inflate the similarity. Writes
 ``metrics/drift/<variant>.json`` and ``metrics/drift/<variant>.png`` and logs
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from anonbench.cka import MIN_EXAMPLES, layer_cka, letterboxed, part_of, plot_cka
+from anonbench.analysis.cka import MIN_EXAMPLES, layer_cka, letterboxed, part_of, plot_cka
 from anonbench.coco import read_instances
 from anonbench.config import ORIGINAL, Config
 from anonbench.data.download import file_digest

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from anonbench.bootstrap import image_ids_digest, resample, save_resamples
+from anonbench.analysis.bootstrap import image_ids_digest, resample, save_resamples
+from anonbench.analysis.cocoeval import AUTHORS_BACKEND, CocoScores, Scorer, score, void_scores
 from anonbench.coco import CategoryTable, CocoError, Instances, read_instances
-from anonbench.cocoeval import AUTHORS_BACKEND, CocoScores, Scorer, score, void_scores
 from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize
 from anonbench.data.download import file_digest
 from anonbench.io import atomic_write_json, atomic_write_text

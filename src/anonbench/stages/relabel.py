@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anonbench import stale_labels
+from anonbench.analysis import stale_labels
+from anonbench.analysis.bootstrap import interval, resample_counts, score_and_resample
+from anonbench.analysis.stale_labels import Proposal
 from anonbench.anonymizers.masks import dilate, person_masks, read_paint_record
-from anonbench.bootstrap import interval, resample_counts, score_and_resample
 from anonbench.coco import (
     Annotation,
     AnnotationLookup,
@@ -56,7 +57,6 @@ from anonbench.data.download import file_digest
 from anonbench.images import read_image
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.parallel import map_with_progress
-from anonbench.stale_labels import Proposal
 from anonbench.study import evaluated_image_ids, evaluated_scorer
 from anonbench.tracking import mlflow_run
 

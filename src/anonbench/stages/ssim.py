@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anonbench.analysis.ssim_summary import split_summary, write_figures
 from anonbench.coco import AnnotationLookup, CocoError, image_path, indexed, person_category_id, read_list
 from anonbench.config import ORIGINAL, Config
 from anonbench.data.download import file_digest
@@ -36,7 +37,6 @@ from anonbench.io import atomic_open, atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
 from anonbench.parallel import map_with_progress
 from anonbench.ssim_fast import COMPONENTS, SsimIndex, crop_bounds
-from anonbench.ssim_summary import split_summary, write_figures
 
 STAGE = "ssim"
 _SCORES = [pa.field(name, pa.float64()) for name in COMPONENTS]

@@ -226,3 +226,80 @@ def grouped_boxes(
         ax.plot([], [], color=colours[k], linewidth=6, alpha=0.6, label=name)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     return _finish(fig, ax, labels, title, ylabel, path, len(series) > 1)
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """One scatter panel: its x axis and, per series, labelled points ``(label, x, y)``; a None is not drawn."""
+
+    xlabel: str
+    series: Mapping[str, Sequence[tuple[str, Value, Value]]]
+
+
+def scatters(
+    panels: Mapping[str, Scatter], title: str, ylabel: str, path: Path, levels: Mapping[str, float] | None = None
+) -> Path:
+    """Labelled scatter plots side by side sharing the y axis, one marker and colour per series.
+
+    Args:
+        panels: Panel title -> panel.
+        title: Figure title.
+        ylabel: The shared y axis label.
+        path: PNG to write.
+        levels: Named horizontal reference lines drawn in every panel (for example chance levels).
+
+    Returns:
+        ``path``.
+    """
+    fig, axes = _subplots(ncols=max(1, len(panels)), figsize=(min(14.0, 5.2 * len(panels) + 1.5), 4.4), sharey=True,
+                          squeeze=False)  # fmt: skip
+    markers = "os^Dv"
+    for ax, (name, panel) in zip(axes.flat, panels.items(), strict=False):
+        for k, (series, points) in enumerate(panel.series.items()):
+            shown = [(label, x, y) for label, x, y in points if x is not None and y is not None]
+            ax.scatter([x for _, x, _ in shown], [y for _, _, y in shown], marker=markers[k % len(markers)],
+                       color=f"C{k}", label=series)  # fmt: skip
+            for label, x, y in shown:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        for level_name, level in (levels or {}).items():
+            ax.axhline(level, color="#777", linestyle="--", linewidth=0.8)
+            ax.text(1.0, level, level_name, transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7,
+                    color="#555")  # fmt: skip
+        ax.margins(0.12)  # room for the labels of the outermost points
+        ax.set_xlabel(panel.xlabel)
+        ax.set_title(name, fontsize=9)
+    axes.flat[0].set_ylabel(ylabel)
+    axes.flat[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def image_row(
+    images: Mapping[str, np.ndarray], boxes: Sequence[Sequence[float]], boxed: str, title: str, path: Path
+) -> Path:
+    """Whole images side by side (RGB, or one channel shown in greys), boxes ``x, y, w, h`` drawn on one of them.
+
+    Args:
+        images: Panel title -> the image (H x W x 3 uint8 RGB, or H x W values).
+        boxes: Boxes in the images' pixels.
+        boxed: The panel the boxes are drawn on.
+        title: Figure title.
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib.patches as patches
+
+    fig, axes = _subplots(ncols=len(images), figsize=(4.2 * len(images), 3.6), squeeze=False)
+    for ax, (name, image) in zip(axes.flat, images.items(), strict=True):
+        ax.imshow(image, cmap=None if image.ndim == 3 else "gray", interpolation="antialiased")
+        if name == boxed:
+            for x, y, w, h in boxes:
+                ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, edgecolor="#00e000", linewidth=1.2))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_png(fig, path)

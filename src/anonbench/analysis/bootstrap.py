@@ -6,11 +6,11 @@ matches, sorts them by score and integrates precision over recall. A bootstrap
 sample is a multiset of images, so its AP needs no new matching: the matches
 of an image drawn ``w`` times enter the cumulative true/false positive counts
 with weight ``w``. :func:`evaluate` runs pycocotools' matching once (through
-:mod:`anonbench.cocoeval`) and keeps its per-image results; :func:`accumulate` then scores any number of
+:mod:`anonbench.analysis.cocoeval`) and keeps its per-image results; :func:`accumulate` then scores any number of
 image multisets with numpy, computing pycocotools' ``accumulate`` quantities,
 so a resample gives the AP that pycocotools gives on the same images copied
 (up to the order of exactly tied scores), vectorized over resamples instead of
-one ``accumulate`` call per resample (:func:`anonbench.cocoeval.rescore`), and
+one ``accumulate`` call per resample (:func:`anonbench.analysis.cocoeval.rescore`), and
 evaluating precision at the true positives only, where it can rise (a full
 evaluation at conf 0.001 has about twenty false positives per true one).
 """
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from anonbench.analysis.cocoeval import CocoScores, Evaluation, Prediction, Scorer, evaluate_images, rescore
 from anonbench.coco import Instances
-from anonbench.cocoeval import CocoScores, Evaluation, Prediction, Scorer, evaluate_images, rescore
 from anonbench.io import atomic_open
 
 # pycocotools' recall thresholds (101 points) and IoU thresholds (0.50:0.05:0.95).
@@ -92,7 +92,7 @@ def image_results(evaluation: Evaluation) -> ImageResults:
     """Keep what a bootstrap needs of a pycocotools evaluation: area 'all', the largest detection limit.
 
     Args:
-        evaluation: From :func:`anonbench.cocoeval.evaluate_images` with the ``pycocotools`` backend,
+        evaluation: From :func:`anonbench.analysis.cocoeval.evaluate_images` with the ``pycocotools`` backend,
             whose per-image records are readable (faster-coco-eval keeps them in C++).
 
     Returns:
@@ -140,10 +140,10 @@ def score_and_resample(
         predictions: COCO results.
         counts: Resample multiplicities over the evaluated images (sorted ids), see :func:`resample_counts`.
         image_ids: Images to evaluate (default: all of the ground truth).
-        scorer: ``coco`` or ``authors`` (:mod:`anonbench.cocoeval`).
+        scorer: ``coco`` or ``authors`` (:mod:`anonbench.analysis.cocoeval`).
 
     Returns:
-        The 12 stats with per-class AP (:func:`anonbench.cocoeval.rescore`) and the resampled AP.
+        The 12 stats with per-class AP (:func:`anonbench.analysis.cocoeval.rescore`) and the resampled AP.
     """
     evaluation = evaluate_images(instances, predictions, "pycocotools", image_ids, scorer)
     return rescore(evaluation), accumulate(image_results(evaluation), counts)
