@@ -361,6 +361,7 @@ def test_stages_show_their_numbers_and_the_report_in_the_ui(compiled: Compiled) 
         "anonymize",
         "anonymize-shard",
         "ssim",
+        "privacy",
         "train",
         "finetune",
         "evaluate",
