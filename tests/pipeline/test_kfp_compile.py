@@ -219,22 +219,16 @@ MLFLOW_KEYS = {
 }
 
 
+# The stages that log to MLflow and write nothing to S3.
+MLFLOW_ONLY = ("anonymize", "anonymize-shard", "ssim", "privacy", "train", "finetune", "evaluate", "relabel", "drift")
+
+
 def test_only_the_tasks_that_use_s3_or_mlflow_get_their_secrets(compiled: Compiled) -> None:
     for component in ("plan", "grid", "gather", "fetch", "prepare", "export"):
         assert secret_env(compiled, component) == set(), component
     for component in ("preflight", "publish"):
         assert secret_env(compiled, component) == S3_KEYS | MLFLOW_KEYS, component
-    for component in (
-        "anonymize",
-        "anonymize-shard",
-        "ssim",
-        "privacy",
-        "train",
-        "finetune",
-        "evaluate",
-        "relabel",
-        "drift",
-    ):
+    for component in MLFLOW_ONLY:
         assert secret_env(compiled, component) == MLFLOW_KEYS, component
     # No AWS_* variable in any task: the KFP launcher's S3 client reads those (anonbench.s3).
     names = {k["envVar"] for p in compiled.platform.values() for s in p.get("secretAsEnv", []) for k in s["keyToEnv"]}
