@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_SETTINGS = Path(__file__).with_name("cluster.yaml")
-TaskKind = Literal["cpu", "dp2", "train", "evaluate"]
+TaskKind = Literal["cpu", "privacy", "dp2", "train", "evaluate"]
 DURATION = re.compile(r"^(\d+)([smhd])$")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -134,9 +134,7 @@ class ClusterSettings(_Strict):
     @property
     def nodes(self) -> int:
         """How many nodes a run's tasks may land on: ``parallelism`` per node class (distinct node selectors)."""
-        classes = {
-            tuple(sorted(self.resources(kind).node_selector.items())) for kind in ("cpu", "dp2", "train", "evaluate")
-        }
+        classes = {tuple(sorted(self.resources(kind).node_selector.items())) for kind in get_args(TaskKind)}
         return self.parallelism * len(classes)
 
     @property

@@ -1,8 +1,10 @@
 """The study as a Kubeflow pipeline: the stages of dvc.yaml as tasks over one shared workspace.
 
-Data order: preflight -> plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim ->
-export -> train (``train.models``) -> finetune (freeze configs) -> evaluate (per model, over the
-eval variants) -> relabel, drift (per anonymized variant) -> report. Each fan-out iterates over a
+Data order: preflight -> plan -> fetch -> prepare -> anonymize (classic | DP2 shards) -> publish, ssim,
+privacy -> export -> train (``train.models``) -> finetune (freeze configs) -> evaluate (per model, over
+the eval variants) -> relabel, drift (per anonymized variant) -> report. The privacy audit runs per
+variant beside its SSIM (the original's, the identity control, after prepare) and holds up only the
+report. Each fan-out iterates over a
 list the run's own parameters produce (``grid``), so an override changes the grid at run
 time; ``gather`` joins a fan-out before the next. Tasks hand on workspace folders, not
 datasets (docs/orchestration.md).
@@ -30,7 +32,7 @@ from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
-from anonbench.config import load_config
+from anonbench.config import ORIGINAL, load_config
 from anonbench.workspace import RUN, needed_branches
 from components.anonymize import anonymize, anonymize_shard
 from components.drift import drift
@@ -42,6 +44,7 @@ from components.images import lineage
 from components.plan import gather, grid, plan
 from components.preflight import preflight, preflight_dp2
 from components.prepare import prepare
+from components.privacy import privacy
 from components.publish import publish
 from components.relabel import relabel
 from components.report import report
@@ -221,17 +224,24 @@ def build(
         prepared = on("cpu", prepare(workspace=ws)).after(fetched)
         published("prepared", prepared)
 
+        # Each variant's privacy audit beside its SSIM, after the variant's publish (`dvc add` relinks its
+        # files); only the report waits for the audits.
+        audits = [on("privacy", privacy(workspace=ws, variant=ORIGINAL)).after(prepared, *sourced)]
         measured = []  # each variant anonymized, published and measured
         if "anonymize_classic" in branches:
             with dsl.ParallelFor(items("anonymize_classic"), parallelism=width) as method:
                 classic = on("cpu", anonymize(workspace=ws, method=method)).after(prepared, *sourced)
-                classic_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(classic, *published(method, classic))
+                stored = published(method, classic)
+                classic_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(classic, *stored)
+                audits.append(on("privacy", privacy(workspace=ws, variant=method)).after(classic, *stored))
             measured.append(join(classic_ssim.outputs["Output"]))
         if "anonymize_dp2" in branches:
             with dsl.ParallelFor(items("dp2_shards", prepared, *sourced), parallelism=width) as cell:
                 shards = dp2_shard(workspace=ws, method=cell.method, shard=cell.shard, todo=cell.todo)
             with dsl.ParallelFor(items("anonymize_dp2", shards), parallelism=width) as method:
-                dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(*published(method))
+                stored = published(method)
+                dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(*stored)
+                audits.append(on("privacy", privacy(workspace=ws, variant=method)).after(*stored))
             measured.append(join(dp2_ssim.outputs["Output"]))
 
         with dsl.ParallelFor(items("export"), parallelism=width) as variant:
@@ -254,7 +264,7 @@ def build(
             relabeled = on("cpu", relabel(workspace=ws, variant=variant))
         with dsl.ParallelFor(items("drift", trained), parallelism=width) as cell:
             drifted = drift_cell(workspace=ws, variant=cell.variant, todo=cell.todo)
-        reported = on("cpu", report(workspace=ws)).after(join(relabeled.output), drifted)
+        reported = on("cpu", report(workspace=ws)).after(join(relabeled.output), drifted, *audits)
         published("models", reported)  # `dvc add` relinks each model file: last, when nothing reads them
 
     return study

@@ -20,6 +20,20 @@ replaces it in one place:
   on one A100 (no published throughput: an assumption to replace with a measured one);
 - layer drift (CKA over 64 images): 2 GPU-minutes per variant.
 
+Feeding the GPUs (:func:`feeding`): a training's images/s on one GPU is the same assumption read the other
+way (COCO's 118,287 training images x 300 epochs over the V100 time, on an A100); Ultralytics' loader
+(mosaic at 640 px) makes ``images_per_core_second`` images per CPU second as
+``benchmarks/loader_speed.py`` measured it on this machine. Loader workers per GPU = GPU images/s over
+that, rounded up; CPUs per training = (workers + 1, the process that drives the GPU) per GPU. The
+``train`` tasks of ``pipelines/cluster.yaml`` and the paper profile's ``train.workers`` are set for the
+largest need of the grid (tests/data/test_scale_cost.py). The loader's CPU-hours are counted beside the
+GPU-hours; they do not add wall time.
+
+The privacy audit (issue 22) is costed from the face detector's seconds per image that the privacy notes
+measured on coco-mini's 23 val images with a person (2 cores, one process; :data:`PRIVACY`): counted as
+both cores busy (an upper bound), over every validation image, twice per variant (the originals and the
+variant), on the CPUs of the ``privacy`` task kind of ``pipelines/cluster.yaml``.
+
 The pipeline (pipelines/study.py) runs in phases joined by ``gather``: prepare; the anonymize fan-out with
 its SSIM; export; train; fine-tune together with the evaluations of the trained models; the evaluations of
 the fine-tunes; relabel next to drift; report. A fan-out runs at most ``parallelism`` tasks at once, GPU
@@ -27,7 +41,8 @@ tasks on at most one GPU node each. Wall time is the sum of the phases, each the
 its tasks; a CPU task's per-image work spreads over its cores, its fixed part does not.
 
     python -m benchmarks.scale.cost [--profiles paper,paper-all-sizes] [--nodes 1,4,8] [--gpus-per-node 1]
-        [--cpus-per-task 4] [--output benchmarks/results/scale_cost.json]
+        [--cpus-per-task 4] [--loader benchmarks/results/loader_speed.json]
+        [--output benchmarks/results/scale_cost.json]
 
 prints each profile's plan as Markdown and writes them all to ``--output`` (committed beside scale.json).
 """
@@ -37,16 +52,19 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anonbench.config import CLASSIC_METHODS, Config, load_config
+from anonbench.config import CLASSIC_METHODS, ORIGINAL, Config, load_config
 from benchmarks.common import REPO, RESULTS
+from pipelines.settings import load_settings
 
 PROFILES = ("paper", "paper-all-sizes")
 # COCO 2017, the paper profiles' data.
-IMAGES = 118_287 + 5_000
+TRAIN_IMAGES = 118_287
+IMAGES = TRAIN_IMAGES + 5_000
 VAL_IMAGES = 5_000
 PERSON_IMAGES = 64_115 + 2_693
 COCO_CLASSES = 80
@@ -64,19 +82,38 @@ GPU = {
     "dp2_generate_seconds_per_person_image": 0.4,
     "cka_seconds_per_variant": 120.0,
 }
+# The privacy audit's face detector, seconds per image on the 2-core machine the privacy notes measured it
+# on (one process, coco-mini val; shared/notes/privacy-and-yolov10.md): dlib's CNN (MMOD) at upsample 1 is
+# the thorough setting for a cluster, HOG at upsample 2 the fast one.
+PRIVACY = {"cnn, upsample 1": 6.0, "hog, upsample 2": 0.42}
+PRIVACY_DETECTOR = "cnn, upsample 1"  # costed in the stage table
+PRIVACY_MEASURED_CORES = 2
+PRIVACY_PASSES = 2  # the detector runs on the originals and on the variant, in each variant's task
+LOADER_CASE = "paper (mosaic 1.0)"  # benchmarks/loader_speed.py's case with the paper's augmentation
 
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a fan-out: serial CPU seconds, CPU seconds spread over its cores, GPU seconds."""
+    """One task of a fan-out: serial CPU seconds, CPU seconds spread over its cores, GPU seconds.
+
+    ``beside_gpu`` CPU seconds run while the GPU works (a training's loader): CPU-hours, no wall time.
+    ``cpus`` is the task's own core count where its kind asks for other than the CPU tasks' (privacy).
+    """
 
     fixed_cpu: float = 0.0
     parallel_cpu: float = 0.0
     gpu: float = 0.0
+    beside_gpu: float = 0.0
+    cpus: int | None = None
 
     def wall(self, cpus: int) -> float:
-        """Seconds on one node with ``cpus`` cores for the parallel part (GPU time already per node)."""
-        return self.fixed_cpu + self.parallel_cpu / max(1, cpus) + self.gpu
+        """Seconds on one node with ``cpus`` cores (unless the task has its own) for the parallel part."""
+        return self.fixed_cpu + self.parallel_cpu / max(1, self.cpus or cpus) + self.gpu
+
+    @property
+    def cpu(self) -> float:
+        """Every CPU second of the task."""
+        return self.fixed_cpu + self.parallel_cpu + self.beside_gpu
 
 
 @dataclass(frozen=True)
@@ -123,7 +160,45 @@ def _output_gb(doc: dict[str, Any], stage: str) -> float:
     return 0.0 if point is None else point["output_bytes"] / point["images"] * IMAGES / 1e9
 
 
-def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int) -> list[list[Stage]]:
+def gpu_train_images_per_s(size: str) -> float:
+    """Training images per second of one A100 for YOLOv10-``size``: the assumed V100 times read the other way."""
+    return TRAIN_IMAGES * 300 / (V100_DAYS_PER_300_EPOCHS[size] * 86400) * GPU["a100_over_v100"]
+
+
+def feeding(loader: dict[str, Any], cfg: Config, gpus_per_node: int) -> dict[str, Any]:
+    """Loader workers and CPUs per training so that the GPU does not wait, per model size of ``cfg``'s grid.
+
+    Args:
+        loader: ``benchmarks/results/loader_speed.json``.
+        cfg: The profile (its trained sizes and the fine-tunes' base size).
+        gpus_per_node: GPUs of one training (DDP: Ultralytics' ``workers`` is per GPU).
+
+    Returns:
+        The loader's images per core second, per size the GPU's images/s, workers per GPU and CPUs per
+        training, and the largest workers and CPUs of the grid (what one ``train`` task kind must ask for).
+    """
+    per_core = float(loader["images_per_core_second"][LOADER_CASE])
+    sizes = sorted({size for _, size in cfg.train.models} | {cfg.finetune.base.size}, key=list(PARAMS).index)
+    rows = {}
+    for size in sizes:
+        need = gpu_train_images_per_s(size)
+        workers = math.ceil(need / per_core)
+        rows[size] = {"gpu_images_per_s": need, "workers": workers, "cpus": gpus_per_node * (workers + 1)}
+    return {
+        "loader_images_per_core_second": per_core,
+        "loader_cpu": loader["machine"].get("cpu_model", ""),
+        "sizes": rows,
+        "workers": max(r["workers"] for r in rows.values()),
+        "cpus": max(r["cpus"] for r in rows.values()),
+    }
+
+
+def privacy_seconds(detector: str) -> float:
+    """CPU seconds of one variant's privacy audit at paper scale with ``detector`` (:data:`PRIVACY`)."""
+    return PRIVACY[detector] * PRIVACY_MEASURED_CORES * PRIVACY_PASSES * VAL_IMAGES
+
+
+def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int, loader: dict[str, Any]) -> list[list[Stage]]:
     """The run of profile ``cfg`` as phases of stages (a phase waits for the one before)."""
     methods = cfg.anonymize.methods
     classic = [m for m in methods if m in CLASSIC_METHODS]
@@ -153,8 +228,21 @@ def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int) -> list[list[St
     report = _point(doc, "report/paper-bootstrap")
     evaluations = (len(models) + configs) * on
     epochs = cfg.train.epochs
-    train = [Task(gpu=V100_DAYS_PER_300_EPOCHS[size] * 86400 * epochs / 300 / a100 / ddp) for _, size in models]
-    tune = Task(gpu=V100_DAYS_PER_300_EPOCHS[ft.base.size] * 86400 * ft.epochs * ft.fraction / 300 / a100 / ddp)
+    per_core = feeding(loader, cfg, gpus_per_node)["loader_images_per_core_second"]
+    train = [
+        Task(
+            gpu=V100_DAYS_PER_300_EPOCHS[size] * 86400 * epochs / 300 / a100 / ddp,
+            beside_gpu=TRAIN_IMAGES * epochs / per_core,
+        )
+        for _, size in models
+    ]
+    tuned = TRAIN_IMAGES * ft.epochs * ft.fraction
+    tune = Task(
+        gpu=V100_DAYS_PER_300_EPOCHS[ft.base.size] * 86400 * ft.epochs * ft.fraction / 300 / a100 / ddp,
+        beside_gpu=tuned / per_core,
+    )
+    audited = [ORIGINAL, *methods]
+    privacy_cpus = int(load_settings().resources("privacy").cpu or 1)
     infer = VAL_IMAGES * GPU["eval_seconds_per_image"] + GPU["eval_model_load_seconds"]
     # evaluate scores once and keeps its bootstrap resamples (AP and AP50 per resample and class, float64)
     evaluate = Task(fixed_cpu=score["cpu_seconds"] + boot["cpu_seconds"], gpu=infer)
@@ -195,6 +283,15 @@ def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int) -> list[list[St
                 len(methods) * per_image_gb["ssim"],
                 f"{s_cpu * 1e3:.0f} CPU-ms per COCO image",
             ),
+            Stage(
+                f"privacy, {len(audited)} variants",
+                (Task(parallel_cpu=privacy_seconds(PRIVACY_DETECTOR), cpus=privacy_cpus),) * len(audited),
+                False,
+                0.0,
+                f"face detector {PRIVACY_DETECTOR}: {PRIVACY[PRIVACY_DETECTOR]} s per image on "
+                f"{PRIVACY_MEASURED_CORES} cores (privacy notes), {PRIVACY_PASSES} passes over val, "
+                f"{privacy_cpus} CPUs",
+            ),
         ],
         [
             Stage(
@@ -205,7 +302,15 @@ def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int) -> list[list[St
                 "links and label files",
             )
         ],
-        [Stage(f"train, {len(models)} models", tuple(train), True, weights_gb, "YOLOv5 README times scaled by FLOPs")],
+        [
+            Stage(
+                f"train, {len(models)} models",
+                tuple(train),
+                True,
+                weights_gb,
+                f"YOLOv5 README times scaled by FLOPs; loader {per_core:.0f} images per CPU-s (measured)",
+            )
+        ],
         [
             Stage(
                 f"finetune, {configs} configs",
@@ -269,12 +374,18 @@ def makespan(seconds: list[float], slots: int) -> float:
 
 
 def plan(
-    doc: dict[str, Any], cfg: Config, nodes: int, gpus_per_node: int, parallelism: int, cpus: int
+    doc: dict[str, Any],
+    cfg: Config,
+    nodes: int,
+    gpus_per_node: int,
+    parallelism: int,
+    cpus: int,
+    loader: dict[str, Any],
 ) -> dict[str, Any]:
     """Per stage: wall, CPU and GPU hours and storage; the phases' wall times and their sum; the totals."""
     rows: list[dict[str, Any]] = []
     phases = []
-    for phase in stages(doc, cfg, gpus_per_node):
+    for phase in stages(doc, cfg, gpus_per_node, loader):
         walls = []
         for stage in phase:
             slots = min(parallelism, nodes) if stage.gpu_task else parallelism
@@ -284,7 +395,7 @@ def plan(
                 {
                     "stage": stage.name,
                     "wall_h": wall / 3600,
-                    "cpu_h": sum(t.fixed_cpu + t.parallel_cpu for t in stage.tasks) / 3600,
+                    "cpu_h": sum(t.cpu for t in stage.tasks) / 3600,
                     "gpu_h": sum(t.gpu for t in stage.tasks) * (gpus_per_node if stage.gpu_task else 0) / 3600,
                     "storage_gb": stage.storage_gb,
                     "basis": stage.basis,
@@ -326,12 +437,33 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def profile_plans(doc: dict[str, Any], cfg: Config, nodes: list[int], gpus_per_node: int, cpus: int) -> dict[str, Any]:
-    """One profile's grid and its plan on each node count (parallelism: the node count, at least 4)."""
+def feeding_markdown(fed: dict[str, Any]) -> str:
+    """What :func:`feeding` gives, as a Markdown table."""
+    lines = [
+        f"Loader: {fed['loader_images_per_core_second']:.0f} training images per CPU second (measured); "
+        f"a train task asks for {fed['cpus']} CPUs and {fed['workers']} workers per GPU.",
+        "",
+        "| size | GPU images/s (A100, assumed) | loader workers per GPU | CPUs per training |",
+        "|---|---:|---:|---:|",
+    ]
+    for size, row in fed["sizes"].items():
+        lines.append(f"| {size} | {row['gpu_images_per_s']:.0f} | {row['workers']} | {row['cpus']} |")
+    return "\n".join(lines)
+
+
+def profile_plans(
+    doc: dict[str, Any], cfg: Config, nodes: list[int], gpus_per_node: int, cpus: int, loader: dict[str, Any]
+) -> dict[str, Any]:
+    """One profile's grid, what its trainings need to be fed, the privacy audit per detector, its plan per node count.
+
+    Parallelism is the node count, at least 4.
+    """
     return {
         "trainings": len(cfg.train.models),
         "evaluations": (len(cfg.train.models) + len(cfg.finetune.freeze)) * len(cfg.evaluate.variants),
-        "plans": [plan(doc, cfg, n, gpus_per_node, max(4, n), cpus) for n in nodes],
+        "feeding": feeding(loader, cfg, gpus_per_node),
+        "privacy_cpu_h_per_variant": {detector: privacy_seconds(detector) / 3600 for detector in PRIVACY},
+        "plans": [plan(doc, cfg, n, gpus_per_node, max(4, n), cpus, loader) for n in nodes],
     }
 
 
@@ -343,17 +475,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", default="1,4,8")
     parser.add_argument("--gpus-per-node", type=int, default=1)
     parser.add_argument("--cpus-per-task", type=int, default=4)
+    parser.add_argument("--loader", type=Path, default=RESULTS / "loader_speed.json")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale_cost.json")
     args = parser.parse_args(argv)
     doc = json.loads(args.results.read_text())
+    loader = json.loads(args.loader.read_text())
     nodes = [int(n) for n in args.nodes.split(",")]
     costs = {}
     try:
         for profile in args.profiles.split(","):
             costs[profile] = found = profile_plans(
-                doc, load_config(args.params, profile), nodes, args.gpus_per_node, args.cpus_per_task
+                doc, load_config(args.params, profile), nodes, args.gpus_per_node, args.cpus_per_task, loader
             )
             print(f"## {profile}: {found['trainings']} trainings, {found['evaluations']} evaluations\n")
+            print(feeding_markdown(found["feeding"]) + "\n")
             print("\n\n".join(markdown(p) for p in found["plans"]) + "\n")
     except KeyError as exc:
         parser.exit(1, f"{args.results}: {exc.args[0]}\n")

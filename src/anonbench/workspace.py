@@ -75,6 +75,7 @@ METRIC_FILES = {
     "finetune": "train.json",
     "evaluate": "metrics.json",
     "drift": "*.json",
+    "privacy": "*.json",
     "publish": "*.dvc",
 }
 
@@ -308,7 +309,7 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
             return [("fetch", {})]
         case "anonymize":
             return [("prepare", {})]
-        case "ssim" | "export":
+        case "ssim" | "export" | "privacy":
             return made(opts["variant"])
         case "train":
             return [("export", {"variant": opts["variant"]})]
@@ -321,7 +322,7 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
         case "drift":
             return [*trained(base), *made(opts["variant"])]
         case "report":
-            every = ("prepare", "anonymize", "ssim", "train", "finetune", "evaluate", "relabel", "drift")
+            every = ("prepare", "anonymize", "ssim", "privacy", "train", "finetune", "evaluate", "relabel", "drift")
             return [(name, {}) for name in every]
         case "publish":
             producers: dict[str, list[tuple[str, dict[str, str]]]] = {

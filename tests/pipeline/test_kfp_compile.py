@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from anonbench.config import load_config
+from anonbench.config import ORIGINAL, load_config
 from anonbench.workspace import GATED_AXES, RUN, grid
+from components.images import CPU_IMAGE
 from pipelines.settings import ClusterSettings, Volume, load_settings, seconds
 from pipelines.study import PARAMS_FILE, compile_study
 
@@ -108,7 +109,7 @@ def test_gpu_work_requests_gpus_and_cpu_stages_do_not(compiled: Compiled) -> Non
         for label in compiled.executor_of(stage):
             accelerator = compiled.executors[label]["container"]["resources"]["accelerator"]
             assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1", label
-    for stage in ("fetch", "prepare", "anonymize", "export", "ssim", "relabel", "report", "publish", "grid"):
+    for stage in ("fetch", "prepare", "anonymize", "export", "ssim", "privacy", "relabel", "report", "publish", "grid"):
         for label in compiled.executor_of(stage):
             assert "accelerator" not in compiled.executors[label]["container"].get("resources", {}), label
 
@@ -218,16 +219,60 @@ MLFLOW_KEYS = {
 }
 
 
+# The stages that log to MLflow and write nothing to S3.
+MLFLOW_ONLY = ("anonymize", "anonymize-shard", "ssim", "privacy", "train", "finetune", "evaluate", "relabel", "drift")
+
+
 def test_only_the_tasks_that_use_s3_or_mlflow_get_their_secrets(compiled: Compiled) -> None:
     for component in ("plan", "grid", "gather", "fetch", "prepare", "export"):
         assert secret_env(compiled, component) == set(), component
     for component in ("preflight", "publish"):
         assert secret_env(compiled, component) == S3_KEYS | MLFLOW_KEYS, component
-    for component in ("anonymize", "anonymize-shard", "ssim", "train", "finetune", "evaluate", "relabel", "drift"):
+    for component in MLFLOW_ONLY:
         assert secret_env(compiled, component) == MLFLOW_KEYS, component
     # No AWS_* variable in any task: the KFP launcher's S3 client reads those (anonbench.s3).
     names = {k["envVar"] for p in compiled.platform.values() for s in p.get("secretAsEnv", []) for k in s["keyToEnv"]}
     assert names and not any(name.startswith("AWS_") for name in names)
+
+
+@pytest.mark.parametrize("profile", ["paper", "mini"])
+def test_every_variant_gets_a_privacy_audit_after_its_data_and_the_report_waits_for_all(
+    tmp_path: Path, settings: ClusterSettings, profile: str
+) -> None:
+    pipeline = Compiled(compile_study(settings, tmp_path / "study.yaml", profile=profile))
+    root = pipeline.spec["root"]["dag"]["tasks"]
+    audited: list[str] = []
+    # The identity control: the original images, after prepare and the source's publish (its lineage hash).
+    (org,) = [name for name, task in root.items() if name.rstrip("-0123456789") == "privacy"]
+    assert root[org]["inputs"]["parameters"]["variant"]["runtimeValue"]["constant"] == ORIGINAL
+    assert set(root[org]["dependentTasks"]) == {"prepare", "publish"}
+    audited.append(ORIGINAL)
+    # Every method: one audit per item of its anonymize fan-out, after that item's anonymize and publish.
+    for axis in ("anonymize_classic", "anonymize_dp2"):
+        if axis not in pipeline.loops():
+            continue
+        loop = pipeline.loops()[axis]
+        body = pipeline.spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+        (name,) = [n for n in body if n.rstrip("-0123456789") == "privacy"]
+        assert body[name]["inputs"]["parameters"]["variant"] == {
+            "componentInputParameter": loop["parameterIterator"]["itemInput"]
+        }
+        needs = {n.rstrip("-0123456789") for n in body[name].get("dependentTasks", [])}
+        assert needs == ({"anonymize", "publish"} if axis == "anonymize_classic" else {"publish"}), axis
+        assert pipeline.loop_name(axis) in root["report"]["dependentTasks"]
+        audited += grid(load_config(PARAMS_FILE, profile), axis)
+        # Nothing but the report waits for an audit: training does not.
+        assert all(name not in task.get("dependentTasks", []) for task in body.values())
+    assert org in root["report"]["dependentTasks"]
+    assert sorted(audited) == sorted(grid(load_config(PARAMS_FILE, profile), "export"))  # org and every method
+    res = settings.resources("privacy")
+    for label in pipeline.executor_of("privacy"):
+        container = pipeline.executors[label]["container"]
+        assert "accelerator" not in container["resources"] and container["image"] == CPU_IMAGE
+        assert container["resources"]["resourceCpuRequest"] == res.cpu
+        assert container["resources"]["resourceMemoryLimit"] == res.memory
+        assert int(pipeline.platform[label]["activeDeadlineSeconds"]) == seconds(res.timeout)
+    assert secret_env(pipeline, "privacy") == MLFLOW_KEYS  # it logs to MLflow; it never writes to S3
 
 
 def test_every_task_pulls_with_the_registry_secret_and_has_a_time_limit(
@@ -310,6 +355,7 @@ def test_stages_show_their_numbers_and_the_report_in_the_ui(compiled: Compiled) 
         "anonymize",
         "anonymize-shard",
         "ssim",
+        "privacy",
         "train",
         "finetune",
         "evaluate",

@@ -129,6 +129,8 @@ def test_study_pipeline_runs_locally_end_to_end(study: LocalStudy, first_run: Pa
         "data/variants/mask/annotations/instances_val2017.json",
         "data/variants/mask/coverage_val2017.json",
         "data/ssim/mask/summary.json",
+        *(f"metrics/privacy/{variant}.json" for variant in VARIANTS),  # the privacy audit: org and every method
+        *(f"data/privacy/{variant}/faces.parquet" for variant in VARIANTS),
         "data/yolo/org/dataset.yaml",
         "data/yolo/mask/dataset.yaml",
         "data/finetune_subset/summary.json",
@@ -156,6 +158,7 @@ def test_study_pipeline_runs_locally_end_to_end(study: LocalStudy, first_run: Pa
     assert stages == Counter(
         anonymize=1,
         ssim=1,
+        privacy=len(VARIANTS),  # org, the identity control, and mask
         train=1,
         finetune=1,
         evaluate=len(MODELS) * len(VARIANTS),
@@ -190,6 +193,8 @@ def test_every_mlflow_run_carries_code_image_and_data_lineage(study: LocalStudy,
                 return {source}
             case "ssim" | "drift":
                 return {source, mask}
+            case "privacy":  # the originals' faces, and the variant's images
+                return {source, variant[tags["variant"]]}
             case "train":
                 return {variant[tags["train_data"]]}
             case "finetune" | "relabel":

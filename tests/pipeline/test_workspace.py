@@ -215,6 +215,30 @@ def test_stamps_follow_the_study_data_order_cell_by_cell(tmp_path: Path, fake_st
     assert pending(tmp_path, "train", cells)[0] == {"variant": "mask", "size": "n", "todo": RUN}
 
 
+def test_a_privacy_audit_reads_its_variant_and_the_report_reads_every_audit(
+    tmp_path: Path, fake_stage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = workspace.stage_code_digest  # the privacy stage is its own branch's (issue 22): its code is faked here
+    monkeypatch.setattr(workspace, "stage_code_digest", lambda stage: "audit" if stage == "privacy" else code(stage))
+    for stage, *args in (
+        ("prepare",),
+        ("anonymize", "--method", "mask"),
+        ("privacy", "--variant", "org"),
+        ("privacy", "--variant", "mask"),
+        ("report",),
+    ):
+        run_stage(tmp_path, stage, *args)
+    assert is_current(tmp_path, "report")
+    (tmp_path / "out/privacy---variant-org.txt").write_text("lost")  # an audit done again: the report reads it
+    run_stage(tmp_path, "privacy", "--variant", "org")
+    assert not is_current(tmp_path, "report")
+    (tmp_path / "out/anonymize---method-mask.txt").unlink()  # the mask variant is lost and made again
+    run_stage(tmp_path, "anonymize", "--method", "mask")
+    assert not is_current(tmp_path, "privacy", "--variant", "mask")
+    assert is_current(tmp_path, "privacy", "--variant", "org")  # the originals did not change
+    assert fake_stage.read_text().split().count("privacy") == 3
+
+
 def test_other_code_of_the_stage_or_another_remote_make_work_stale(
     tmp_path: Path, fake_stage: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
