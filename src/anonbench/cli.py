@@ -148,7 +148,9 @@ def prepare(params: ParamsOption = Path("params.yaml"), profile: ProfileOption =
 
 @app.command()
 def anonymize(
-    method: Annotated[str, typer.Option("--method", help="blur, pixelate, mask, dp2_fullbody or dp2_face.")],
+    method: Annotated[
+        str, typer.Option("--method", help="blur, pixelate, mask, a plugin's (docs/plugins.md), dp2_fullbody, dp2_face")
+    ],
     split: Annotated[list[str] | None, typer.Option("--split", help="Split to do (repeatable; default both).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Only shard i/n (0-based), e.g. 0/4.")] = None,
     params: ParamsOption = Path("params.yaml"),
