@@ -167,6 +167,23 @@ def anonymize(
         wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
 
 
+@app.command()
+def methods() -> None:
+    """List the installed anonymization methods: name, package, deterministic, GPU, what it does (docs/plugins.md)."""
+    from anonbench.anonymizers import plugins
+
+    try:
+        installed = plugins.installed()
+    except plugins.PluginError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for name, method in installed.items():
+        flags = f"deterministic={str(method.deterministic).lower()} gpu={str(method.gpu).lower()}"
+        typer.echo(f"{name}\t{plugins.package(name)}\t{flags}\t{method.summary}")
+    for name in plugins.names()[len(installed) :]:
+        typer.echo(f"{name}\tanonbench\tDeepPrivacy2: its own environment, settings anonymize.dp2 (docs/anonymize.md)")
+
+
 @app.command("dp2-weights")
 def dp2_weights(
     source: Annotated[

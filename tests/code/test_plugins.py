@@ -58,6 +58,9 @@ def test_the_built_ins_and_the_example_plugin_are_discovered() -> None:
     inpaint = installed["inpaint"]
     assert (inpaint.deterministic, inpaint.gpu) == (True, False)
     assert plugins.names()[-2:] == ["dp2_fullbody", "dp2_face"]
+    listed = CliRunner().invoke(app, ["methods"])
+    assert listed.exit_code == 0 and [line.split("\t")[0] for line in listed.output.splitlines()] == plugins.names()
+    assert "inpaint\tanonbench-plugin-inpaint 0.1.0\tdeterministic=true gpu=false\t" in listed.output
 
 
 def test_the_example_plugin_paints_only_the_persons_and_reruns_identically() -> None:
