@@ -28,12 +28,16 @@ DP2_WHEELHOUSE := build/dp2-inputs/wheels
 DP2_INPUTS := requirements/dp2-requirements.txt requirements/dp2-constraints.txt requirements/dp2-sources.txt \
 	docker/dp2/install.sh docker/dp2/sources.py
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# The example anonymizer plugin (docs/plugins.md): the tests run a study with it.
+EXAMPLE_PLUGIN := examples/anonbench-plugin-inpaint
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(EXAMPLE_PLUGIN)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the release whose wheels the machines carry (shared/notes/environment.md)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[train,orchestrate,dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps -e $(EXAMPLE_PLUGIN)
 	# ultralytics pulls the GUI OpenCV, which shares the cv2 folder with the headless build we want
 	$(BIN)/pip uninstall -q -y opencv-python
 	$(BIN)/pip install -q --force-reinstall --no-deps "$$(grep '^opencv-python-headless==' $(CONSTRAINTS))"
@@ -75,8 +79,8 @@ images:
 	docker/build.sh cpu train
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks components pipelines docker
-	$(BIN)/ruff format --check src tests benchmarks components pipelines docker
+	$(BIN)/ruff check src tests benchmarks components pipelines docker examples
+	$(BIN)/ruff format --check src tests benchmarks components pipelines docker examples
 	$(BIN)/mypy
 
 # Everything but the tests that need DeepPrivacy2, then those (marker dp2, files tests/*/test_dp2*.py)

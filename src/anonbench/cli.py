@@ -148,7 +148,9 @@ def prepare(params: ParamsOption = Path("params.yaml"), profile: ProfileOption =
 
 @app.command()
 def anonymize(
-    method: Annotated[str, typer.Option("--method", help="blur, pixelate, mask, dp2_fullbody or dp2_face.")],
+    method: Annotated[
+        str, typer.Option("--method", help="blur, pixelate, mask, a plugin's (docs/plugins.md), dp2_fullbody, dp2_face")
+    ],
     split: Annotated[list[str] | None, typer.Option("--split", help="Split to do (repeatable; default both).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Only shard i/n (0-based), e.g. 0/4.")] = None,
     params: ParamsOption = Path("params.yaml"),
@@ -163,6 +165,23 @@ def anonymize(
     cfg = load(params, profile, set_)
     with stage_errors(Dp2Unavailable, stage.AnonymizeError):
         wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
+
+
+@app.command()
+def methods() -> None:
+    """List the installed anonymization methods: name, package, deterministic, GPU, what it does (docs/plugins.md)."""
+    from anonbench.anonymizers import plugins
+
+    try:
+        installed = plugins.installed()
+    except plugins.PluginError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for name, method in installed.items():
+        flags = f"deterministic={str(method.deterministic).lower()} gpu={str(method.gpu).lower()}"
+        typer.echo(f"{name}\t{plugins.package(name)}\t{flags}\t{method.summary}")
+    for name in plugins.names()[len(installed) :]:
+        typer.echo(f"{name}\tanonbench\tDeepPrivacy2: its own environment, settings anonymize.dp2 (docs/anonymize.md)")
 
 
 @app.command("dp2-weights")

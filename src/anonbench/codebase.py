@@ -4,7 +4,10 @@ dvc.yaml lists exactly these files as each stage's code deps (``tests/pipeline/t
 checks it), and a workspace keys each stage's stamp on their contents
 (:func:`stage_code_digest`), so a change reruns the stages whose code changed and no other,
 under DVC and on the cluster alike. The closure is read from the source, not from what is
-imported at run time: an import inside a function counts too.
+imported at run time: an import inside a function counts too, one under ``if TYPE_CHECKING:`` does
+not (it never runs). A module that runs the anonymizers (:data:`RUNS_ANONYMIZERS`) also imports what
+anonbench's own entry points in :data:`anonbench.anonymizers.plugins.GROUP` name (the classic methods);
+a plugin package's code is not anonbench's and is not counted (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -12,9 +15,30 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the anonbench package
+# Modules that call the installed anonymizers, and the entry point group those are loaded from.
+RUNS_ANONYMIZERS = {"anonbench.stages.anonymize": "anonbench.anonymizers"}
+
+
+def registered_modules(group: str) -> list[str]:
+    """Modules anonbench's own distribution registers in entry point ``group`` (pyproject.toml)."""
+    return sorted({p.module for p in entry_points(group=group) if p.dist is not None and p.dist.name == "anonbench"})
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
 
 
 def module_file(module: str, root: Path = SOURCE_ROOT) -> Path | None:
@@ -39,11 +63,14 @@ def import_closure(module: str, root: Path = SOURCE_ROOT) -> set[Path]:
     seen: set[Path] = set()
     todo = [module]
     while todo:
-        path = module_file(todo.pop(), root)
+        name = todo.pop()
+        path = module_file(name, root)
         if path is None or path in seen:
             continue
         seen.add(path)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if name in RUNS_ANONYMIZERS:
+            todo += registered_modules(RUNS_ANONYMIZERS[name])
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("anonbench"):
                 todo += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):

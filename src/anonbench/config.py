@@ -24,8 +24,6 @@ ORIGINAL = "org"
 FINETUNE_PREFIX = "ft-"
 CLASSIC_METHODS = ("blur", "pixelate", "mask")
 DP2_METHODS = ("dp2_fullbody", "dp2_face")
-Method = Literal["blur", "pixelate", "mask", "dp2_fullbody", "dp2_face"]
-Variant = Literal["org", Method]
 ModelSize = Literal["n", "s", "m", "l", "x"]
 # YOLOv10 layer indices are the same for every size: 0-9 backbone, 10 PSA, 11-22 neck, 23 head.
 YOLOV10_LAST_LAYER = 23
@@ -136,33 +134,6 @@ class Classes(_Section):
         return lists | {"classes.comparison": self.comparison}
 
 
-class Blur(_Section):
-    """Gaussian blur whose sigma scales with the person: sigma = fraction * sqrt(box area)."""
-
-    sigma_fraction: Fraction = 0.1
-    min_sigma: Annotated[float, Field(gt=0.0)] = 2.0
-
-
-class Pixelate(_Section):
-    """Block size relative to the person's box (fraction of its longer side) or absolute."""
-
-    block_fraction: Fraction = 0.1
-    block_px: PositiveInt | None = None
-
-
-class Mask(_Section):
-    """Solid fill colour (RGB)."""
-
-    color: tuple[int, int, int] = (0, 0, 0)
-
-    @field_validator("color")
-    @classmethod
-    def _rgb(cls, color: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(not 0 <= c <= 255 for c in color):
-            raise ValueError("colour channels must be in 0..255")
-        return color
-
-
 class DeepPrivacy2(_Section):
     """DeepPrivacy2 (DP2) settings; it runs in the DP2 environment (``make dp2-env``) or image (docker/dp2).
 
@@ -202,19 +173,81 @@ class DeepPrivacy2(_Section):
         return folder.expanduser().absolute()  # DP2 loads from its own tree as working directory
 
 
-class Anonymize(_Section):
-    """Which variants to make and how; classic methods use ground-truth masks."""
+class SectionError(ValueError):
+    """A bad value inside a section validated by its own schema; ``key`` is its dotted place there."""
 
-    methods: Annotated[list[Method], Field(min_length=1)] = ["blur", "pixelate", "mask"]
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+class Anonymize(_Section):
+    """Which variants to make and how; classic methods use ground-truth masks.
+
+    Each installed method (anonbench.anonymizers.plugins: the classic ones and any plugin package's) has
+    its parameters under its own name (``anonymize.blur``, ``anonymize.<plugin>``), validated by the schema
+    it declares; a method named in ``methods`` without a section gets its defaults. Those sections are
+    the model's extra fields: :meth:`settings` reads them.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    methods: Annotated[list[str], Field(min_length=1)] = list(CLASSIC_METHODS)
     mask_source: Literal["gt", "detector"] = "gt"
     dilation_px: Annotated[int, Field(ge=0)] = 3
     min_person_px: Annotated[int, Field(ge=0)] = 8
     output_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
-    blur: Blur = Blur()
-    pixelate: Pixelate = Pixelate()
-    mask: Mask = Mask()
     dp2: DeepPrivacy2 = DeepPrivacy2()
+
+    @field_validator("methods")
+    @classmethod
+    def _installed(cls, methods: list[str]) -> list[str]:
+        from anonbench.anonymizers import plugins
+
+        known = plugins.names()
+        for name in methods:
+            if name not in known:
+                raise ValueError(plugins.unknown(name))
+        if doubled := sorted({m for m in methods if methods.count(m) > 1}):
+            raise ValueError(f"{doubled} named twice")
+        return methods
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_settings(cls, data: Any) -> Any:
+        """Validate each method's own section by its schema; give a named method without one its defaults."""
+        from anonbench.anonymizers import plugins
+
+        if not isinstance(data, dict):
+            return data
+        installed = plugins.installed()
+        named = [m for m in data.get("methods", CLASSIC_METHODS) if isinstance(m, str) and m in installed]
+        sections = [key for key in data if key not in cls.model_fields]
+        settled = dict(data)
+        for key in dict.fromkeys([*sections, *named]):
+            if key not in installed:
+                raise SectionError(key, "unknown key (not a setting, nor an installed anonymization method)")
+            try:
+                settled[key] = installed[key].settings(data.get(key))
+            except ValidationError as err:
+                first = err.errors()[0]
+                inner = ".".join(str(p) for p in first["loc"])
+                message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+                shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {first.get('input')!r})"
+                raise SectionError(f"{key}.{inner}", message.removeprefix("Value error, ") + shown) from None
+        return settled
+
+    def settings(self, method: str) -> BaseModel:
+        """The validated parameters of installed method ``method``: its section, else its defaults.
+
+        Raises:
+            UnknownMethod: For a name no installed package provides (anonbench.anonymizers.plugins).
+        """
+        from anonbench.anonymizers import plugins
+
+        section = (self.model_extra or {}).get(method)
+        return section if isinstance(section, BaseModel) else plugins.get(method).settings(None)
 
 
 class Ssim(_Section):
@@ -249,7 +282,7 @@ class Train(_Section):
 
     sizes: Annotated[list[ModelSize], Field(min_length=1)] = ["n"]
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
-    sizes_by_variant: dict[Variant, Annotated[list[ModelSize], Field(min_length=1)]] = Field(default_factory=dict)
+    sizes_by_variant: dict[str, Annotated[list[ModelSize], Field(min_length=1)]] = Field(default_factory=dict)
     epochs: PositiveInt = 100
     imgsz: PositiveInt = 640
     batch: PositiveInt = 40
@@ -432,7 +465,7 @@ class Config(_Section):
     data: Data = Data()
     prepare: Prepare = Prepare()
     classes: Classes
-    anonymize: Anonymize = Anonymize()
+    anonymize: Anonymize = Field(default_factory=Anonymize)  # not at import: it loads the installed methods
     ssim: Ssim = Ssim()
     export: Export = Export()
     train: Train = Train()
@@ -461,6 +494,10 @@ class Config(_Section):
             missing = [n for n in names if n not in known]
             if missing:
                 raise ValueError(f"{key}: {missing} not among 'org' and anonymize.methods {sorted(known)}")
+        from anonbench.anonymizers import plugins
+
+        if odd := [v for v in self.train.sizes_by_variant if v != ORIGINAL and v not in plugins.names()]:
+            raise ValueError(f"train.sizes_by_variant: {plugins.unknown(odd[0])}")
         if self.finetune.variant not in self.anonymize.methods:
             raise ValueError(f"finetune.variant: {self.finetune.variant!r} is not in anonymize.methods")
         if self.finetune.base.variant not in self.train.variants:
@@ -569,6 +606,10 @@ def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
+    inner = first.get("ctx", {}).get("error")
+    if isinstance(inner, SectionError):  # a method's own section: its key and message, already with the value
+        more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+        return f"{source}: {key}.{inner.key}: {inner.message}{more}"
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     given = first.get("input")

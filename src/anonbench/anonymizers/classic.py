@@ -4,7 +4,9 @@ Each person is processed on a crop around its box (plus the margin the filter
 reads) and only the pixels of its mask are replaced, so everything outside the
 anonymized region stays bit-identical. Every person reads the original pixels;
 persons are painted largest first, so a small person in front of a crowd
-region keeps its own blur or block size.
+region keeps its own blur or block size. The three are anonbench's own
+:class:`~anonbench.anonymizers.plugins.Anonymizer` entry points (pyproject.toml),
+the same interface a plugin package implements (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -12,18 +14,48 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Annotated
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
 
-from anonbench.anonymizers.masks import Person
-from anonbench.config import Anonymize, Blur, Mask, Pixelate
+from anonbench.anonymizers.masks import Person, union
+from anonbench.anonymizers.plugins import Anonymizer, Function, P, Painted, Settings
 
 # Above this sigma the Gaussian is computed at reduced resolution: the same blur
 # to the eye at a fraction of the cost of a kernel hundreds of pixels wide.
 DIRECT_SIGMA = 4.0
 
 Filter = Callable[[np.ndarray], np.ndarray]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Blur(Settings):
+    """Gaussian blur whose sigma scales with the person: sigma = fraction * sqrt(box area)."""
+
+    sigma_fraction: Fraction = 0.1
+    min_sigma: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class Pixelate(Settings):
+    """Block size relative to the person's box (fraction of its longer side) or absolute."""
+
+    block_fraction: Fraction = 0.1
+    block_px: Annotated[int, Field(gt=0)] | None = None
+
+
+class Mask(Settings):
+    """Solid fill colour (RGB)."""
+
+    color: tuple[int, int, int] = (0, 0, 0)
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, color: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in color):
+            raise ValueError("colour channels must be in 0..255")
+        return color
 
 
 def _paint(out: np.ndarray, image: np.ndarray, person: Person, margin: int, transform: Filter) -> None:
@@ -91,12 +123,18 @@ def mask(image: np.ndarray, persons: Sequence[Person], params: Mask) -> np.ndarr
     return out
 
 
-def anonymize(method: str, image: np.ndarray, persons: Sequence[Person], params: Anonymize) -> np.ndarray:
-    """Apply the classic ``method`` (blur, pixelate or mask) with its parameters from ``params``."""
-    if method == "blur":
-        return blur(image, persons, params.blur)
-    if method == "pixelate":
-        return pixelate(image, persons, params.pixelate)
-    if method == "mask":
-        return mask(image, persons, params.mask)
-    raise ValueError(f"not a classic anonymization method: {method!r}")
+def _painted(transform: Callable[[np.ndarray, Sequence[Person], P], np.ndarray]) -> Function[P]:
+    """A filter as the plugin interface's function: the region it paints is the union of the persons' masks.
+
+    The classic methods draw no random numbers, so the generator goes unused.
+    """
+
+    def anonymize(image: np.ndarray, persons: Sequence[Person], params: P, rng: np.random.Generator) -> Painted:
+        return Painted(transform(image, persons, params), union(persons, image.shape))
+
+    return anonymize
+
+
+BLUR = Anonymizer("blur", _painted(blur), Blur, summary="Gaussian blur, sigma scaled with the person's box")
+PIXELATE = Anonymizer("pixelate", _painted(pixelate), Pixelate, summary="mean colour per block, box-aligned grid")
+MASK = Anonymizer("mask", _painted(mask), Mask, summary="solid fill")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from anonbench.anonymizers import classic
+from anonbench.anonymizers import plugins
 from anonbench.anonymizers.dp2 import Dp2Anonymizer, settings_record
 from anonbench.anonymizers.masks import (
     COUNT_KEYS,
@@ -53,7 +53,7 @@ from anonbench.coco import (
     person_category_id,
     read_list,
 )
-from anonbench.config import CLASSIC_METHODS, DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
+from anonbench.config import DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
 from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
 from anonbench.io import atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
@@ -119,6 +119,14 @@ def uses_dp2(cfg: Config, method: str) -> bool:
     return method in DP2_METHODS or cfg.anonymize.mask_source == "detector"
 
 
+def needs_gpu(cfg: Config, method: str) -> bool:
+    """Whether ``method`` keeps a model on a GPU: DeepPrivacy2, or a plugin that says it needs one.
+
+    Such a method runs in one worker process (one model per GPU); spread it over GPUs with shards.
+    """
+    return uses_dp2(cfg, method) or plugins.get(method).gpu
+
+
 @functools.cache
 def _dp2(params: DeepPrivacy2, method: str, seed: int) -> Dp2Anonymizer:
     """One DP2 anonymizer per process and method (loading it takes seconds and GPU memory).
@@ -147,6 +155,8 @@ class Anonymized:
 def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: int) -> Anonymized:
     """Anonymize one decoded image with ground-truth persons.
 
+    An installed method (:mod:`anonbench.anonymizers.plugins`: the classic ones and any plugin's) gets
+    the persons, its settings and a generator seeded with ``seed``; its region is the one it reports.
     DP2's region is the set of pixels it changed; DP2 methods add ``persons_below_size_filter``:
     persons (ground truth in mode ``gt``, detected in mode ``detector``) that DP2's own size filter
     dropped and that keep their pixels, and the paint record: where DP2 was allowed to paint and
@@ -156,13 +166,14 @@ def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: 
         Dp2Failed: When DeepPrivacy2 raises on the image.
     """
     params = ctx.cfg.anonymize
-    if ctx.method in CLASSIC_METHODS:
+    if ctx.method not in DP2_METHODS:
         persons = masks.persons
         if params.mask_source == "detector":
             detected = _dp2(params.dp2, "detector", ctx.cfg.seed).detect(image)
             persons = [to_person(m, params.dilation_px) for m in detected if m.any()]
-        out = classic.anonymize(ctx.method, image, persons, params)
-        return Anonymized(out, union(persons, image.shape), len(persons), {})
+        method = plugins.get(ctx.method)
+        painted = method(image, persons, params.settings(ctx.method), np.random.default_rng(seed))
+        return Anonymized(painted.image, painted.region, len(persons), {})
     gt = [union([p], image.shape) for p in masks.persons] if params.dp2.mode == "gt" else None
     anonymizer = _dp2(params.dp2, ctx.method, ctx.cfg.seed)
     try:
@@ -456,10 +467,21 @@ def _process_indexed(ctx: Context, lookup: AnnotationLookup, info: dict[str, Any
 
 
 def _run_tags(cfg: Config, method: str) -> dict[str, str]:
-    """The anonymize run's tags: the method, and for DeepPrivacy2 its mode and whether it is untrained."""
+    """The anonymize run's tags: the method and how it was made.
+
+    DeepPrivacy2: its mode and whether it is untrained; an installed method: the package that provides it,
+    whether it is deterministic and whether it needs a GPU.
+    """
     tags = {"method": method}
     if method in DP2_METHODS:
         tags |= {"dp2_mode": cfg.anonymize.dp2.mode, "dp2_untrained": str(cfg.anonymize.dp2.untrained).lower()}
+    else:
+        anonymizer = plugins.get(method)
+        tags |= {
+            "method_package": plugins.package(method),
+            "method_deterministic": str(anonymizer.deterministic).lower(),
+            "method_gpu": str(anonymizer.gpu).lower(),
+        }
     return tags
 
 
@@ -468,7 +490,7 @@ def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]
     import mlflow
 
     params = cfg.anonymize
-    settings = params.dp2 if method in DP2_METHODS else getattr(params, method)
+    settings = params.dp2 if method in DP2_METHODS else params.settings(method)
     mlflow.log_params(
         {
             "method": method,
@@ -492,7 +514,8 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
 
     Args:
         cfg: Validated configuration (``anonymize`` section, ``seed``, ``policy``, ``workers``).
-        method: blur, pixelate, mask, dp2_fullbody or dp2_face.
+        method: An installed method (blur, pixelate, mask or a plugin's; :mod:`anonbench.anonymizers.plugins`),
+            dp2_fullbody or dp2_face.
         splits: Splits to do (default: train and val).
         shard: ``(i, n)``: only every n-th image from the i-th, for spreading over pods or GPUs.
 
@@ -500,13 +523,14 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
         The folders and files written.
 
     Raises:
-        ValueError: For an unknown method, dp2_face with ground-truth masks (COCO has no faces),
-            or missing DP2 weights (dp2_weights.WeightsError, naming each file).
+        ValueError: For an unknown method (UnknownMethod: one line listing the installed ones), dp2_face
+            with ground-truth masks (COCO has no faces), or missing DP2 weights (dp2_weights.WeightsError,
+            naming each file).
         Dp2Unavailable: At once, when the method needs DeepPrivacy2 and it is not installed, or CUDA
             is asked for and absent.
     """
-    if method not in (*CLASSIC_METHODS, *DP2_METHODS):
-        raise ValueError(f"--method {method!r}: expected one of {', '.join((*CLASSIC_METHODS, *DP2_METHODS))}")
+    if method not in DP2_METHODS:
+        plugins.get(method)  # an unknown name stops here, listing the installed methods
     splits = splits or list(cfg.data.splits)
     if not any(split_pending(cfg, method, split, shard) for split in splits):
         return [p for split in splits for p in anonymize_split(cfg, method, split, shard, 1)[0]]
@@ -516,8 +540,8 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
     with mlflow_run(cfg, name, "anonymize", _run_tags(cfg, method), reads=[cfg.source_root]):
         if uses_dp2(cfg, method):  # load DP2 before any work: a missing weight, CUDA or DP2 stops here
             _dp2(cfg.anonymize.dp2, method if method in DP2_METHODS else "detector", cfg.seed)
-        # DP2 keeps a model on the GPU per process: one process per GPU, shards across GPUs.
-        workers = 1 if uses_dp2(cfg, method) else cfg.n_workers
+        # DP2 (or a plugin needing a GPU) keeps a model on the GPU per process: one process per GPU, shards across GPUs.
+        workers = 1 if needs_gpu(cfg, method) else cfg.n_workers
         written: list[Path] = []
         summaries: dict[str, dict[str, Any]] = {}
         for split in splits:

@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from anonbench.config import CLASSIC_METHODS, DP2_METHODS, Config
+from anonbench.anonymizers import plugins
+from anonbench.config import Config
 from anonbench.io import atomic_write_text, move_into_place
 from anonbench.s3 import s3_environment, use_s3_environment
 
@@ -54,7 +55,7 @@ def target_path(cfg: Config, target: str) -> Path:
     folders = {"source": cfg.source_root, "prepared": cfg.paths.data / "prepared", "models": cfg.paths.models}
     if target in folders:
         return folders[target]
-    if target in (*CLASSIC_METHODS, *DP2_METHODS):
+    if target in plugins.names():
         return cfg.variant_root(target)
     raise PublishError(f"--target {target!r}: expected source, prepared, models or an anonymization method")
 
