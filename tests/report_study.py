@@ -24,7 +24,7 @@ import pytest
 
 from anonbench.analysis.cocoeval import score
 from anonbench.analysis.ssim_summary import split_summary
-from anonbench.anonymizers import classic
+from anonbench.anonymizers import plugins
 from anonbench.anonymizers.masks import person_masks
 from anonbench.coco import person_category_id
 from anonbench.config import ORIGINAL, Config, finetune_model_id, model_id
@@ -150,8 +150,8 @@ def write_anonymized_images(cfg: Config, method: str) -> None:
         masks = person_masks(found, person, image["height"], image["width"], params.dilation_px, params.min_person_px)
         original = read_image(cfg.image_dir(ORIGINAL, split) / image["file_name"])
         image["file_name"] = f"{Path(image['file_name']).stem}.png"
-        (folder / image["file_name"]).write_bytes(encode_image(classic.anonymize(method, original, masks.persons,
-                                                                                  params)))  # fmt: skip
+        painted = plugins.get(method)(original, masks.persons, params.settings(method), np.random.default_rng(0))
+        (folder / image["file_name"]).write_bytes(encode_image(painted.image))
     atomic_write_json(cfg.annotation_file(method, split), instances)
 
 

@@ -18,12 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anonbench.coco_classes import COCO_NAMES
+from anonbench.names import ORIGINAL, ConfigError
 
-ORIGINAL = "org"
 # Model ids: "<variant>-<size>" for trained models, "ft-<freeze config>" for their fine-tunes.
 FINETUNE_PREFIX = "ft-"
 CLASSIC_METHODS = ("blur", "pixelate", "mask")
-DP2_METHODS = ("dp2_fullbody", "dp2_face")
 ModelSize = Literal["n", "s", "m", "l", "x"]
 # YOLOv10 layer indices are the same for every size: 0-9 backbone, 10 PSA, 11-22 neck, 23 head.
 YOLOV10_LAST_LAYER = 23
@@ -41,10 +40,6 @@ DP2_WEIGHTS_ENV = "ANONBENCH_DP2_WEIGHTS"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
-
-
-class ConfigError(ValueError):
-    """A parameter file or override is invalid; the message names the key."""
 
 
 class _Section(BaseModel):

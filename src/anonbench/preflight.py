@@ -32,7 +32,8 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from anonbench.anonymizers.dp2_weights import WeightFile, md5sum
-from anonbench.config import DP2_METHODS, Config
+from anonbench.config import Config
+from anonbench.names import DP2_METHODS
 from anonbench.s3 import s3_environment
 
 AccessMode = Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from anonbench.config import DP2_METHODS, ORIGINAL, ConfigError
+from anonbench.names import DP2_METHODS, ORIGINAL, ConfigError
 
 if TYPE_CHECKING:
     from anonbench.anonymizers.masks import Person

@@ -53,10 +53,11 @@ from anonbench.coco import (
     person_category_id,
     read_list,
 )
-from anonbench.config import DP2_METHODS, ORIGINAL, Config, DeepPrivacy2
+from anonbench.config import ORIGINAL, Config, DeepPrivacy2
 from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
 from anonbench.io import atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
+from anonbench.names import DP2_METHODS
 from anonbench.parallel import map_with_progress, take_shard
 
 log = logging.getLogger(__name__)

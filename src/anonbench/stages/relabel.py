@@ -52,10 +52,11 @@ from anonbench.coco import (
     read_instances,
 )
 from anonbench.coco_classes import PERSON
-from anonbench.config import DP2_METHODS, Config
+from anonbench.config import Config
 from anonbench.data.download import file_digest
 from anonbench.images import read_image
 from anonbench.io import atomic_write_json, atomic_write_text
+from anonbench.names import DP2_METHODS
 from anonbench.parallel import map_with_progress
 from anonbench.study import evaluated_image_ids, evaluated_scorer
 from anonbench.tracking import mlflow_run
