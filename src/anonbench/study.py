@@ -202,10 +202,6 @@ class Study:
         found = {e.family for e in self.evaluations}
         return [f for f in self.cfg.train.families if f in found] + sorted(found - set(self.cfg.train.families))
 
-    def of_family(self, family: str) -> list[EvalRecord]:
-        """The evaluations of models of one detector family (fine-tunes are YOLOv10's)."""
-        return [e for e in self.evaluations if e.family == family]
-
     def find(self, model_id: str, eval_data: str) -> EvalRecord | None:
         """The evaluation of a model on a variant, if it was run."""
         return next((e for e in self.evaluations if e.key == (model_id, eval_data)), None)

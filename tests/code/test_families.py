@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from anonbench.cli import app
 from anonbench.config import ConfigError, load_config, model_id, split_model_id
 from anonbench.families import DEFAULT_FAMILY, FAMILIES, spec
+from anonbench.io import atomic_write_json
+from anonbench.study import Study, load_evaluations
 from anonbench.yolo import load_model, param_counts
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -80,3 +82,22 @@ def test_train_refuses_a_size_the_family_lacks_in_one_line(tmp_path: Path) -> No
     assert result.output.strip().splitlines() == [
         "error: size 'n' does not exist for rtdetr: Ultralytics ships rtdetr-l.yaml, rtdetr-x.yaml"
     ]
+
+
+def test_the_study_reads_each_evaluations_family(tmp_path: Path) -> None:
+    cfg = load_config(PARAMS, None, [f"paths.metrics={tmp_path}", "train.families=[yolov10,yolov8]"])
+    docs = {
+        "org-yolov8-n_on_org": {"model_id": "org-yolov8-n", "family": "yolov8"},
+        "org-n_on_org": {"model_id": "org-n", "family": "yolov10"},
+        "mask-n_on_org": {"model_id": "mask-n"},  # written before families: YOLOv10
+    }
+    for folder, doc in docs.items():
+        record = {**doc, "train_data": "org", "model_size": "n", "eval_data": "org", "AP": 0.5}
+        atomic_write_json(tmp_path / "eval" / folder / "metrics.json", record)
+    study = Study(cfg, load_evaluations(cfg))
+    assert {e.model_id: e.family for e in study.evaluations} == {
+        "mask-n": "yolov10",
+        "org-n": "yolov10",
+        "org-yolov8-n": "yolov8",
+    }
+    assert study.families == ["yolov10", "yolov8"]  # train.families order: the report's Q2 compares them
