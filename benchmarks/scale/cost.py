@@ -153,13 +153,14 @@ def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int) -> list[list[St
     report = _point(doc, "report/paper-bootstrap")
     evaluations = (len(models) + configs) * on
     epochs = cfg.train.epochs
-    train = [Task(gpu=V100_DAYS_PER_300_EPOCHS[size] * 86400 * epochs / 300 / a100 / ddp) for _, size in models]
+    # (variant, family, size): YOLOv10's timings and parameter counts stand for every family's size
+    train = [Task(gpu=V100_DAYS_PER_300_EPOCHS[size] * 86400 * epochs / 300 / a100 / ddp) for *_, size in models]
     tune = Task(gpu=V100_DAYS_PER_300_EPOCHS[ft.base.size] * 86400 * ft.epochs * ft.fraction / 300 / a100 / ddp)
     infer = VAL_IMAGES * GPU["eval_seconds_per_image"] + GPU["eval_model_load_seconds"]
     # evaluate scores once and keeps its bootstrap resamples (AP and AP50 per resample and class, float64)
     evaluate = Task(fixed_cpu=score["cpu_seconds"] + boot["cpu_seconds"], gpu=infer)
     evaluation_gb = predictions_gb + 2 * boot["samples"] * COCO_CLASSES * 8 / 1e9
-    weights_gb = 2 * 2 * sum(PARAMS[size] for _, size in models) / 1e9  # best.pt and last.pt, half precision
+    weights_gb = 2 * 2 * sum(PARAMS[size] for *_, size in models) / 1e9  # best.pt and last.pt, half precision
     per_image_gb = {name: _output_gb(doc, name) for name in ("ssim", "export_org", "relabel")}
     pairs = len(models) + configs  # models evaluated on each anonymized variant: relabel scores each twice
     relabel = Task(r_fixed + 2 * pairs * boot["cpu_seconds"], r_syn * IMAGES)
