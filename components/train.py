@@ -1,4 +1,4 @@
-"""KFP component: train one YOLOv10 size on one variant (``anonbench train``)."""
+"""KFP component: train one detector family and size on one variant (``anonbench train``)."""
 
 from kfp.dsl import Metrics, Output
 
@@ -6,8 +6,8 @@ from components.images import train_component
 
 
 @train_component
-def train(workspace: str, variant: str, size: str, metrics: Output[Metrics]) -> str:
-    """Train YOLOv10-``size`` from scratch into ``models/<variant>-<size>/`` (resumes from last.pt)."""
+def train(workspace: str, variant: str, family: str, size: str, metrics: Output[Metrics]) -> str:
+    """Train ``family``-``size`` from scratch into ``models/<model id>/`` (resumes from last.pt)."""
     from anonbench.workspace import run_task
 
-    return run_task(workspace, "train", "--variant", variant, "--size", size, metrics=metrics)
+    return run_task(workspace, "train", "--variant", variant, "--family", family, "--size", size, metrics=metrics)

@@ -170,7 +170,7 @@ def build(
     evaluate_cell = _if_not_done(evaluate, lambda task: on("evaluate", task))
     drift_cell = _if_not_done(drift, lambda task: on("evaluate", task))
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Anonymize COCO persons, train and cross-evaluate YOLOv10, report.")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Anonymize COCO persons, train and cross-evaluate detectors, report.")
     def study(
         workspace: str = f"{settings.mount_path}/study",
         profile: str = profile,
@@ -249,7 +249,7 @@ def build(
         exports = join(exported.output)
 
         with dsl.ParallelFor(items("train", exports), parallelism=width) as cell:
-            trained = train_cell(workspace=ws, variant=cell.variant, size=cell.size, todo=cell.todo)
+            trained = train_cell(workspace=ws, variant=cell.variant, family=cell.family, size=cell.size, todo=cell.todo)
         with dsl.ParallelFor(items("evaluate_trained", trained), parallelism=width) as cell:
             scored = evaluate_cell(workspace=ws, model=cell.model, todo=cell.todo)
         evaluations = [scored]

@@ -232,7 +232,7 @@ def synthetic_study(cfg: Config) -> None:
         rates = PRIVACY[variant]
         atomic_write_json(cfg.paths.metrics / "privacy" / f"{variant}.json", privacy_audit(variant, image_ids, rates))
     seed = 1
-    models = [(model_id(v, s), v, s) for v, s in cfg.train.models] + [
+    models = [(model_id(v, s, f), v, s) for v, f, s in cfg.train.models] + [
         (finetune_model_id(f), cfg.finetune.variant, cfg.finetune.base.size) for f in cfg.finetune.freeze
     ]
     for name, train, size in models:

@@ -178,7 +178,7 @@ def feeding(loader: dict[str, Any], cfg: Config, gpus_per_node: int) -> dict[str
         training, and the largest workers and CPUs of the grid (what one ``train`` task kind must ask for).
     """
     per_core = float(loader["images_per_core_second"][LOADER_CASE])
-    sizes = sorted({size for _, size in cfg.train.models} | {cfg.finetune.base.size}, key=list(PARAMS).index)
+    sizes = sorted({size for *_, size in cfg.train.models} | {cfg.finetune.base.size}, key=list(PARAMS).index)
     rows = {}
     for size in sizes:
         need = gpu_train_images_per_s(size)
@@ -229,12 +229,13 @@ def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int, loader: dict[st
     evaluations = (len(models) + configs) * on
     epochs = cfg.train.epochs
     per_core = feeding(loader, cfg, gpus_per_node)["loader_images_per_core_second"]
+    # (variant, family, size): YOLOv10's timings and parameter counts stand for every family's size
     train = [
         Task(
             gpu=V100_DAYS_PER_300_EPOCHS[size] * 86400 * epochs / 300 / a100 / ddp,
             beside_gpu=TRAIN_IMAGES * epochs / per_core,
         )
-        for _, size in models
+        for *_, size in models
     ]
     tuned = TRAIN_IMAGES * ft.epochs * ft.fraction
     tune = Task(
@@ -247,7 +248,7 @@ def stages(doc: dict[str, Any], cfg: Config, gpus_per_node: int, loader: dict[st
     # evaluate scores once and keeps its bootstrap resamples (AP and AP50 per resample and class, float64)
     evaluate = Task(fixed_cpu=score["cpu_seconds"] + boot["cpu_seconds"], gpu=infer)
     evaluation_gb = predictions_gb + 2 * boot["samples"] * COCO_CLASSES * 8 / 1e9
-    weights_gb = 2 * 2 * sum(PARAMS[size] for _, size in models) / 1e9  # best.pt and last.pt, half precision
+    weights_gb = 2 * 2 * sum(PARAMS[size] for *_, size in models) / 1e9  # best.pt and last.pt, half precision
     per_image_gb = {name: _output_gb(doc, name) for name in ("ssim", "export_org", "relabel")}
     pairs = len(models) + configs  # models evaluated on each anonymized variant: relabel scores each twice
     relabel = Task(r_fixed + 2 * pairs * boot["cpu_seconds"], r_syn * IMAGES)

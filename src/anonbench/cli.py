@@ -18,6 +18,7 @@ import typer
 import yaml
 
 from anonbench.config import Config, ConfigError, load_config
+from anonbench.families import DEFAULT_FAMILY
 from anonbench.offline import go_offline
 
 app = typer.Typer(
@@ -255,17 +256,23 @@ def export(
 @app.command()
 def train(
     variant: VariantOption,
-    size: Annotated[str, typer.Option("--size", help="YOLOv10 size: n, s, m, l or x.")],
+    size: Annotated[str, typer.Option("--size", help="Size: n, s, m, l or x (RT-DETR: l or x).")],
+    family: Annotated[
+        str, typer.Option("--family", help="Detector family: yolov10, yolov8, yolo11 or rtdetr.")
+    ] = DEFAULT_FAMILY,
     params: ParamsOption = Path("params.yaml"),
     profile: ProfileOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Train YOLOv10 from scratch on an exported variant into models/<variant>-<size>/ (resumes if cut short)."""
+    """Train a detector from scratch on an exported variant into models/<model id>/ (resumes if cut short).
+
+    The model id is <variant>-<size> for YOLOv10, <variant>-<family>-<size> for another family.
+    """
     from anonbench.stages import train as stage
 
     cfg = load(params, profile, set_)
-    with stage_errors():  # an unknown variant or size, a variant not exported yet
-        wrote(stage.run(cfg, variant, size))
+    with stage_errors():  # an unknown variant, family or size, a size the family lacks, a variant not exported yet
+        wrote(stage.run(cfg, variant, size, family))
 
 
 @app.command()
@@ -285,7 +292,9 @@ def finetune(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option("--model", help="Model id: a folder under models/, e.g. org-n or ft-neck.")],
+    model: Annotated[
+        str, typer.Option("--model", help="Model id: a folder under models/: org-n, org-yolov8-n, ft-neck.")
+    ],
     on: Annotated[str, typer.Option("--on", help="Evaluation variant: 'org' or an anonymization method.")],
     params: ParamsOption = Path("params.yaml"),
     profile: ProfileOption = None,

@@ -18,9 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anonbench.coco_classes import COCO_NAMES
+from anonbench.families import DEFAULT_FAMILY, FAMILIES, Family
 from anonbench.names import ORIGINAL, ConfigError
 
-# Model ids: "<variant>-<size>" for trained models, "ft-<freeze config>" for their fine-tunes.
+# Model ids: "<variant>-<size>" for trained YOLOv10s, "<variant>-<family>-<size>" for the other detector
+# families, "ft-<freeze config>" for the (YOLOv10) fine-tunes.
 FINETUNE_PREFIX = "ft-"
 CLASSIC_METHODS = ("blur", "pixelate", "mask")
 ModelSize = Literal["n", "s", "m", "l", "x"]
@@ -265,9 +267,10 @@ class Export(_Section):
 
 
 class Train(_Section):
-    """YOLOv10 from scratch (yaml, no weights); any other Ultralytics argument goes in `extra`.
+    """Detectors from scratch (yaml, no weights); any other Ultralytics argument goes in `extra`.
 
-    The models trained are ``variants`` x ``sizes``, except that ``sizes_by_variant`` narrows the
+    The models trained are ``variants`` x ``families`` x ``sizes``: each family at the sizes of
+    ``sizes`` that Ultralytics has a yaml for (RT-DETR: l and x), except that ``sizes_by_variant`` narrows the
     sizes of the variants it names to those of its list that ``sizes`` has (the paper trained
     its classic methods at m only). An entry for a variant not trained narrows nothing: an
     override of ``variants`` or ``sizes`` on a narrowed profile stays valid, since ``--set``
@@ -276,6 +279,7 @@ class Train(_Section):
     """
 
     sizes: Annotated[list[ModelSize], Field(min_length=1)] = ["n"]
+    families: Annotated[list[Family], Field(min_length=1)] = [DEFAULT_FAMILY]
     variants: Annotated[list[str], Field(min_length=1)] = [ORIGINAL, *CLASSIC_METHODS]
     sizes_by_variant: dict[str, Annotated[list[ModelSize], Field(min_length=1)]] = Field(default_factory=dict)
     epochs: PositiveInt = 100
@@ -299,15 +303,33 @@ class Train(_Section):
             raise ValueError(f"extra: {owned} have their own train keys; set those instead")
         return self
 
-    def sizes_for(self, variant: str) -> list[ModelSize]:
-        """The sizes trained on ``variant`` (``sizes`` order): ``sizes``, or those of them its entry lists."""
+    @model_validator(mode="after")
+    def _families_have_sizes(self) -> Train:
+        if len(set(self.families)) < len(self.families):
+            raise ValueError(f"families: {self.families} names a family twice")
+        for family in self.families:
+            if not set(self.sizes) & set(FAMILIES[family].sizes):
+                have = ", ".join(FAMILIES[family].sizes)
+                raise ValueError(f"families: {family} has sizes {have} only, and sizes {self.sizes} has none of them")
+        return self
+
+    def sizes_for(self, variant: str, family: str = DEFAULT_FAMILY) -> list[ModelSize]:
+        """The sizes ``family`` is trained at on ``variant`` (``sizes`` order).
+
+        ``sizes``, or those of them the variant's ``sizes_by_variant`` entry lists, that the family has.
+        """
         narrowed = next((sizes for name, sizes in self.sizes_by_variant.items() if name == variant), self.sizes)
-        return [s for s in self.sizes if s in narrowed]
+        return [s for s in self.sizes if s in narrowed and s in FAMILIES[family].sizes]
 
     @property
-    def models(self) -> list[tuple[str, ModelSize]]:
-        """Every (variant, size) trained from scratch, variant by variant: the grid of train and evaluate."""
-        return [(variant, size) for variant in self.variants for size in self.sizes_for(variant)]
+    def models(self) -> list[tuple[str, str, ModelSize]]:
+        """Every (variant, family, size) trained from scratch, variant by variant: the grid of train and evaluate."""
+        return [
+            (variant, family, size)
+            for variant in self.variants
+            for family in self.families
+            for size in self.sizes_for(variant, family)
+        ]
 
 
 class Evaluate(_Section):
@@ -495,6 +517,11 @@ class Config(_Section):
             raise ValueError(f"train.sizes_by_variant: {plugins.unknown(odd[0])}")
         if self.finetune.variant not in self.anonymize.methods:
             raise ValueError(f"finetune.variant: {self.finetune.variant!r} is not in anonymize.methods")
+        if DEFAULT_FAMILY not in self.train.families:
+            raise ValueError(
+                f"train.families: {self.train.families} lacks {DEFAULT_FAMILY}, the family of the fine-tunes' base "
+                "model and of layer drift (their layer ranges are YOLOv10's)"
+            )
         if self.finetune.base.variant not in self.train.variants:
             raise ValueError(f"finetune.base.variant: {self.finetune.base.variant!r} is not in train.variants")
         base = self.finetune.base
@@ -548,9 +575,24 @@ class Config(_Section):
         return self.variant_root(variant) / "annotations" / f"instances_{split}.json"
 
 
-def model_id(variant: str, size: str) -> str:
-    """Model id of a model trained from scratch (its folder under ``paths.models``), e.g. ``org-n``."""
-    return f"{variant}-{size}"
+def model_id(variant: str, size: str, family: str = DEFAULT_FAMILY) -> str:
+    """Model id of a model trained from scratch (its folder under ``paths.models``).
+
+    ``org-n`` for YOLOv10 (the study's ids from before families existed), ``org-yolov8-n`` for any other family.
+    """
+    return f"{variant}-{size}" if family == DEFAULT_FAMILY else f"{variant}-{family}-{size}"
+
+
+def split_model_id(trained_id: str) -> tuple[str, str, str]:
+    """``(variant, family, size)`` of a trained model's id: the inverse of :func:`model_id`.
+
+    The variant is whatever precedes the family (or the size); checking it is the caller's business.
+    """
+    head, _, size = trained_id.rpartition("-")
+    variant, _, family = head.rpartition("-")
+    if variant and family in FAMILIES and family != DEFAULT_FAMILY:
+        return variant, family, size
+    return head, DEFAULT_FAMILY, size
 
 
 def finetune_model_id(freeze: str) -> str:

@@ -10,7 +10,10 @@ integer (``int()``, toward zero). Both lower AP against the COCO protocol.
 Both read YOLOv10's NMS-free one-to-one head (:data:`anonbench.yolo.NMS_FREE`):
 Ultralytics' predictor asks it for its best max(max_det, 300) (box, class)
 candidates, sorted by score, and keeps the first max_det above conf; the NMS
-IoU (``evaluate.iou``) does not apply to it.
+IoU (``evaluate.iou``) does not apply to it. The other detector families
+(:mod:`anonbench.families`) infer as Ultralytics does for them: YOLOv8 and
+YOLO11 with NMS at ``evaluate.iou``, RT-DETR with its decoder's best (box,
+class) pairs of 300 queries, the first max_det above conf, no NMS.
 Images and categories are named by the ids of the COCO JSON, class index ``k``
 being the ``k``-th category of the dataset's :class:`CategoryTable`.
 Ultralytics is imported lazily: scoring alone needs no torch.
@@ -29,7 +32,8 @@ import numpy as np
 from anonbench.analysis.cocoeval import Prediction
 from anonbench.coco import CategoryTable, Instances, image_path
 from anonbench.config import Config
-from anonbench.yolo import NMS_FREE
+from anonbench.families import DEFAULT_FAMILY, spec
+from anonbench.yolo import load_model
 
 COCO_PROTOCOL_CONF = 0.001
 # The study authors' evaluation: conf 0.25, Ultralytics' predict defaults (300 detections, one image at a time).
@@ -140,7 +144,11 @@ def check_classes(names: dict[int, str], categories: CategoryTable, weights: Pat
 
 
 def predict(
-    weights: Path, images: Sequence[tuple[int, Path]], categories: CategoryTable, settings: PredictSettings
+    weights: Path,
+    images: Sequence[tuple[int, Path]],
+    categories: CategoryTable,
+    settings: PredictSettings,
+    family: str = DEFAULT_FAMILY,
 ) -> list[Prediction]:
     """Detect objects in every image and return COCO results, sorted.
 
@@ -149,18 +157,14 @@ def predict(
         images: (COCO image id, file path) pairs.
         categories: The dataset's category table, to name each class index by its category id.
         settings: The protocol's thresholds, detections per image, batch and box rounding; image size, device.
+        family: The detector family of the weights: its Ultralytics model class and inference head.
 
     Returns:
         COCO results, sorted by :func:`sort_results`.
     """
-    from ultralytics import YOLO
-
-    from anonbench.offline import configure_ultralytics
-
     if settings.protocol == "coco":  # the authors' protocol is chosen by name; it is recorded, not warned about
         check_conf(settings.conf)
-    configure_ultralytics()
-    model = YOLO(str(weights))
+    model = load_model(weights, family)
     names: Any = model.names
     check_classes(names, categories, weights)
     stream: Iterable[Any] = model.predict(
@@ -169,7 +173,7 @@ def predict(
         conf=settings.conf,
         iou=settings.iou,
         max_det=settings.max_det,
-        nms=not NMS_FREE,  # YOLOv10's one-to-one head; Ultralytics' default is the one-to-many head plus NMS
+        nms=spec(family).nms_arg,  # YOLOv10: its one-to-one head (Ultralytics' default: one-to-many plus NMS)
         imgsz=settings.imgsz,
         batch=settings.batch,
         device=settings.device,

@@ -1,8 +1,9 @@
 """The MLflow Model Registry: every trained and fine-tuned model, its lineage, the evaluations that scored it.
 
-One registered model per family, size and training variant (``anonbench-yolov10-m-org``,
-``anonbench-yolov10-n-org-ft-head``); each training registers a new version (one per study), whose
-source is the run's ``weights/`` artifact folder (``best.pt`` and ``last.pt``). A version's tags carry
+One registered model per detector family, size and training variant (``anonbench-yolov10-m-org``,
+``anonbench-yolov8-n-org``, ``anonbench-yolov10-n-org-ft-head``); each training registers a new
+version (one per study), whose source is the run's ``weights/`` artifact folder (``best.pt`` and
+``last.pt``). A version's tags carry
 its lineage: the run's code, image and data tags (:func:`anonbench.tracking.lineage_tags`) and the
 digest of the exported dataset it trained on (``train_data_digest``). An evaluation run is tagged with
 the version it scored (``registered_model``), and the version with the evaluation run
@@ -20,9 +21,9 @@ from typing import Any
 
 import yaml
 
+from anonbench.families import DEFAULT_FAMILY
 from anonbench.tracking import data_hashes, lineage_tags
 
-FAMILY = "anonbench-yolov10"
 REGISTERED_TAG = "registered_model"  # on evaluation runs: "<name>/<version>" of the model they scored
 
 
@@ -30,12 +31,13 @@ def model_name(tags: dict[str, str]) -> str:
     """The registered model of a training, from its MLflow tags.
 
     Args:
-        tags: The training's ``model_size``, ``train_data`` and, for a fine-tuning, ``freeze``.
+        tags: The training's ``family`` (YOLOv10 where absent), ``model_size``, ``train_data`` and, for a
+            fine-tuning, ``freeze``.
 
     Returns:
-        ``anonbench-yolov10-<size>-<train data>`` with ``-ft-<freeze>`` for a fine-tuned model.
+        ``anonbench-<family>-<size>-<train data>`` with ``-ft-<freeze>`` for a fine-tuned model.
     """
-    name = f"{FAMILY}-{tags['model_size']}-{tags['train_data']}"
+    name = f"anonbench-{tags.get('family', DEFAULT_FAMILY)}-{tags['model_size']}-{tags['train_data']}"
     return f"{name}-ft-{tags['freeze']}" if "freeze" in tags else name
 
 
@@ -83,7 +85,7 @@ def register(run: Any, tags: dict[str, str], dataset: Path, reads: Sequence[Path
     client = MlflowClient()
     name = model_name(tags)
     try:
-        client.create_registered_model(name, description="YOLOv10 trained by anonbench (see the version tags).")
+        client.create_registered_model(name, description="A detector trained by anonbench (see the version tags).")
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

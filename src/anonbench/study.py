@@ -28,6 +28,7 @@ from anonbench.analysis.bootstrap import Resampled, image_ids_digest, interval, 
 from anonbench.analysis.cocoeval import Scorer
 from anonbench.coco import read_instances
 from anonbench.config import ORIGINAL, Config
+from anonbench.families import DEFAULT_FAMILY
 from anonbench.parallel import map_with_progress
 
 
@@ -46,6 +47,7 @@ class EvalRecord:
     folder: Path
     void_reason: str | None = None
     bootstrap: dict[str, Any] | None = None
+    family: str = DEFAULT_FAMILY  # the detector family (YOLOv10 for evaluations written before families)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -143,6 +145,7 @@ def load_evaluations(cfg: Config) -> list[EvalRecord]:
                 folder=path.parent,
                 void_reason=(doc.get("void_reason") or "no reason given") if doc.get("void") else None,
                 bootstrap=doc.get("bootstrap"),
+                family=doc.get("family", DEFAULT_FAMILY),
             )
         )
     return records
@@ -190,6 +193,15 @@ class Study:
     subset_counts: pd.DataFrame | None = None
     ssim_boxes: dict[str, pd.DataFrame] = field(default_factory=dict)
     privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def families(self) -> list[str]:
+        """The detector families evaluated, in ``train.families`` order (then any other found).
+
+        With more than one, the report asks whether its answers depend on the detector.
+        """
+        found = {e.family for e in self.evaluations}
+        return [f for f in self.cfg.train.families if f in found] + sorted(found - set(self.cfg.train.families))
 
     def find(self, model_id: str, eval_data: str) -> EvalRecord | None:
         """The evaluation of a model on a variant, if it was run."""

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import yaml
 
 from anonbench.codebase import stage_code_digest
-from anonbench.config import ORIGINAL, Config, finetune_model_id, load_config, model_id, resolve
+from anonbench.config import ORIGINAL, Config, finetune_model_id, load_config, model_id, resolve, split_model_id
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.stages.anonymize import uses_dp2
 from anonbench.tracking import ensure_experiment
@@ -187,7 +187,7 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
         cfg: The resolved configuration of the run.
         axis: ``anonymize`` (every method), ``anonymize_classic`` / ``anonymize_dp2`` (methods by
             the image they need), ``dp2_shards`` (``{method, shard}``: DP2 methods times
-            ``shards``), ``export`` (variants), ``train`` (``{variant, size}``: ``train.models``,
+            ``shards``), ``export`` (variants), ``train`` (``{variant, family, size}``: ``train.models``,
             the grid), ``finetune`` (``{freeze}``), ``evaluate_trained`` / ``evaluate_finetuned``
             (``{model}``: one task scores a model on every evaluation variant, :func:`cell_commands`),
             ``relabel`` (anonymized variants), ``drift`` (``{variant}``), ``publish`` (what the
@@ -196,14 +196,15 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
 
     Returns:
         A JSON-serializable list. The items of a GPU fan-out (:data:`GATED_AXES`) are the options of
-        its stage's command (``{"variant": "org", "size": "n"}`` for ``--variant org --size n``).
+        its stage's command (``{"variant": "org", "family": "yolov10", "size": "n"}`` for
+        ``--variant org --family yolov10 --size n``).
 
     Raises:
         KeyError: For an unknown axis.
     """
     methods = cfg.anonymize.methods
     dp2 = [m for m in methods if uses_dp2(cfg, m)]
-    trained = [model_id(variant, size) for variant, size in cfg.train.models]
+    trained = [model_id(variant, size, family) for variant, family, size in cfg.train.models]
     finetuned = [finetune_model_id(name) for name in cfg.finetune.freeze]
     axes: dict[str, list[Any]] = {
         "anonymize": list(methods),
@@ -211,7 +212,7 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
         "anonymize_dp2": dp2,
         "dp2_shards": [{"method": m, "shard": f"{i}/{shards}"} for m in dp2 for i in range(shards)],
         "export": [ORIGINAL, *methods],
-        "train": [{"variant": v, "size": s} for v, s in cfg.train.models],
+        "train": [{"variant": v, "family": f, "size": s} for v, f, s in cfg.train.models],
         "finetune": [{"freeze": name} for name in cfg.finetune.freeze],
         "evaluate_trained": [{"model": m} for m in trained],
         "evaluate_finetuned": [{"model": m} for m in finetuned],
@@ -300,8 +301,8 @@ def upstream(cfg: Config, stage: str, opts: dict[str, str]) -> list[tuple[str, d
         prefix = finetune_model_id("")
         if model_id.startswith(prefix):
             return [("finetune", {"freeze": model_id.removeprefix(prefix)})]
-        variant, size = model_id.rsplit("-", 1)
-        return [("train", {"variant": variant, "size": size})]
+        variant, family, size = split_model_id(model_id)
+        return [("train", {"variant": variant, "family": family, "size": size})]
 
     base = f"{cfg.finetune.base.variant}-{cfg.finetune.base.size}"
     match stage:

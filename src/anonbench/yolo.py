@@ -1,4 +1,4 @@
-"""YOLOv10 helpers shared by train, finetune and evaluate: layout paths, models, counts, tracked training.
+"""Detector helpers shared by train, finetune and evaluate: layout paths, models, counts, tracked training.
 
 Ultralytics (and so torch) is imported inside the functions that need it, so
 the export stage, which only needs the paths, runs in the CPU image. Ultralytics'
@@ -9,7 +9,9 @@ opens, which also resumes that run after an interruption.
 YOLOv10 as its paper (and the study's authors) ran it, which Ultralytics 8.4
 does only when asked: every training uses YOLOv10's own criterion
 (:mod:`anonbench.criterion`), and validation, prediction and layer drift use
-its NMS-free one-to-one head (:data:`NMS_FREE`, :func:`use_one2one`).
+its NMS-free one-to-one head (:data:`NMS_FREE`, :func:`use_one2one`). The other detector families
+(:mod:`anonbench.families`) train with Ultralytics' own trainer and criterion for them and infer with
+their own head.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from anonbench.config import ORIGINAL, Config
+from anonbench.families import DEFAULT_FAMILY, spec
 from anonbench.io import atomic_write_json
 from anonbench.offline import configure_ultralytics
 from anonbench.registry import register
@@ -29,17 +32,16 @@ from anonbench.tracking import mlflow_run
 
 if TYPE_CHECKING:
     from torch import nn
-    from ultralytics import YOLO
+    from ultralytics.engine.model import Model
     from ultralytics.engine.trainer import BaseTrainer
     from ultralytics.nn.tasks import BaseModel, DetectionModel
 
 SUMMARY = "train.json"
 # YOLOv10's inference: the one-to-one branch's best boxes, no NMS (Ultralytics' `nms=False`). Without it
 # Ultralytics 8.4 scores the one-to-many branch plus NMS. Its predictor asks the head for
-# max(max_det, ONE2ONE_TOPK) candidates, sorted by score, and keeps the first max_det above conf.
+# max(max_det, 300) candidates, sorted by score, and keeps the first max_det above conf.
 NMS_FREE = True
 HEAD = "one2one"  # the branch NMS_FREE selects
-ONE2ONE_TOPK = 300
 
 
 def check_variant(cfg: Config, variant: str) -> str:
@@ -114,23 +116,29 @@ def use_one2one(net: BaseModel) -> BaseModel:
     return net
 
 
-def head_record(max_det: int) -> dict[str, Any]:
-    """The inference head as metrics.json and MLflow record it: branch, NMS, candidates taken from the head.
+def load_model(source: str | Path, family: str = DEFAULT_FAMILY) -> Model:
+    """An Ultralytics model of ``family`` from a yaml or checkpoint, offline.
 
-    Args:
-        max_det: Detections kept per image (the protocol's); the head gives at least ``ONE2ONE_TOPK``.
+    RT-DETR needs Ultralytics' ``RTDETR`` class: its trainer, validator and predictor (the decoder's
+    queries, no NMS); ``YOLO`` would run a YOLO predictor's NMS over them.
     """
-    return {"head": HEAD, "nms": not NMS_FREE, "head_topk": max(max_det, ONE2ONE_TOPK)}
+    configure_ultralytics()
+    from ultralytics import RTDETR, YOLO
+
+    return RTDETR(str(source)) if family == "rtdetr" else YOLO(str(source))
 
 
-def param_counts(net: BaseModel) -> dict[str, int]:
+def param_counts(net: BaseModel, family: str = DEFAULT_FAMILY) -> dict[str, int]:
     """Parameters of the training graph and of the fused inference graph.
 
     The paper's 2.3/7.2/15.4/24.4/29.5 M are fused counts: fusing folds batch
-    norms into convolutions and drops the branch inference does not use, here YOLOv10's one-to-many
-    training branch (:func:`use_one2one`).
+    norms into convolutions and drops the branch inference does not use, for YOLOv10 its one-to-many
+    training branch (:func:`use_one2one`). The other families have one branch to fuse.
     """
-    fused = use_one2one(copy.deepcopy(net)).fuse()
+    fused = copy.deepcopy(net)
+    if spec(family).nms_arg is False:  # YOLOv10: inference takes the one-to-one branch
+        use_one2one(fused)
+    fused = fused.fuse()
     return {
         "params": sum(p.numel() for p in net.parameters()),
         "params_fused": sum(p.numel() for p in fused.parameters()),
@@ -153,8 +161,14 @@ def check_layers(net: BaseModel, layers: list[int]) -> list[int]:
     return layers
 
 
-def runtime_args(cfg: Config) -> dict[str, Any]:
-    """Ultralytics arguments about where and how a training runs, shared by train and finetune."""
+def runtime_args(cfg: Config, family: str = DEFAULT_FAMILY) -> dict[str, Any]:
+    """Ultralytics arguments about where and how a training runs, shared by train and finetune.
+
+    Args:
+        cfg: Configuration (``train`` section, seed).
+        family: The detector family: its ``nms`` argument picks the head the validation that chooses
+            ``best.pt`` scores, the head evaluation uses (fine-tunes are YOLOv10's).
+    """
     t = cfg.train
     return {
         "plots": False,  # `train.extra: {plots: true}` turns Ultralytics' figures back on
@@ -166,7 +180,7 @@ def runtime_args(cfg: Config) -> dict[str, Any]:
         "amp": t.amp,
         "workers": t.workers,
         "val": t.val,
-        "nms": not NMS_FREE,  # the validation that picks best.pt scores the head evaluation uses
+        "nms": spec(family).nms_arg,
     }
 
 
@@ -189,6 +203,7 @@ class TrainJob:
         params: Further MLflow parameters (anonbench settings beside the Ultralytics ones).
         metrics: Further MLflow metrics logged once at the start.
         artifacts: Files logged to the run at the start.
+        family: The detector family (:mod:`anonbench.families`): its model class and trainer.
     """
 
     out_dir: Path
@@ -200,6 +215,7 @@ class TrainJob:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    family: str = DEFAULT_FAMILY
 
 
 class _Tracker:
@@ -210,7 +226,7 @@ class _Tracker:
         self.epoch = -1
         self.summary: dict[str, Any] = {}
 
-    def attach(self, model: YOLO) -> None:
+    def attach(self, model: Model) -> None:
         events = ("on_pretrain_routine_end", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end")
         for event in (*events, "on_fit_epoch_end", "on_train_end"):
             model.add_callback(event, getattr(self, event))
@@ -326,6 +342,19 @@ def _log_missing_epochs(run_id: str, results: Path, last_epoch: int) -> None:
             mlflow.log_metrics(metric_names({c: row[c] for c in columns}), step=step)
 
 
+def _trainer(family: str) -> type[BaseTrainer] | None:
+    """The trainer of a family: YOLOv10's criterion (:class:`anonbench.criterion.V10Trainer`) for YOLOv10.
+
+    None for every other family: Ultralytics' own trainer for its model class (``DetectionTrainer`` for
+    YOLOv8 and YOLO11, ``RTDETRTrainer`` for RT-DETR) with the criterion it builds.
+    """
+    if family != DEFAULT_FAMILY:
+        return None
+    from anonbench.criterion import V10Trainer
+
+    return V10Trainer
+
+
 def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
     """Run (or resume, or skip) one training and track it as one MLflow run.
 
@@ -351,15 +380,13 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
         import mlflow
 
         configure_ultralytics()
-        from ultralytics import YOLO, __version__
-
-        from anonbench.criterion import V10Trainer
+        from ultralytics import __version__
 
         epoch = _unfinished_epoch(weights / "last.pt")
         if epoch is None and out.exists():
             shutil.rmtree(out)  # a run killed before its first checkpoint, or a cut-short checkpoint
-        model = YOLO(job.start if epoch is None else str(weights / "last.pt"))
-        counts = param_counts(model.model)  # type: ignore[arg-type]
+        model = load_model(job.start if epoch is None else weights / "last.pt", job.family)
+        counts = param_counts(model.model, job.family)  # type: ignore[arg-type]
         tracker = _Tracker()
         tracker.attach(model)
         tracker.fresh = not run.data.params  # a resumed run has its parameters (MLflow refuses to change one)
@@ -371,9 +398,9 @@ def train_tracked(cfg: Config, job: TrainJob) -> list[Path]:
         if epoch is not None:  # Ultralytics takes every other argument from the checkpoint
             _log_missing_epochs(run.info.run_id, out / "results.csv", epoch)
             runtime = {key: job.args[key] for key in ("data", "device", "workers") if key in job.args}
-            model.train(resume=True, save_dir=str(out), trainer=V10Trainer, **runtime)
+            model.train(resume=True, save_dir=str(out), trainer=_trainer(job.family), **runtime)
         else:
-            model.train(**job.args, save_dir=str(out), trainer=V10Trainer)
+            model.train(**job.args, save_dir=str(out), trainer=_trainer(job.family))
         summary = {
             "model_id": out.name,
             "stage": job.stage,

@@ -40,11 +40,11 @@ def test_paper_profile_has_the_paper_settings() -> None:
 
 
 PAPER_GRID = [
-    *(("org", s) for s in "nsmlx"),
-    *(("dp2_fullbody", s) for s in "nsmlx"),
-    ("blur", "m"),
-    ("pixelate", "m"),
-    ("mask", "m"),
+    *(("org", "yolov10", s) for s in "nsmlx"),
+    *(("dp2_fullbody", "yolov10", s) for s in "nsmlx"),
+    ("blur", "yolov10", "m"),
+    ("pixelate", "yolov10", "m"),
+    ("mask", "yolov10", "m"),
 ]
 
 
@@ -54,7 +54,7 @@ def test_paper_profile_trains_the_papers_grid_and_its_extension_every_size() -> 
     assert paper.train.sizes_for("blur") == ["m"] and paper.train.sizes_for("org") == list("nsmlx")
     extension = load_config(PARAMS, profile="paper-all-sizes")
     assert len(extension.train.models) == 25
-    assert extension.train.models == [(v, s) for v in extension.train.variants for s in "nsmlx"]
+    assert extension.train.models == [(v, "yolov10", s) for v in extension.train.variants for s in "nsmlx"]
     # `extends: paper`: the extension is the paper profile but for the narrowed sizes.
     differ = {"profile": "paper-all-sizes", "train": {"sizes_by_variant": extension.train.sizes_by_variant}}
     assert extension.model_dump() == deep_merge(paper.model_dump(), differ)
@@ -63,7 +63,7 @@ def test_paper_profile_trains_the_papers_grid_and_its_extension_every_size() -> 
 def test_mini_trains_every_variant_at_every_size() -> None:
     mini = load_config(PARAMS, overrides=["train.sizes=[n, s]", "finetune.base.size=s"])
     assert mini.train.sizes_by_variant == {}
-    assert mini.train.models == [(v, s) for v in ("org", "blur", "pixelate", "mask") for s in "ns"]
+    assert mini.train.models == [(v, "yolov10", s) for v in ("org", "blur", "pixelate", "mask") for s in "ns"]
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_a_narrowed_grid_takes_the_listed_sizes_that_train_sizes_has() -> None:
     dp2_only = load_config(PARAMS, "paper", ["train.variants=[org, dp2_fullbody]"])
     assert dp2_only.train.models == PAPER_GRID[:10]
     smaller = load_config(PARAMS, "paper", ["train.sizes=[n, m]"])
-    assert [m for m in smaller.train.models if m[0] == "org"] == [("org", "n"), ("org", "m")]
+    assert [m for m in smaller.train.models if m[0] == "org"] == [("org", "yolov10", "n"), ("org", "yolov10", "m")]
     assert len(smaller.train.models) == 7
 
 

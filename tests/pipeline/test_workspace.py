@@ -27,6 +27,7 @@ from anonbench.workspace import (
     prepare,
     run_stage,
     stage_metrics,
+    upstream,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +65,21 @@ def test_grid_fans_out_the_configured_study() -> None:
     assert grid(cfg, "anonymize_classic") == ["blur", "pixelate", "mask"]
     assert grid(cfg, "anonymize_dp2") == []
     assert grid(cfg, "train") == [
-        {"variant": "org", "size": "n"},
-        {"variant": "org", "size": "s"},
-        {"variant": "mask", "size": "n"},
-        {"variant": "mask", "size": "s"},
+        {"variant": "org", "family": "yolov10", "size": "n"},
+        {"variant": "org", "family": "yolov10", "size": "s"},
+        {"variant": "mask", "family": "yolov10", "size": "n"},
+        {"variant": "mask", "family": "yolov10", "size": "s"},
     ]
     assert grid(cfg, "evaluate_trained") == [{"model": m} for m in ("org-n", "org-s", "mask-n", "mask-s")]
+    families = load_config(PARAMS_FILE, overrides=["train.variants=[org]", "train.families=[yolov10,yolov8]"])
+    assert grid(families, "train")[1] == {"variant": "org", "family": "yolov8", "size": "n"}
+    assert grid(families, "evaluate_trained") == [{"model": "org-n"}, {"model": "org-yolov8-n"}]
+    # An evaluation reads the training of its own family only.
+    assert upstream(families, "evaluate", {"model": "org-yolov8-n", "on": "org"})[0] == (
+        "train",
+        {"variant": "org", "family": "yolov8", "size": "n"},
+    )
+    assert upstream(families, "evaluate", {"model": "org-n", "on": "org"})[0][1]["family"] == "yolov10"
     assert grid(cfg, "evaluate_finetuned")[0] == {"model": f"ft-{next(iter(cfg.finetune.freeze))}"}
     assert commands(cfg, "evaluate", ["--model", "mask-s"])[1] == ["--model", "mask-s", "--on", "blur"]
     assert commands(cfg, "evaluate", ["--model", "org-n", "--on", "org"]) == [["--model", "org-n", "--on", "org"]]
@@ -197,11 +207,11 @@ def test_stamps_follow_the_study_data_order_cell_by_cell(tmp_path: Path, fake_st
         ("anonymize", "--method", "blur"),
         ("export", "--variant", "mask"),
         ("export", "--variant", "blur"),
-        ("train", "--variant", "mask", "--size", "n"),
-        ("train", "--variant", "blur", "--size", "n"),
+        ("train", "--variant", "mask", "--family", "yolov10", "--size", "n"),
+        ("train", "--variant", "blur", "--family", "yolov10", "--size", "n"),
     ):
         run_stage(tmp_path, stage, *args)
-    cells = [{"variant": "mask", "size": "n"}, {"variant": "blur", "size": "n"}]
+    cells = [{"variant": v, "family": "yolov10", "size": "n"} for v in ("mask", "blur")]
     assert [c["todo"] for c in pending(tmp_path, "train", cells)] == [DONE, DONE]
 
     run_stage(tmp_path, "export", "--variant", "mask")  # current: not run, nothing changes
@@ -212,7 +222,7 @@ def test_stamps_follow_the_study_data_order_cell_by_cell(tmp_path: Path, fake_st
     assert is_current(tmp_path, "export", "--variant", "blur")
     run_stage(tmp_path, "export", "--variant", "mask")
     assert [c["todo"] for c in pending(tmp_path, "train", cells)] == [RUN, DONE]
-    assert pending(tmp_path, "train", cells)[0] == {"variant": "mask", "size": "n", "todo": RUN}
+    assert pending(tmp_path, "train", cells)[0] == {"variant": "mask", "family": "yolov10", "size": "n", "todo": RUN}
 
 
 def test_a_privacy_audit_reads_its_variant_and_the_report_reads_every_audit(

@@ -29,14 +29,15 @@ from typing import Any, get_args
 from anonbench.analysis.bootstrap import image_ids_digest, resample, save_resamples
 from anonbench.analysis.cocoeval import AUTHORS_BACKEND, CocoScores, Scorer, score, void_scores
 from anonbench.coco import CategoryTable, CocoError, Instances, read_instances
-from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize
+from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, ModelSize, split_model_id
 from anonbench.data.download import file_digest
+from anonbench.families import DEFAULT_FAMILY, FAMILIES, spec
 from anonbench.io import atomic_write_json, atomic_write_text
 from anonbench.manifest import Manifest
 from anonbench.predict import PredictSettings, predict, split_images
 from anonbench.registry import link_evaluation
 from anonbench.tracking import mlflow_run
-from anonbench.yolo import SUMMARY, chosen_weights, head_record, model_dir
+from anonbench.yolo import SUMMARY, chosen_weights, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ModelInfo:
     train_data: str
     model_size: str
     freeze: str | None = None
+    family: str = DEFAULT_FAMILY
 
     def tags(self, eval_variant: str) -> dict[str, str]:
         """MLflow tags of its evaluation on ``eval_variant``; ``combination`` is the train x eval cell."""
@@ -61,6 +63,7 @@ class ModelInfo:
             "model_id": self.model_id,
             "train_data": self.train_data,
             "eval_data": eval_variant,
+            "family": self.family,
             "model_size": self.model_size,
             "combination": f"{self.train_data} on {eval_variant}",
         }
@@ -80,9 +83,11 @@ def registered_version(cfg: Config, model_id: str) -> dict[str, str] | None:
 
 
 def parse_model_id(cfg: Config, model_id: str) -> ModelInfo:
-    """Read a model id: ``<variant>-<size>`` (trained, e.g. ``org-n``) or ``ft-<freeze>`` (fine-tuned).
+    """Read a model id: trained (``<variant>-<size>`` or ``<variant>-<family>-<size>``) or ``ft-<freeze>``.
 
-    A fine-tuned model was trained on ``finetune.variant`` starting from a ``finetune.base.size`` model.
+    ``org-n`` is a YOLOv10, ``org-yolov8-n`` another detector family (:func:`anonbench.config.model_id`).
+
+    A fine-tuned model was trained on ``finetune.variant`` starting from a YOLOv10 ``finetune.base.size`` model.
 
     Raises:
         ValueError: For an id of neither form, or naming a variant or freeze config the parameters lack.
@@ -94,14 +99,15 @@ def parse_model_id(cfg: Config, model_id: str) -> ModelInfo:
                 f"model {model_id!r}: {freeze!r} is not a finetune.freeze config {sorted(cfg.finetune.freeze)}"
             )
         return ModelInfo(model_id, cfg.finetune.variant, cfg.finetune.base.size, freeze)
-    variant, _, size = model_id.rpartition("-")
+    variant, family, size = split_model_id(model_id)
     known = [ORIGINAL, *cfg.anonymize.methods]
     if variant not in known or size not in get_args(ModelSize):
         raise ValueError(
-            f"model {model_id!r}: expected <variant>-<size> with a variant in {known} and a size in "
-            f"{list(get_args(ModelSize))}, or {FINETUNE_PREFIX}<freeze config>"
+            f"model {model_id!r}: expected <variant>-<size> or <variant>-<family>-<size> with a variant in {known}, "
+            f"a family in {[f for f in FAMILIES if f != DEFAULT_FAMILY]} and a size in {list(get_args(ModelSize))}, "
+            f"or {FINETUNE_PREFIX}<freeze config>"
         )
-    return ModelInfo(model_id, variant, size)
+    return ModelInfo(model_id, variant, size, family=family)
 
 
 def output_dir(cfg: Config, model_id: str, eval_variant: str) -> Path:
@@ -183,7 +189,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
     Args:
         cfg: Validated configuration (``evaluate`` section; ``train.checkpoint``, ``train.imgsz`` and
             ``train.device`` for inference).
-        model_id: Folder under ``models/``: ``<variant>-<size>`` or ``ft-<freeze>``.
+        model_id: Folder under ``models/``: ``<variant>-<size>``, ``<variant>-<family>-<size>`` or ``ft-<freeze>``.
         eval_variant: ``org`` or an anonymization method.
 
     Returns:
@@ -216,7 +222,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         "conf": protocol.conf,
         "iou": protocol.iou,
         "max_det": protocol.max_det,
-        **head_record(protocol.max_det),
+        **spec(info.family).head_record(protocol.max_det),
         "batch": protocol.batch,
         "imgsz": protocol.imgsz,
         "backend": backend,
@@ -238,7 +244,7 @@ def run(cfg: Config, model_id: str, eval_variant: str) -> list[Path]:
         categories = CategoryTable.of(instances, annotation_file)
         manifest = Manifest("evaluate", split)
         images = _usable_images(cfg, instances, cfg.image_dir(eval_variant, split), manifest)
-        predictions = predict(weights, images, categories, protocol)
+        predictions = predict(weights, images, categories, protocol, info.family)
         atomic_write_text(predictions_file, json.dumps(predictions, separators=(",", ":")) + "\n")
         manifest.write(manifest_file)
         bootstrap: dict[str, Any] | None = None

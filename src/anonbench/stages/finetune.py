@@ -46,6 +46,7 @@ import pandas as pd
 from anonbench.coco import annotations_by_image, read_instances
 from anonbench.coco_classes import PERSON
 from anonbench.config import Config, finetune_model_id
+from anonbench.families import DEFAULT_FAMILY
 from anonbench.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from anonbench.stages.export import dataset_names, dataset_text, image_job, write_images
 from anonbench.yolo import (
@@ -295,7 +296,13 @@ def run(cfg: Config, freeze_name: str) -> list[Path]:
         start=str(base),
         args=finetune_args(cfg, subset_root(cfg) / "dataset.yaml", layers),
         stage="finetune",
-        tags={"freeze": freeze_name, "train_data": ft.variant, "model_size": ft.base.size, "base_model": base_id},
+        tags={
+            "freeze": freeze_name,
+            "train_data": ft.variant,
+            "family": DEFAULT_FAMILY,  # the base model's: fine-tunes are YOLOv10's (freeze ranges of its layers)
+            "model_size": ft.base.size,
+            "base_model": base_id,
+        },
         reads=[base, cfg.variant_root(ft.variant)],
         params={
             "freeze_config": freeze_name,
