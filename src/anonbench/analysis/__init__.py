@@ -1,0 +1,1 @@
+"""Analyses the stages and the report share: scoring, resampling, similarity, stale labels, SSIM summaries, privacy."""
