@@ -98,7 +98,7 @@ def models(detector: Detector) -> FaceModels:
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
-    """dlib's input: a contiguous RGB copy of an OpenCV BGR image."""
+    """The input dlib takes: a contiguous RGB copy of an OpenCV BGR image."""
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
