@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from anonbench.coco import AnnotationLookup, CocoError, image_path, indexed, person_category_id, read_list
 from anonbench.config import ORIGINAL, Config
 from anonbench.data.download import file_digest
-from anonbench.images import UnreadableImage, read_image
+from anonbench.images import UnreadableImage, read_image, read_mask
 from anonbench.io import atomic_open, atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
 from anonbench.parallel import map_with_progress
@@ -133,16 +133,6 @@ def _size(image: np.ndarray) -> str:
     return f"{image.shape[1]}x{image.shape[0]}"
 
 
-def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """The anonymized region as 0/1 uint8; an absent mask means nothing was anonymized."""
-    if not path.exists():
-        return np.zeros(shape, np.uint8)
-    mask = read_image(path)[:, :, 0]
-    if mask.shape != shape:
-        raise UnreadableImage(f"{path}: mask is {_size(mask)}, image is {shape[1]}x{shape[0]}")
-    return (mask > 0).astype(np.uint8)
-
-
 def measure_image(truth: Truth, job: Job) -> Measured:
     """Whole-image and per-box SSIM, l, c, s of one image pair (runs in a worker process).
 
@@ -160,7 +150,7 @@ def measure_image(truth: Truth, job: Job) -> Measured:
         if original.shape != variant.shape:
             sizes = f"original {_size(original)}, variant {_size(variant)}"
             return Measured(job.key, None, [], f"{job.key}: sizes differ: {sizes}")
-        mask = _read_mask(job.mask, original.shape[:2])
+        mask = read_mask(job.mask, original.shape[:2])
     except UnreadableImage as exc:
         return Measured(job.key, None, [], f"{job.key}: {exc}")
     index = SsimIndex(original, variant, job.win_size)
