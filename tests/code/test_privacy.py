@@ -11,7 +11,7 @@ from anonbench.analysis import faces
 from anonbench.analysis import privacy as pv
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.masks import to_person
-from anonbench.config import Anonymize, Blur, Pixelate
+from anonbench.config import Anonymize, Blur, HsvBins, Pixelate
 
 
 def texture(check: int = 8, size: int = 96) -> np.ndarray:
@@ -88,7 +88,7 @@ def cv2_bgr(hsv: np.ndarray) -> np.ndarray:
 
 
 def test_appearance_linkage_is_perfect_on_originals_and_chance_after_mask() -> None:
-    count, bins = 6, pv.HsvBins(16, 4, 4)
+    count, bins = 6, HsvBins(hue=16, saturation=4, value=4)
     image, masks = distinct_persons(count)
     gallery = np.array([pv.appearance(image, m, bins) for m in masks])
     assert np.allclose(gallery.sum(1), 1.0)

@@ -29,7 +29,7 @@ from skimage.restoration import richardson_lucy
 
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.masks import Person
-from anonbench.config import Anonymize
+from anonbench.config import Anonymize, HsvBins
 
 # Box as (x, y, w, h) in image pixels (COCO's convention, and faces.Box's).
 Box = tuple[float, float, float, float]
@@ -234,15 +234,6 @@ def invert(method: str, image: np.ndarray, persons: Sequence[Person], params: An
         else:
             raise ValueError(f"no inversion for {method!r}")
     return out
-
-
-@dataclass(frozen=True)
-class HsvBins:
-    """Histogram bins per HSV channel of the appearance descriptor."""
-
-    hue: int
-    saturation: int
-    value: int
 
 
 def appearance(image: np.ndarray, mask: np.ndarray, bins: HsvBins) -> np.ndarray:
