@@ -17,7 +17,6 @@ measured again.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ import pyarrow.parquet as pq
 from anonbench.analysis import faces as face_models
 from anonbench.analysis import privacy as attacks
 from anonbench.anonymizers.masks import decode_segmentation, person_masks
-from anonbench.coco import AnnotationLookup, CocoError, image_path, indexed, person_category_id, read_list
+from anonbench.coco import AnnotationLookup, CocoError, indexed, person_category_id
 from anonbench.config import ORIGINAL, Config
-from anonbench.data.download import file_digest
 from anonbench.images import UnreadableImage, read_image, read_mask
 from anonbench.io import atomic_open, atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
+from anonbench.pairs import Pair, complete, inputs_stamp, pair_images
 from anonbench.parallel import map_with_progress
 
 STAGE = "privacy"
@@ -88,17 +87,6 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Job:
-    """One original image and its variant."""
-
-    image_id: int
-    key: str
-    original: Path
-    variant: Path
-    mask: Path
-
-
-@dataclass(frozen=True)
 class Audited:
     """A worker's answer for one image: rows and descriptors, or the problem that stopped it."""
 
@@ -115,7 +103,7 @@ class Audited:
     problem: str = ""
 
 
-def _failed(job: Job, problem: str) -> Audited:
+def _failed(job: Pair, problem: str) -> Audited:
     empty = np.zeros((0, face_models.EMBEDDING_SIZE))
     return Audited(job.key, job.image_id, [], empty, empty, None, [], np.zeros((0, 0)), np.zeros((0, 0)), 0, problem)
 
@@ -150,7 +138,7 @@ def _appearances(
     return rows, np.array(before).reshape(-1, size), np.array(after).reshape(-1, size)
 
 
-def audit_image(settings: Settings, job: Job) -> Audited:
+def audit_image(settings: Settings, job: Pair) -> Audited:
     """Detect, embed and describe one image pair (runs in a worker process; the models load once per worker).
 
     Args:
@@ -218,36 +206,6 @@ def _split(cfg: Config) -> str:
     return cfg.data.val_split if cfg.privacy.split == "val" else cfg.data.train_split
 
 
-def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Pair every original image with the variant's by image id; unpaired images are problems."""
-    images = read_list(cfg.annotation_file(ORIGINAL, split), "images")
-    names = {int(im["id"]): str(im["file_name"]) for im in read_list(cfg.annotation_file(variant, split), "images")}
-    masks = cfg.variant_root(variant) / "masks" / split
-    jobs, problems = [], []
-    for info in sorted(images, key=lambda im: im["id"]):
-        key, image_id = str(info["file_name"]), int(info["id"])
-        if image_id not in names:
-            problems.append(
-                (key, f"{key}: variant image missing: image id {image_id} is not in the variant's annotations")
-            )
-            continue
-        name = names.pop(image_id)
-        original = image_path(cfg.image_dir(ORIGINAL, split), key)
-        jobs.append(
-            Job(
-                image_id,
-                key,
-                original,
-                image_path(cfg.image_dir(variant, split), name),
-                masks / f"{Path(name).stem}.png",
-            )
-        )
-    problems += [
-        (name, f"{name}: image id {i} of the variant is not in the original") for i, name in sorted(names.items())
-    ]
-    return jobs, problems
-
-
 def _outputs(cfg: Config, variant: str) -> list[Path]:
     """The stage's files for a variant, then the stamp that marks them complete (written last)."""
     folder = cfg.paths.data / STAGE / variant
@@ -260,28 +218,16 @@ def _outputs(cfg: Config, variant: str) -> list[Path]:
     ]
 
 
-def _stamp(cfg: Config, variant: str, split: str, jobs: list[Job]) -> str:
-    """Fingerprint of the inputs and settings: annotation files, and size and mtime of every image and mask."""
+def _stamp(cfg: Config, variant: str, split: str, pairs: list[Pair]) -> str:
+    """Fingerprint of the inputs and of the settings that change the results."""
     settings = f"{cfg.privacy.model_dump_json()} {cfg.anonymize.model_dump_json()} {cfg.policy} {split}"
-    digest = hashlib.sha256(settings.encode())
-    for path in (cfg.annotation_file(ORIGINAL, split), cfg.annotation_file(variant, split)):
-        digest.update(bytes.fromhex(file_digest(path, "sha256")))
-    for job in jobs:
-        for path in (job.original, job.variant, job.mask):
-            stat = path.stat() if path.exists() else None
-            digest.update(f"{path.name} {stat and (stat.st_size, stat.st_mtime_ns)}\n".encode())
-    return digest.hexdigest()
-
-
-def _complete(paths: list[Path], stamp_file: Path, stamp: str) -> bool:
-    """Whether the outputs are there and were measured from the inputs ``stamp`` describes."""
-    return all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp
+    return inputs_stamp(cfg, variant, split, pairs, settings)
 
 
 def audited(cfg: Config, variant: str, split: str) -> bool:
     """Whether :func:`audit_split` would find the variant's outputs complete for its current inputs."""
     *paths, stamp_file = _outputs(cfg, variant)
-    return _complete(paths, stamp_file, _stamp(cfg, variant, split, _jobs(cfg, variant, split)[0]))
+    return complete(paths, stamp_file, _stamp(cfg, variant, split, pair_images(cfg, variant, split)[0]))
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
@@ -303,9 +249,9 @@ def audit_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], dict
         PrivacyStageError: The first bad image under the strict policy.
     """
     *paths, stamp_file = _outputs(cfg, variant)
-    jobs, problems = _jobs(cfg, variant, split)
+    jobs, problems = pair_images(cfg, variant, split)
     stamp = _stamp(cfg, variant, split, jobs)
-    if _complete(paths, stamp_file, stamp):
+    if complete(paths, stamp_file, stamp):
         return paths, None
     strict = cfg.policy == "strict"
     if strict and problems:
