@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from anonbench.analysis import privacy as pv
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.masks import to_person
 from anonbench.config import Anonymize, Blur, HsvBins, Pixelate
+from anonbench.images import read_image
 
 
 def texture(check: int = 8, size: int = 96) -> np.ndarray:
@@ -157,3 +160,13 @@ def test_face_models_are_the_pinned_files() -> None:
     for name in faces.MODELS:
         assert faces.model_path(name).is_file()
     assert "shape_predictor_68_face_landmarks.dat" not in {file for file, _ in faces.MODELS.values()}
+
+
+def test_both_detectors_find_the_same_face_and_its_embedding_is_stable(coco_mini: Path) -> None:
+    image = read_image(coco_mini / "val2017" / "000000085329.jpg")  # one frontal face, about 190 px wide
+    hog, cnn = faces.detect(image, "hog", 0), faces.detect(image, "cnn", 0)
+    assert len(hog) == len(cnn) == 1 and pv.iou(hog[0], cnn[0]) > 0.3
+    embedded = faces.embed(image, [hog[0], cnn[0]], "hog")
+    assert embedded.shape == (2, faces.EMBEDDING_SIZE)
+    # Landmarks put the face chip in the same place from either box: the same person by dlib's 0.6.
+    assert np.linalg.norm(embedded[0] - embedded[1]) < 0.6
