@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,3 +106,21 @@ def test_mask_leaves_no_face_and_links_at_chance(cfg: Config) -> None:
 def test_an_unmade_variant_is_one_line(cfg: Config) -> None:
     result = CliRunner().invoke(app, ["privacy", "--variant", "blur", *cli_args(cfg, *FAST)])
     assert result.exit_code == 1 and "no such variant" in result.output
+
+
+def test_a_missing_variant_image_stops_strict_and_is_listed_under_skip(
+    make_config: Callable[..., Config], face_coco: Path, mask_variant: Path
+) -> None:
+    cfg = make_config(*FAST, "policy=skip", source=face_coco)
+    shutil.copytree(mask_variant, cfg.variant_root("mask"))
+    gone = cfg.image_dir("mask", VAL) / "000000006818.png"
+    gone.unlink()
+    strict = make_config(*FAST, "policy=strict", source=face_coco)
+    with pytest.raises(privacy.PrivacyStageError, match=r"000000006818\.jpg: variant image missing"):
+        privacy.run(strict, "mask")
+    privacy.run(cfg, "mask")
+    manifest = json.loads((cfg.paths.data / "privacy" / "mask" / "manifest.json").read_text())
+    assert manifest["counts"] == {"ok": 4, "skipped": 1, "error": 0}
+    skipped = next(r for r in manifest["records"] if r["status"] == "skipped")
+    assert skipped["key"] == "000000006818.jpg" and str(gone) in skipped["reason"]
+    assert outputs(cfg, "mask")[0]["images"] == 4

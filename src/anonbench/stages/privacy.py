@@ -134,7 +134,7 @@ def _appearances(
         rows.append({"ann_id": int(ann["id"]), "size": attacks.size_bucket(float(ann["area"]))})
         before.append(attacks.appearance(original, mask, bins))
         after.append(attacks.appearance(variant, mask, bins))
-    size = attacks.appearance(original[:1, :1], np.zeros((1, 1), bool), bins).size
+    size = bins.hue * bins.saturation * bins.value
     return rows, np.array(before).reshape(-1, size), np.array(after).reshape(-1, size)
 
 
