@@ -170,3 +170,10 @@ def test_both_detectors_find_the_same_face_and_its_embedding_is_stable(coco_mini
     assert embedded.shape == (2, faces.EMBEDDING_SIZE)
     # Landmarks put the face chip in the same place from either box: the same person by dlib's 0.6.
     assert np.linalg.norm(embedded[0] - embedded[1]) < 0.6
+
+
+def test_a_model_file_that_is_not_the_pinned_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    file_name, _ = faces.MODELS["embedding"]
+    monkeypatch.setitem(faces.MODELS, "embedding", (file_name, "0" * 64))
+    with pytest.raises(faces.FaceModelError, match=f"{file_name}: SHA-256 .* expected 0{{64}}"):
+        faces.model_path("embedding")
