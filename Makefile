@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the release whose wheels the machines carry (shared/notes/environment.md)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[train,orchestrate,dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[train,orchestrate,privacy,dev]'
 	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps -e $(EXAMPLE_PLUGIN)
 	# ultralytics pulls the GUI OpenCV, which shares the cv2 folder with the headless build we want
 	$(BIN)/pip uninstall -q -y opencv-python
@@ -48,7 +48,7 @@ install: $(STAMP)
 $(DP2_STAMP): pyproject.toml $(CONSTRAINTS) $(DP2_INPUTS)
 	test -x $(DP2_VENV)/bin/python || $(PYTHON) -m venv $(DP2_VENV)
 	$(DP2_VENV)/bin/pip install -q --upgrade pip
-	$(DP2_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c requirements/dp2-constraints.txt -e '.[dev]'
+	$(DP2_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c requirements/dp2-constraints.txt -e '.[privacy,dev]'
 	DP2_WHEELHOUSE=$(DP2_WHEELHOUSE) docker/dp2/install.sh $(DP2_VENV)/bin/python $(DP2_VENV)/src
 	touch $@
 

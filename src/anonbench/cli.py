@@ -239,6 +239,22 @@ VariantOption = Annotated[str, typer.Option("--variant", help="'org' or an anony
 
 
 @app.command()
+def privacy(
+    variant: VariantOption,
+    params: ParamsOption = Path("params.yaml"),
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Attack a variant's identity (faces, linkage, inversion, appearance) into data/privacy/ and metrics/privacy/."""
+    from anonbench.analysis.faces import FaceModelError
+    from anonbench.stages import privacy as stage
+
+    cfg = load(params, profile, set_)
+    with stage_errors(FaceModelError):  # bad input (strict policy), a variant not made yet, models not installed
+        wrote(stage.run(cfg, variant))
+
+
+@app.command()
 def export(
     variant: VariantOption,
     params: ParamsOption = Path("params.yaml"),

@@ -260,6 +260,26 @@ class Ssim(_Section):
         return win
 
 
+class HsvBins(_Section):
+    """Bins per HSV channel of the appearance descriptor (a joint histogram of hue x saturation x value)."""
+
+    hue: Annotated[int, Field(ge=1, le=180)] = 16
+    saturation: Annotated[int, Field(ge=1, le=256)] = 4
+    value: Annotated[int, Field(ge=1, le=256)] = 4
+
+
+class Privacy(_Section):
+    """The privacy audit (anonbench privacy, docs/privacy.md): face detector, matching rules, attacks."""
+
+    split: Literal["val", "train"] = "val"
+    detector: Literal["hog", "cnn"] = "hog"
+    upsample: Annotated[int, Field(ge=0, le=4)] = 2
+    match_iou: Fraction = 0.5
+    in_region: Fraction = 0.5
+    inversion_iterations: PositiveInt = 30
+    appearance_bins: HsvBins = HsvBins()
+
+
 class Export(_Section):
     """COCO to YOLO layout; images are linked, not copied."""
 
@@ -484,6 +504,7 @@ class Config(_Section):
     classes: Classes
     anonymize: Anonymize = Field(default_factory=Anonymize)  # not at import: it loads the installed methods
     ssim: Ssim = Ssim()
+    privacy: Privacy = Privacy()
     export: Export = Export()
     train: Train = Train()
     evaluate: Evaluate = Evaluate()

@@ -41,6 +41,24 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """An anonymize stage region mask as 0/1 uint8; an absent mask means nothing was anonymized.
+
+    Args:
+        path: ``masks/<split>/<stem>.png`` of a variant.
+        shape: The image's height and width, which the mask must have.
+
+    Raises:
+        UnreadableImage: The mask cannot be decoded or its size is not the image's.
+    """
+    if not path.exists():
+        return np.zeros(shape, np.uint8)
+    mask = read_image(path)[:, :, 0]
+    if mask.shape != shape:
+        raise UnreadableImage(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    return (mask > 0).astype(np.uint8)
+
+
 def encode_image(image: np.ndarray, fmt: ImageFormat = "png", jpeg_quality: int = 95, bilevel: bool = False) -> bytes:
     """Encode an image; PNG is lossless (and deterministic for one OpenCV build), JPEG is not.
 

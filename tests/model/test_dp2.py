@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -34,7 +35,7 @@ from anonbench.anonymizers.masks import dilate, person_masks, read_paint_record
 from anonbench.coco import indexed
 from anonbench.config import Config, DeepPrivacy2, load_config
 from anonbench.images import read_image
-from anonbench.stages import anonymize, relabel
+from anonbench.stages import anonymize, privacy, relabel
 from tests.conftest import DP2_UNTRAINED_GT, PARAMS, coco_slice
 
 pytestmark = pytest.mark.dp2
@@ -268,6 +269,20 @@ def test_untrained_gt_gets_no_extension_from_dp2s_dilation(run: Config) -> None:
             explained = dilate(truth, run.anonymize.dilation_px)
             old += extension_proposals(annotations, changed, run.relabel.min_extend_px, explained)
     assert len(old) == 3  # the three largest persons, by up to 11.4, 7.9 and 3.3 px
+
+
+def test_the_privacy_audit_runs_on_dp2s_output(run: Config) -> None:
+    tmp = run.paths.data.parent
+    overrides = [f"paths.metrics={tmp / 'metrics'}", "privacy.upsample=1", "workers=1"]
+    cfg = load_config(PARAMS, None, [*settings(tmp), *overrides])
+    privacy.run(cfg, METHOD)
+    metrics = json.loads((tmp / "metrics" / "privacy" / f"{METHOD}.json").read_text())
+    faces = pd.read_parquet(cfg.paths.data / "privacy" / METHOD / "faces.parquet")
+    assert metrics["images"] == len(WITH_PERSONS + WITHOUT)
+    # HOG at upsample 1 finds one face each on 000000085329 and 000000386912, persons DP2 repaints.
+    assert metrics["faces"] == len(faces) == 2 and faces["in_region"].all()
+    assert metrics["linkage"]["inversion"] == {"rank1": None, "tmr_at_fmr_1pct": None, "how": None}
+    assert metrics["linkage"]["appearance"]["persons"] > 0
 
 
 def test_coverage_and_mlflow_say_which_dp2_ran(run: Config) -> None:

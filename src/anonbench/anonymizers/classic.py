@@ -58,7 +58,7 @@ class Mask(Settings):
         return color
 
 
-def _paint(out: np.ndarray, image: np.ndarray, person: Person, margin: int, transform: Filter) -> None:
+def paint(out: np.ndarray, image: np.ndarray, person: Person, margin: int, transform: Filter) -> None:
     """Replace ``person``'s masked pixels in ``out`` by ``transform`` of the original crop plus margin."""
     x0, y0, x1, y1 = person.box
     cx0, cy0 = max(x0 - margin, 0), max(y0 - margin, 0)
@@ -80,12 +80,17 @@ def gaussian(crop: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def blur_sigma(person: Person, params: Blur) -> float:
+    """A person's blur sigma: ``max(min_sigma, sigma_fraction * sqrt(w * h))`` of its box."""
+    return max(params.min_sigma, params.sigma_fraction * math.sqrt(person.width * person.height))
+
+
 def blur(image: np.ndarray, persons: Sequence[Person], params: Blur) -> np.ndarray:
-    """Blur each person with ``sigma = max(min_sigma, sigma_fraction * sqrt(w * h))`` of its box."""
+    """Blur each person with its :func:`blur_sigma`."""
     out = image.copy()
     for person in persons:
-        sigma = max(params.min_sigma, params.sigma_fraction * math.sqrt(person.width * person.height))
-        _paint(out, image, person, math.ceil(3 * sigma), partial(gaussian, sigma=sigma))
+        sigma = blur_sigma(person, params)
+        paint(out, image, person, math.ceil(3 * sigma), partial(gaussian, sigma=sigma))
     return out
 
 
@@ -109,7 +114,7 @@ def pixelate(image: np.ndarray, persons: Sequence[Person], params: Pixelate) -> 
     """Pixelate each person with blocks aligned to its dilated box."""
     out = image.copy()
     for person in persons:
-        _paint(out, image, person, 0, partial(pixelated, block=block_size(person, params)))
+        paint(out, image, person, 0, partial(pixelated, block=block_size(person, params)))
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config
+from anonbench.families import DEFAULT_FAMILY
 from anonbench.report.doc import Document
 from anonbench.study import Delta, EvalRecord, RunLinks, Study, percent
 
@@ -118,8 +119,8 @@ class Context:
 
 
 def trained(study: Study) -> list[EvalRecord]:
-    """Evaluations of models trained from scratch (not fine-tuned)."""
-    return [e for e in study.evaluations if not e.model_id.startswith(FINETUNE_PREFIX)]
+    """Evaluations of YOLOv10s trained from scratch (not fine-tuned): the family every question is asked of."""
+    return [e for e in study.evaluations if not e.model_id.startswith(FINETUNE_PREFIX) and e.family == DEFAULT_FAMILY]
 
 
 def sizes_of(records: list[EvalRecord]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from anonbench.config import ORIGINAL
+from anonbench.families import DEFAULT_FAMILY
 from anonbench.report import charts
 from anonbench.report.context import (
     ANON_COMBINATIONS,
@@ -30,7 +31,11 @@ def q2_size(doc: Document, ctx: Context) -> None:
     sizes = sizes_of(records)
     params = {}
     for size in sizes:
-        counts = [t.get("params_fused") for t in ctx.study.trainings.values() if str(t.get("model_size")) == size]
+        counts = [
+            t.get("params_fused")
+            for t in ctx.study.trainings.values()
+            if str(t.get("model_size")) == size and t.get("family", DEFAULT_FAMILY) == DEFAULT_FAMILY
+        ]
         params[size] = next((c for c in counts if c), None)
     methods = methods_of(ctx.study)
     across = [m for m in methods if all(in_grid(ctx.cfg, m, s) for s in sizes)]

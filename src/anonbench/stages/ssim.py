@@ -17,7 +17,6 @@ change since its tables were written is not measured again.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anonbench.analysis.ssim_summary import split_summary, write_figures
-from anonbench.coco import AnnotationLookup, CocoError, image_path, indexed, person_category_id, read_list
+from anonbench.coco import AnnotationLookup, CocoError, indexed, person_category_id
 from anonbench.config import ORIGINAL, Config
-from anonbench.data.download import file_digest
-from anonbench.images import UnreadableImage, read_image
+from anonbench.images import UnreadableImage, read_image, read_mask
 from anonbench.io import atomic_open, atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
+from anonbench.pairs import Pair, complete, inputs_stamp, pair_images
 from anonbench.parallel import map_with_progress
 from anonbench.ssim_fast import COMPONENTS, SsimIndex, crop_bounds
 
@@ -108,14 +107,9 @@ class Truth:
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(Pair):
     """One image pair to measure, with everything a worker process needs."""
 
-    image_id: int
-    key: str
-    original: Path
-    variant: Path
-    mask: Path
     win_size: int
 
 
@@ -131,16 +125,6 @@ class Measured:
 
 def _size(image: np.ndarray) -> str:
     return f"{image.shape[1]}x{image.shape[0]}"
-
-
-def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """The anonymized region as 0/1 uint8; an absent mask means nothing was anonymized."""
-    if not path.exists():
-        return np.zeros(shape, np.uint8)
-    mask = read_image(path)[:, :, 0]
-    if mask.shape != shape:
-        raise UnreadableImage(f"{path}: mask is {_size(mask)}, image is {shape[1]}x{shape[0]}")
-    return (mask > 0).astype(np.uint8)
 
 
 def measure_image(truth: Truth, job: Job) -> Measured:
@@ -160,7 +144,7 @@ def measure_image(truth: Truth, job: Job) -> Measured:
         if original.shape != variant.shape:
             sizes = f"original {_size(original)}, variant {_size(variant)}"
             return Measured(job.key, None, [], f"{job.key}: sizes differ: {sizes}")
-        mask = _read_mask(job.mask, original.shape[:2])
+        mask = read_mask(job.mask, original.shape[:2])
     except UnreadableImage as exc:
         return Measured(job.key, None, [], f"{job.key}: {exc}")
     index = SsimIndex(original, variant, job.win_size)
@@ -200,47 +184,14 @@ def measure_image(truth: Truth, job: Job) -> Measured:
 
 
 def _jobs(cfg: Config, variant: str, split: str) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Pair every original image with its variant by image id; unpaired images are problems."""
-    images = read_list(cfg.annotation_file(ORIGINAL, split), "images")
-    # Only the variant's image records: its annotations are the original's.
-    variant_names = {
-        int(im["id"]): str(im["file_name"]) for im in read_list(cfg.annotation_file(variant, split), "images")
-    }
-    masks = cfg.variant_root(variant) / "masks" / split
-    jobs, problems = [], []
-    for info in sorted(images, key=lambda im: im["id"]):
-        key, image_id = str(info["file_name"]), int(info["id"])
-        if image_id not in variant_names:
-            problems.append(
-                (key, f"{key}: variant image missing: image id {image_id} is not in the variant's annotations")
-            )
-            continue
-        variant_name = variant_names.pop(image_id)
-        jobs.append(
-            Job(
-                image_id=image_id,
-                key=key,
-                original=image_path(cfg.image_dir(ORIGINAL, split), key),
-                variant=image_path(cfg.image_dir(variant, split), variant_name),
-                mask=masks / f"{Path(variant_name).stem}.png",
-                win_size=cfg.ssim.win_size,
-            )
-        )
-    for image_id, name in sorted(variant_names.items()):
-        problems.append((name, f"{name}: image id {image_id} of the variant is not in the original"))
-    return jobs, problems
+    """Every original image paired with its variant by image id; unpaired images are problems."""
+    pairs, problems = pair_images(cfg, variant, split)
+    return [Job(**vars(pair), win_size=cfg.ssim.win_size) for pair in pairs], problems
 
 
 def _stamp(cfg: Config, variant: str, split: str, jobs: list[Job]) -> str:
-    """Fingerprint of a split's inputs: annotation files, and size and mtime of every image and mask."""
-    digest = hashlib.sha256(f"{cfg.ssim.win_size} {cfg.policy}".encode())
-    for path in (cfg.annotation_file(ORIGINAL, split), cfg.annotation_file(variant, split)):
-        digest.update(bytes.fromhex(file_digest(path, "sha256")))
-    for job in jobs:
-        for path in (job.original, job.variant, job.mask):
-            stat = path.stat() if path.exists() else None
-            digest.update(f"{path.name} {stat and (stat.st_size, stat.st_mtime_ns)}\n".encode())
-    return digest.hexdigest()
+    """Fingerprint of a split's inputs and the settings that change its tables."""
+    return inputs_stamp(cfg, variant, split, list(jobs), f"{cfg.ssim.win_size} {cfg.policy}")
 
 
 class _TableWriter:
@@ -290,15 +241,10 @@ def _state(cfg: Config, variant: str, split: str) -> tuple[list[Path], Path, lis
     return paths, stamp_file, jobs, problems, _stamp(cfg, variant, split, jobs)
 
 
-def _complete(paths: list[Path], stamp_file: Path, stamp: str) -> bool:
-    """Whether a split's tables are there and were measured from the inputs ``stamp`` describes."""
-    return all(p.is_file() for p in paths) and stamp_file.is_file() and stamp_file.read_text() == stamp
-
-
 def split_measured(cfg: Config, variant: str, split: str) -> bool:
     """Whether :func:`measure_split` would find the split complete for its current inputs."""
     paths, stamp_file, _, _, stamp = _state(cfg, variant, split)
-    return _complete(paths, stamp_file, stamp)
+    return complete(paths, stamp_file, stamp)
 
 
 def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bool]:
@@ -311,7 +257,7 @@ def measure_split(cfg: Config, variant: str, split: str) -> tuple[list[Path], bo
         SsimStageError: The first bad image under the strict policy.
     """
     paths, stamp_file, jobs, problems, stamp = _state(cfg, variant, split)
-    if _complete(paths, stamp_file, stamp):
+    if complete(paths, stamp_file, stamp):
         return paths, False
     strict = cfg.policy == "strict"
     if strict and problems:
