@@ -60,7 +60,7 @@ def test_cpu_image_bakes_in_the_offline_settings() -> None:
 
 
 def test_cpu_image_requirements_carry_no_torch() -> None:
-    cpu = requirements("orchestrate")
+    cpu = requirements("orchestrate,privacy")  # the CPU image's EXTRAS
     assert "kfp>=2,<3" in cpu and "mlflow>=3,<4" in cpu  # the KFP executor and tracking run in it
     assert not [r for r in cpu if r.split("=")[0] in {"torch", "torchvision", "ultralytics"}]
     assert requirements("--no-base", "train") == ["torch==2.14.1", "torchvision==0.29.1", "ultralytics"]
