@@ -13,7 +13,7 @@ from anonbench.analysis import faces
 from anonbench.analysis import privacy as pv
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.masks import to_person
-from anonbench.config import Anonymize, Blur, HsvBins, Pixelate
+from anonbench.config import Anonymize, HsvBins
 from anonbench.images import read_image
 
 
@@ -43,10 +43,11 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 )
 def test_blur_inverted_with_the_known_kernel_is_closer_to_the_original(sigma_fraction: float, check: int) -> None:
     image, persons = texture(check), whole_person(96)
-    params = Anonymize(blur=Blur(sigma_fraction=sigma_fraction, min_sigma=1.0))
-    sigma = classic.blur_sigma(persons[0], params.blur)
+    blur = classic.Blur(sigma_fraction=sigma_fraction, min_sigma=1.0)
+    params = Anonymize.model_validate({"blur": blur.model_dump()})
+    sigma = classic.blur_sigma(persons[0], blur)
     assert (sigma > classic.DIRECT_SIGMA) == (sigma_fraction > 0.05)  # both of the blur's code paths
-    blurred = classic.blur(image, persons, params.blur)
+    blurred = classic.blur(image, persons, blur)
     inverted = pv.invert("blur", blurred, persons, params, iterations=30)
     inside = np.s_[8:-8, 8:-8]
     assert ssim(inverted[inside], image[inside]) > ssim(blurred[inside], image[inside]) + 0.03
@@ -58,8 +59,9 @@ def test_pixelation_inverted_by_bicubic_block_means_is_closer_to_a_smooth_origin
     smooth = np.stack([xx * 2.5, yy * 2.5, (xx + yy) * 1.2], axis=-1)
     image = np.clip(smooth + 30 * np.sin(xx / 9.0)[..., None], 0, 255).astype(np.uint8)
     persons = whole_person(96)
-    params = Anonymize(pixelate=Pixelate(block_px=8))
-    pixelated = classic.pixelate(image, persons, params.pixelate)
+    pixelate = classic.Pixelate(block_px=8)
+    params = Anonymize.model_validate({"pixelate": pixelate.model_dump()})
+    pixelated = classic.pixelate(image, persons, pixelate)
     inverted = pv.invert("pixelate", pixelated, persons, params, iterations=1)
     inside = np.s_[8:-8, 8:-8]
     assert ssim(inverted[inside], image[inside]) > ssim(pixelated[inside], image[inside]) + 0.05

@@ -134,6 +134,7 @@ def test_kfp_grid_and_dvc_matrix_agree_on_the_default_study() -> None:
     kfp += [f"evaluate@{c['model']}-{v}" for c in grid(cfg, "evaluate_trained") for v in on]
     kfp += [f"evaluate-ft@{c['model'].removeprefix('ft-')}-{v}" for c in grid(cfg, "evaluate_finetuned") for v in on]
     kfp += [f"relabel@{m}" for m in grid(cfg, "relabel")] + [f"drift@{c['variant']}" for c in grid(cfg, "drift")]
+    kfp += ["privacy-org"] + [f"privacy@{m}" for m in grid(cfg, "anonymize_classic")]  # in each method's fan-out
     kfp += ["report"]
 
     assert grid(cfg, "anonymize_dp2") == []
