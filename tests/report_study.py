@@ -58,7 +58,9 @@ def noisy_predictions(truth: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     return predictions
 
 
-def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed: int, size: str = "n") -> None:
+def write_evaluation(
+    cfg: Config, model_id: str, train: str, variant: str, seed: int, size: str = "n", family: str = "yolov10"
+) -> None:
     """One evaluate-stage output folder: predictions.json and metrics.json (today's keys and the void contract's)."""
     truth = json.loads(cfg.annotation_file(variant, cfg.data.val_split).read_text())
     predictions = noisy_predictions(truth, seed)
@@ -71,7 +73,7 @@ def write_evaluation(cfg: Config, model_id: str, train: str, variant: str, seed:
                "eval_data": variant, "model_size": size, "combination": f"{train} on {variant}",
                "freeze": freeze, "split": cfg.data.val_split, "images": len(truth["images"]),
                "conf": 0.001, "max_det": 100, "protocol": "coco", "checkpoint": "best", "head": "one2one",
-               "nms": False, "head_topk": 300, "void": False,
+               "nms": False, "head_topk": 300, "void": False, "family": family,
                "void_reason": None, "mlflow_run_id": f"run{seed:04d}"}  # fmt: skip
     atomic_write_json(folder / "metrics.json", metrics)
 

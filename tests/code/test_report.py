@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from anonbench.config import Config
+from anonbench.config import ORIGINAL, Config, model_id
 from anonbench.io import atomic_write_json
 from anonbench.report.context import ANON_COMBINATIONS, NOT_RUN
 from anonbench.report.doc import Document, inline_html
 from anonbench.stages import report
+from anonbench.study import load_study
 from tests.report_study import (
     GRID,
     LINK,
@@ -29,6 +30,7 @@ from tests.report_study import (
     report_copy,
     synthetic_study,
     write_coverage,
+    write_evaluation,
 )
 
 __all__ = ["report_cfg", "report_copy"]  # fixtures, imported for pytest
@@ -227,6 +229,39 @@ def test_void_evaluations_show_their_reason_and_take_part_in_no_difference(repor
     assert not re.search(INTERVAL, md) and not re.search(r"\[\d+\.\d\]\(", detections), "no number for a void one"
     for figure in ("q1_comparison_classes.png", "q5_grid_ap.png", "q6_q7_freeze.png"):
         assert f"figures/{figure}" not in md
+
+
+def test_a_second_family_asks_whether_the_answer_depends_on_the_detector(report_copy: Config) -> None:
+    """YOLOv8 beside YOLOv10: Q2 gains a table per family and size; the other questions stay YOLOv10's."""
+    cfg = report_copy
+    before = (cfg.paths.reports / "study.md").read_text()
+    assert "Does the answer depend on the detector?" not in before, "one family: nothing to compare"
+    variants = (ORIGINAL, *cfg.anonymize.methods)
+    for seed, (train, data) in enumerate(((t, d) for t in variants for d in variants), start=500):
+        write_evaluation(cfg, model_id(train, "n", "yolov8"), train, data, seed, "n", "yolov8")
+    report.run(cfg)
+    md = (cfg.paths.reports / "study.md").read_text()
+    q1 = slice(md.index("## Q1"), md.index("## Q2"))
+    assert md[q1] == before[before.index("## Q1") : before.index("## Q2")], "Q1 is still asked of YOLOv10 only"
+    table = table_after(md, "### Does the answer depend on the detector?")
+    header, rows = table[0], {row[0]: row for row in table[1:]}
+    assert list(rows) == ["yolov10 n", "yolov8 n"]
+    study = load_study(cfg)
+    for family, ids in (("yolov10", "{}-n"), ("yolov8", "{}-yolov8-n")):
+        base = study.find(ids.format(ORIGINAL), ORIGINAL)
+        after = study.find(ids.format(ORIGINAL), "mask")  # mask: Org on Anon
+        assert base is not None and after is not None
+        cell = rows[f"{family} n"][header.index("mask: Org on Anon − Org on Org")]
+        assert cited(cell)[0] == (study.delta(after, base).text(), after.run_id), family
+    signs = {column: set() for column in header[2:]}  # which side of zero each family's interval lies on
+    for row in rows.values():
+        for column, cell in zip(header[2:], row[2:], strict=True):
+            if bounds := re.search(r"\[([+-]\d+\.\d), ([+-]\d+\.\d)\]", cell):
+                low, high = map(float, bounds.groups())
+                signs[column] |= {1} if low > 0 else {-1} if high < 0 else set()
+    flipped = [c.removesuffix(" − Org on Org") for c, found in signs.items() if len(found) > 1]
+    answer = md[md.index("### Does the answer depend on the detector?") :].split("**Answer:**")[1].split("\n")[0]
+    assert answer.startswith(f" yes for {'; '.join(flipped)}:") if flipped else answer.startswith(" no "), answer
 
 
 def test_header_states_the_dp2_mode_and_weights(make_config: Any, tiny_coco: Path, mlflow_db: Path) -> None:

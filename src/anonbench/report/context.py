@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config
+from anonbench.config import FINETUNE_PREFIX, ORIGINAL, Config, model_id
 from anonbench.families import DEFAULT_FAMILY
 from anonbench.report.doc import Document
 from anonbench.study import Delta, EvalRecord, RunLinks, Study, percent
@@ -87,12 +87,12 @@ class Context:
         size = reference_size(self.study)
         return size, self.study.find(f"{ORIGINAL}-{size}", ORIGINAL) if size else None
 
-    def combination(self, method: str, size: str, name: str) -> EvalRecord | None:
-        """The evaluation a paper name stands for, for one anonymization method and model size."""
+    def combination(self, method: str, size: str, name: str, family: str = DEFAULT_FAMILY) -> EvalRecord | None:
+        """The evaluation a paper name stands for, for one anonymization method, model size and detector family."""
         trained_on, _, evaluated_on = name.partition(" on ")
         model = ORIGINAL if trained_on == "Org" else method
         data = ORIGINAL if evaluated_on == "Org" else method
-        return self.study.find(f"{model}-{size}", data)
+        return self.study.find(model_id(model, size, family), data)
 
     def check_void(
         self, doc: Document, section: str, records: Iterable[EvalRecord | None], what: str = "this section"

@@ -12,6 +12,7 @@ from anonbench.report.doc import Block, Document
 from anonbench.report.figure6 import figure6
 from anonbench.report.header import header
 from anonbench.report.q1_methods import q1_methods
+from anonbench.report.q2_families import q2_families
 from anonbench.report.q2_size import q2_size
 from anonbench.report.q3_matrix import q3_matrix
 from anonbench.report.q4_ssim import q4_ssim
@@ -24,6 +25,7 @@ from anonbench.study import RunLinks, Study
 SECTIONS: tuple[Callable[[Document, Context], None], ...] = (
     q1_methods,
     q2_size,
+    q2_families,
     q3_matrix,
     q4_ssim,
     q5_grid,
