@@ -108,6 +108,17 @@ def tiny_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return subset_coco(coco_mini, tmp_path_factory.mktemp("tiny-coco"), {"train2017": 12, "val2017": 6})
 
 
+def made_variant(source: Path, data: Path, method: str, split: str) -> Path:
+    """``method``'s variant of ``source``'s ``split``, made by the real anonymize stage under ``data``; its root."""
+    from anonbench.stages import anonymize
+
+    cfg = load_config(PARAMS, None, [f"paths.data={data}", f"tracking.uri=sqlite:///{data}/mlflow.db"])
+    cfg.source_root.parent.mkdir(parents=True)
+    cfg.source_root.symlink_to(source, target_is_directory=True)
+    anonymize.run(cfg, method, splits=[split])
+    return cfg.variant_root(method)
+
+
 def config_under(
     root: Path, coco_mini: Path, *overrides: str, profile: str | None = None, source: Path | None = None
 ) -> Config:

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from anonbench.analysis.privacy import BUCKETS
 from anonbench.cli import app
-from anonbench.config import Config, load_config
-from anonbench.stages import anonymize, privacy
-from tests.conftest import PARAMS, cli_args, coco_slice
+from anonbench.config import Config
+from anonbench.stages import privacy
+from tests.conftest import cli_args, coco_slice, made_variant
 
 VAL = "val2017"
 # The four val images where dlib's HOG detector at upsample 1 finds faces (five in all), and one without a person.
@@ -34,12 +34,7 @@ def face_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="module")
 def mask_variant(face_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The slice's `mask` variant, made once by the anonymize stage."""
-    data = tmp_path_factory.mktemp("masked")
-    cfg = load_config(PARAMS, None, [f"paths.data={data}", f"tracking.uri=sqlite:///{data}/mlflow.db"])
-    cfg.source_root.parent.mkdir(parents=True)
-    cfg.source_root.symlink_to(face_coco, target_is_directory=True)
-    anonymize.run(cfg, "mask", splits=[VAL])
-    return cfg.variant_root("mask")
+    return made_variant(face_coco, tmp_path_factory.mktemp("masked"), "mask", VAL)
 
 
 @pytest.fixture

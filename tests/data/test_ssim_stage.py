@@ -17,10 +17,11 @@ from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 
 from anonbench.cli import app
-from anonbench.config import Config, load_config
+from anonbench.config import Config
 from anonbench.images import encode_image, read_image
 from anonbench.ssim_fast import COMPONENTS, crop_bounds
-from anonbench.stages import anonymize, ssim
+from anonbench.stages import ssim
+from tests.conftest import made_variant
 
 REPO = Path(__file__).resolve().parents[2]
 VAL = "val2017"
@@ -29,12 +30,7 @@ VAL = "val2017"
 @pytest.fixture(scope="module")
 def mask_variant(tiny_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real `mask` variant of tiny_coco's val split, made once by the anonymize stage."""
-    data = tmp_path_factory.mktemp("anonymized")
-    cfg = load_config(REPO / "params.yaml", None, [f"paths.data={data}", f"tracking.uri=sqlite:///{data}/mlflow.db"])
-    cfg.source_root.parent.mkdir(parents=True)
-    cfg.source_root.symlink_to(tiny_coco, target_is_directory=True)
-    anonymize.run(cfg, "mask", splits=[VAL])
-    return cfg.variant_root("mask")
+    return made_variant(tiny_coco, tmp_path_factory.mktemp("anonymized"), "mask", VAL)
 
 
 @pytest.fixture
