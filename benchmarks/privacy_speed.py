@@ -25,7 +25,7 @@ import dlib
 import numpy as np
 from common import REPO, arguments, machine, write_results
 
-from anonbench.analysis import faces
+from anonbench import faces
 from anonbench.analysis import privacy as attacks
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.masks import decode_segmentation, person_masks

@@ -246,7 +246,7 @@ def privacy(
     set_: SetOption = None,
 ) -> None:
     """Attack a variant's identity (faces, linkage, inversion, appearance) into data/privacy/ and metrics/privacy/."""
-    from anonbench.analysis.faces import FaceModelError
+    from anonbench.faces import FaceModelError
     from anonbench.stages import privacy as stage
 
     cfg = load(params, profile, set_)

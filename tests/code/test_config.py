@@ -155,6 +155,15 @@ def test_set_overrides_parse_yaml_values() -> None:
         ("classes.comparison=[bicycle, hoverboard]", "classes.comparison: not a COCO category: 'hoverboard'"),
         ("train.variants=[org, dp2_fullbody]", "params.yaml: train.variants: ['dp2_fullbody'] not among"),
         ("anonymize.methods=[sketch]", "params.yaml: anonymize.methods: unknown anonymization method 'sketch'"),
+        (
+            "anonymize.blur_face.upsample=9",
+            "params.yaml: anonymize.blur_face.upsample: Input should be less than or equal to 4 (got 9)",
+        ),
+        (
+            "anonymize.mask_face.detector=mtcnn",
+            "params.yaml: anonymize.mask_face.detector: Input should be 'hog' or 'cnn'",
+        ),
+        ("anonymize.pixelate_face.sharpness=1", "params.yaml: anonymize.pixelate_face.sharpness: unknown key"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override: str, message: str) -> None:
@@ -162,6 +171,26 @@ def test_bad_values_fail_with_one_line_naming_the_key(override: str, message: st
         load_config(PARAMS, overrides=[override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_face_only_method_is_named_like_any_method_and_the_face_vs_body_profile_loads() -> None:
+    only_face = [
+        "anonymize.methods=[blur_face]",
+        "train.variants=[org, blur_face]",
+        "evaluate.variants=[org, blur_face]",
+    ]
+    cfg = load_config(PARAMS, overrides=[*only_face, "finetune.variant=blur_face", "anonymize.blur_face.upsample=1"])
+    assert cfg.anonymize.methods == ["blur_face"]
+    settings = cfg.anonymize.settings("blur_face")
+    # The detector defaults to the privacy audit's mini setting; the blur to the full-body method's.
+    assert (settings.detector, settings.upsample) == ("hog", 1) and cfg.anonymize.settings("mask_face").upsample == 2
+    assert (settings.sigma_fraction, settings.min_sigma) == (
+        cfg.anonymize.blur.sigma_fraction,
+        cfg.anonymize.blur.min_sigma,
+    )
+    both = load_config(PARAMS, profile="face-vs-body")
+    assert both.anonymize.methods == ["blur", "pixelate", "mask", "blur_face", "pixelate_face", "mask_face"]
+    assert both.train.variants == both.evaluate.variants == ["org", *both.anonymize.methods]
 
 
 def test_unknown_profile_is_refused() -> None:

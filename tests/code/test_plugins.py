@@ -51,9 +51,9 @@ def install(root: Path, name: str, module: str, source: str, target: str, monkey
 
 def test_the_built_ins_and_the_example_plugin_are_discovered() -> None:
     installed = plugins.installed()
-    assert {"blur", "pixelate", "mask"} <= set(installed), "anonbench's own entry points: reinstall (make install)"
+    assert set(plugins.BUILT_IN) <= set(installed), "anonbench's own entry points: reinstall (make install)"
     assert "inpaint" in installed, "the example plugin is not installed: make install (examples/anonbench-plugin-*)"
-    assert {plugins.package(m).split()[0] for m in ("blur", "pixelate", "mask")} == {"anonbench"}
+    assert {plugins.package(m).split()[0] for m in plugins.BUILT_IN} == {"anonbench"}
     assert plugins.package("inpaint") == "anonbench-plugin-inpaint 0.1.0"
     inpaint = installed["inpaint"]
     assert (inpaint.deterministic, inpaint.gpu) == (True, False)
@@ -69,11 +69,12 @@ def test_the_example_plugin_paints_only_the_persons_and_reruns_identically() -> 
     masks = person_masks([{"category_id": 1, "segmentation": square, "bbox": [10, 10, 30, 30]}], 1, 60, 80, 2, 8)
     inpaint = plugins.get("inpaint")
     params = inpaint.settings({"radius": 3})
-    out, region = inpaint(image, masks.persons, params, np.random.default_rng(1))
+    out, region, counts = inpaint(image, masks.persons, params, np.random.default_rng(1))
+    assert counts == {}  # it declares no counts of its own
     assert (region == masks.region()).all()
     assert (out[~region] == image[~region]).all()
     assert (out[region] != image[region]).any(axis=1).mean() > 0.9  # noise inpainted from noise: nearly all moves
-    again, _ = inpaint(image, masks.persons, params, np.random.default_rng(2))
+    again = inpaint(image, masks.persons, params, np.random.default_rng(2)).image
     assert (again == out).all()
 
 
@@ -96,7 +97,10 @@ def test_a_plugin_section_is_validated_by_its_schema_when_params_load() -> None:
 
 
 def test_an_unknown_method_fails_with_one_line_listing_the_installed(make_config: Callable[..., Config]) -> None:
-    expected = "unknown anonymization method 'sketch'; installed: blur, inpaint, mask, pixelate, dp2_fullbody, dp2_face"
+    expected = (
+        "unknown anonymization method 'sketch'; installed: blur, blur_face, inpaint, mask, mask_face, pixelate, "
+        "pixelate_face, dp2_fullbody, dp2_face"
+    )
     with pytest.raises(ConfigError, match=expected):
         load_config(PARAMS, overrides=["anonymize.methods=[sketch]"])
     cfg = make_config()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from skimage.metrics import structural_similarity
 
-from anonbench.analysis import faces
+from anonbench import faces
 from anonbench.analysis import privacy as pv
 from anonbench.anonymizers import classic
 from anonbench.anonymizers.masks import to_person

@@ -33,7 +33,9 @@ class Person:
     """One region to anonymize: its dilated mask cropped to its own box.
 
     ``width`` and ``height`` are the undilated extents: the person's size that
-    scales the blur sigma and the pixelation block.
+    scales the blur sigma and the pixelation block. ``dilation`` is how far the mask
+    was grown, so a region derived from the person (a face-only method's face box)
+    can be grown alike.
     """
 
     x0: int
@@ -41,6 +43,7 @@ class Person:
     mask: np.ndarray
     width: int
     height: int
+    dilation: int = 0
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -159,7 +162,7 @@ def to_person(mask: np.ndarray, dilation_px: int) -> Person:
     y0, y1 = max(rows[0] - dilation_px, 0), min(rows[-1] + 1 + dilation_px, height)
     x0, x1 = max(cols[0] - dilation_px, 0), min(cols[-1] + 1 + dilation_px, width)
     crop = dilate(mask[y0:y1, x0:x1], dilation_px)
-    return Person(int(x0), int(y0), crop, int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+    return Person(int(x0), int(y0), crop, int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1), dilation_px)
 
 
 def person_masks(

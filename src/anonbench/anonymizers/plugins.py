@@ -13,9 +13,10 @@ run in their own environment with their own person handling (:mod:`anonbench.ano
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -30,7 +31,7 @@ GROUP = "anonbench.anonymizers"
 # Names no plugin may take: the original dataset's variant name and DeepPrivacy2's methods.
 RESERVED = (ORIGINAL, *DP2_METHODS)
 # anonbench's own entry points (pyproject.toml): missing, the installed metadata is older than the code.
-BUILT_IN = ("blur", "pixelate", "mask")
+BUILT_IN = ("blur", "pixelate", "mask", "blur_face", "pixelate_face", "mask_face")
 
 
 class PluginError(ConfigError):
@@ -57,6 +58,8 @@ class Painted(NamedTuple):
     """The anonymized image: H x W x 3 BGR uint8, the input's shape."""
     region: np.ndarray
     """H x W bool: the pixels the method painted (the anonymized region ssim, relabel and coverage read)."""
+    counts: Mapping[str, int] = MappingProxyType({})
+    """The image's value of each count the method declares (:attr:`Anonymizer.counts`); none by default."""
 
 
 P = TypeVar("P", bound=Settings)
@@ -85,24 +88,32 @@ class Anonymizer(Generic[P]):
     """Needs a GPU: the anonymize stage runs one worker process (one model per GPU; shard across GPUs)."""
     summary: str = ""
     """One line on what happens inside each person's mask (the report and ``anonbench methods``)."""
+    counts: tuple[str, ...] = ()
+    """Names of the per-image counts it reports in :attr:`Painted.counts` (e.g. a face-only method's
+    ``persons_without_face``): the anonymize stage records them with each image and sums them into the
+    split's coverage file."""
 
     def __call__(self, image: np.ndarray, persons: Sequence[Person], params: P, rng: np.random.Generator) -> Painted:
         """Run the method on one image and check its answer keeps the contract.
 
         Raises:
-            PluginError: When the image or region returned has the wrong shape or type.
+            PluginError: When the image or region returned has the wrong shape or type, or the counts are not
+                the declared ones.
         """
         painted = self.anonymize(image, persons, params, rng)
-        if not isinstance(painted, tuple) or len(painted) != 2:
+        if not isinstance(painted, tuple) or len(painted) not in (2, 3):
             raise PluginError(f"anonymizer {self.name!r}: returned {type(painted).__name__}, not (image, region)")
-        out, region = painted
+        out, region, *rest = painted
+        counts = dict(rest[0]) if rest else {}
+        if sorted(counts) != sorted(self.counts) or not all(type(v) is int for v in counts.values()):
+            raise PluginError(f"anonymizer {self.name!r}: counts {counts}, expected ints for {list(self.counts)}")
         if not isinstance(out, np.ndarray) or out.shape != image.shape or out.dtype != image.dtype:
             got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
             raise PluginError(f"anonymizer {self.name!r}: image {got}, expected {image.shape} {image.dtype}")
         if not isinstance(region, np.ndarray) or region.shape != image.shape[:2] or region.dtype != bool:
             got = f"{region.shape} {region.dtype}" if isinstance(region, np.ndarray) else type(region).__name__
             raise PluginError(f"anonymizer {self.name!r}: region {got}, expected {image.shape[:2]} bool")
-        return Painted(out, region)
+        return Painted(out, region, counts)
 
     def settings(self, raw: Any) -> P:
         """Validate the method's ``anonymize.<name>`` section (None: every default).

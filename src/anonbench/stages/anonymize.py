@@ -174,7 +174,7 @@ def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: 
             persons = [to_person(m, params.dilation_px) for m in detected if m.any()]
         method = plugins.get(ctx.method)
         painted = method(image, persons, params.settings(ctx.method), np.random.default_rng(seed))
-        return Anonymized(painted.image, painted.region, len(persons), {})
+        return Anonymized(painted.image, painted.region, len(persons), dict(painted.counts))
     gt = [union([p], image.shape) for p in masks.persons] if params.dp2.mode == "gt" else None
     anonymizer = _dp2(params.dp2, ctx.method, ctx.cfg.seed)
     try:
@@ -299,15 +299,29 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
     return record
 
 
+def method_counts(method: str) -> tuple[str, ...]:
+    """The counts ``method`` adds to each image's record: DP2's, or those an installed method declares.
+
+    Raises:
+        PluginError: When a declared count takes the name of one the stage counts itself.
+    """
+    if method in DP2_METHODS:
+        return DP2_COUNT_KEYS
+    declared = plugins.get(method).counts
+    if taken := sorted(set(declared) & {*COUNT_KEYS, *DP2_COUNT_KEYS, *PIXEL_KEYS}):
+        raise plugins.PluginError(f"anonymizer {method!r}: counts {taken} are anonbench's own; name yours otherwise")
+    return declared
+
+
 def coverage_summary(method: str, split: str, manifest: Manifest) -> dict[str, Any]:
     """Aggregate privacy measure of a split: how many persons and person pixels were anonymized.
 
     ``coverage`` is pixel-weighted (changed ground-truth person pixels over all
     of them); ``coverage_mean_image`` and ``coverage_min_image`` are over images
-    with a person.
+    with a person. An installed method's own counts (``Anonymizer.counts``) are summed too.
     """
     details = [r.details for r in manifest.records if r.status != "error"]
-    keys = (*COUNT_KEYS, *(DP2_COUNT_KEYS if method in DP2_METHODS else ()), *PIXEL_KEYS)
+    keys = (*COUNT_KEYS, *method_counts(method), *PIXEL_KEYS)
     totals = {key: sum(d[key] for d in details) for key in keys}
     per_image = [d["coverage"] for d in details if d["coverage"] is not None]
     gt_pixels = totals["gt_person_pixels"]
@@ -524,14 +538,14 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
         The folders and files written.
 
     Raises:
-        ValueError: For an unknown method (UnknownMethod: one line listing the installed ones), dp2_face
+        ValueError: For an unknown method (UnknownMethod: one line listing the installed ones), a method whose
+            declared counts take the stage's own names (PluginError), dp2_face
             with ground-truth masks (COCO has no faces), or missing DP2 weights (dp2_weights.WeightsError,
             naming each file).
         Dp2Unavailable: At once, when the method needs DeepPrivacy2 and it is not installed, or CUDA
             is asked for and absent.
     """
-    if method not in DP2_METHODS:
-        plugins.get(method)  # an unknown name stops here, listing the installed methods
+    method_counts(method)  # an unknown name stops here, listing the installed methods; so does a bad count name
     splits = splits or list(cfg.data.splits)
     if not any(split_pending(cfg, method, split, shard) for split in splits):
         return [p for split in splits for p in anonymize_split(cfg, method, split, shard, 1)[0]]

@@ -5,7 +5,7 @@ For one variant (``org``, the identity control, or an anonymization method) on o
 variant's image; each original face is attacked on the variant (naive linkage, and after
 inversion where the method is invertible), every ground-truth person by appearance, and faces on
 the variant outside every anonymized region are counted as residual. The attacks and their rates
-are :mod:`anonbench.analysis.privacy`'s, the face models :mod:`anonbench.analysis.faces`'
+are :mod:`anonbench.analysis.privacy`'s, the face models :mod:`anonbench.faces`'
 (docs/privacy.md).
 
 Writes ``data/privacy/<variant>/faces.parquet`` (one row per original face),
@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anonbench.analysis import faces as face_models
+import anonbench.faces as face_models
 from anonbench.analysis import privacy as attacks
 from anonbench.anonymizers.masks import decode_segmentation, person_masks
 from anonbench.coco import AnnotationLookup, CocoError, indexed, person_category_id

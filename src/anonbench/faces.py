@@ -1,4 +1,7 @@
-"""Face models of the privacy audit: dlib's detectors and its 128-d face embedding, weights from a wheel.
+"""Face models: dlib's detectors and its 128-d face embedding, weights from a wheel.
+
+Shared by the privacy audit (:mod:`anonbench.analysis.privacy`) and the face-only anonymizers
+(:mod:`anonbench.anonymizers.face`), so it lives in the core layer below both.
 
 The weights ship inside the ``face-recognition-models`` package (the ``privacy`` extra), so nothing
 is downloaded at run time. Each file is checked against the SHA-256 pinned in :data:`MODELS` before
