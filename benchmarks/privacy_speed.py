@@ -27,7 +27,7 @@ from common import REPO, arguments, machine, write_results
 
 from anonbench import faces
 from anonbench.analysis import privacy as attacks
-from anonbench.anonymizers import classic
+from anonbench.anonymizers import plugins
 from anonbench.anonymizers.masks import decode_segmentation, person_masks
 from anonbench.coco import annotations_by_image, person_category_id, read_instances
 from anonbench.config import load_config
@@ -86,7 +86,8 @@ def main() -> None:
         for i in with_faces:
             height, width = images[i].shape[:2]
             persons = person_masks(anns[i], person, height, width, params.dilation_px, params.min_person_px).persons
-            variants[i] = (classic.anonymize(method, images[i], persons, params), persons)
+            painted = plugins.get(method)(images[i], persons, params.settings(method), np.random.default_rng(0))
+            variants[i] = (painted.image, persons)
 
         def undo(method: str = method, variants: dict[int, Any] = variants) -> None:
             for i, (variant, persons) in variants.items():
