@@ -225,10 +225,11 @@ def invert(method: str, image: np.ndarray, persons: Sequence[Person], params: An
         ValueError: For a method with no inversion.
     """
     out = image.copy()
+    blurring = cast(classic.Blur, params.settings("blur"))
     pixelation = cast(classic.Pixelate, params.settings("pixelate"))
     for person in persons:
         if method == "blur":
-            sigma = classic.blur_sigma(person, cast(classic.Blur, params.settings("blur")))
+            sigma = classic.blur_sigma(person, blurring)
             undo = partial(deblur, sigma=sigma, iterations=iterations)
             classic.paint(out, image, person, math.ceil(3 * sigma), undo)
         elif method == "pixelate":
