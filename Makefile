@@ -48,6 +48,8 @@ install: $(STAMP)
 $(DP2_STAMP): pyproject.toml $(CONSTRAINTS) $(DP2_INPUTS)
 	test -x $(DP2_VENV)/bin/python || $(PYTHON) -m venv $(DP2_VENV)
 	$(DP2_VENV)/bin/pip install -q --upgrade pip
+	# torch, its CUDA libraries and triton (5.3 GB) as hard links to .venv's identical copy when there is one
+	if [ -x $(BIN)/python ]; then $(BIN)/python docker/dp2/seed_venv.py $(DP2_VENV)/bin/python torch torchvision; fi
 	$(DP2_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c requirements/dp2-constraints.txt -e '.[privacy,dev]'
 	DP2_WHEELHOUSE=$(DP2_WHEELHOUSE) docker/dp2/install.sh $(DP2_VENV)/bin/python $(DP2_VENV)/src
 	touch $@

@@ -101,10 +101,13 @@ dp2_inputs() {
           cp "$sources/$archive" "$inputs/sources/"
         done
   fi
-  # torch and its CUDA libraries (about 3 GB): once per host, not once per cold Docker cache.
-  python3 -m pip download -q --disable-pip-version-check -c requirements/constraints.txt \
-    -d "$inputs/wheels/pypi" "$(grep '^torch==' requirements/dp2-requirements.txt)" \
-    "$(grep '^torchvision==' requirements/dp2-requirements.txt)" 2>&1 | grep -v 'is ignored' >&2 || true
+  # torch and its CUDA libraries (about 3 GB): once per host, not once per cold Docker cache;
+  # hard links to the wheels where this host's index is a folder on the same disk, else downloaded.
+  local torch_pins=(-c requirements/constraints.txt "$(grep '^torch==' requirements/dp2-requirements.txt)"
+    "$(grep '^torchvision==' requirements/dp2-requirements.txt)")
+  python3 docker/dp2/link_wheels.py "$inputs/wheels/pypi" "${torch_pins[@]}" 2>&1 | grep -v 'is ignored' >&2 || true
+  python3 -m pip download -q --disable-pip-version-check -d "$inputs/wheels/pypi" "${torch_pins[@]}" \
+    2>&1 | grep -v 'is ignored' >&2 || true
   if [[ -n ${DP2_WEIGHTS:-} ]]; then
     [[ -d $DP2_WEIGHTS ]] || { echo "build.sh: DP2_WEIGHTS=$DP2_WEIGHTS is not a folder" >&2; exit 1; }
     cp -rL "$DP2_WEIGHTS/." "$inputs/weights/"

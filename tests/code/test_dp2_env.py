@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import jinja2
+import markupsafe
 import pytest
 
 from anonbench.anonymizers import dp2_weights
@@ -27,9 +29,9 @@ from tests.conftest import PARAMS, REPO
 SOURCES_LIST = REPO / "requirements" / "dp2-sources.txt"
 
 
-def load_sources() -> ModuleType:
-    """docker/dp2/sources.py, a build script outside the package."""
-    spec = importlib.util.spec_from_file_location("dp2_sources", REPO / "docker" / "dp2" / "sources.py")
+def load_script(name: str) -> ModuleType:
+    """docker/dp2/<name>.py, a build script outside the package."""
+    spec = importlib.util.spec_from_file_location(f"dp2_{name}", REPO / "docker" / "dp2" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
@@ -46,7 +48,7 @@ def shared_sources() -> Path:
 
 
 def test_the_pinned_archives_unpack_patched(shared_sources: Path, tmp_path: Path) -> None:
-    sources = load_sources()
+    sources = load_script("sources")
     pins = sources.read_list(SOURCES_LIST)
     assert {p.folder for p in pins} == {
         "deep_privacy2",
@@ -103,7 +105,7 @@ def test_a_missing_or_wrong_source_folder_is_one_line(shared_sources: Path, tmp_
 def test_a_patch_that_no_longer_applies_stops_the_build(
     shared_sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sources = load_sources()
+    sources = load_script("sources")
     stale = sources.Patch("motpy", "setup.py", "text that is not there", "x", why="a test")
     monkeypatch.setattr(sources, "PATCHES", (stale,))
     motpy = [p for p in sources.read_list(SOURCES_LIST) if p.folder == "motpy"]
@@ -112,7 +114,7 @@ def test_a_patch_that_no_longer_applies_stops_the_build(
 
 
 def test_an_archive_leaving_its_tree_is_refused(tmp_path: Path) -> None:
-    sources = load_sources()
+    sources = load_script("sources")
     with tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as tar:
         for name in ("motpy/ok.txt", "motpy/../../escape.txt"):
             info = tarfile.TarInfo(name)
@@ -275,3 +277,43 @@ def test_download_only_when_asked_and_checked(tmp_path: Path, file_server: str) 
     assert not list((tmp_path / "w" / "torch/hub/checkpoints").glob("*bad*"))  # nothing half-written stays
     with pytest.raises(WeightsError, match=r"cannot download the detector x from http://127.0.0.1:\d+/x.pkl"):
         dp2_weights.download([gone], tmp_path / "w")
+
+
+def test_seed_venv_links_a_package_and_what_it_requires_into_a_fresh_environment(tmp_path: Path) -> None:
+    """jinja2 requires markupsafe: both arrive as hard links to this environment's files and import there."""
+    seed_venv = load_script("seed_venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "env"], check=True)
+    target = str(tmp_path / "env" / "bin" / "python")
+    assert seed_venv.seed(target, ["jinja2"]) > 0
+    code = "import jinja2, markupsafe; print(jinja2.__file__); print(markupsafe.__file__)"
+    paths = subprocess.run([target, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    for linked, here in zip(paths, (jinja2.__file__, markupsafe.__file__), strict=True):
+        assert linked.startswith(str(tmp_path)) and os.path.samefile(linked, here)
+    assert seed_venv.seed(target, ["jinja2"]) == 0  # both are now installed there: nothing to link
+
+
+def test_link_wheels_links_what_pip_would_install_from_a_local_folder(tmp_path: Path) -> None:
+    """The example plugin's wheel in a find-links folder: pip's dry run picks it, and it is linked, not copied."""
+    link_wheels = load_script("link_wheels")
+    found = tmp_path / "found"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            found,
+            REPO / "examples" / "anonbench-plugin-inpaint",
+        ],
+        check=True,
+    )
+    arguments = ["--no-index", "--find-links", str(found), "--no-deps", "anonbench-plugin-inpaint"]
+    wheels = link_wheels.local_wheels(arguments)
+    assert [wheel.parent for wheel in wheels] == [found]
+    assert link_wheels.link_into(tmp_path / "inputs", wheels) == 1
+    assert os.path.samefile(tmp_path / "inputs" / wheels[0].name, wheels[0])
+    assert link_wheels.link_into(tmp_path / "inputs", wheels) == 0
