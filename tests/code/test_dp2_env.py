@@ -8,6 +8,7 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -295,7 +296,8 @@ def test_seed_venv_links_a_package_and_what_it_requires_into_a_fresh_environment
 def test_link_wheels_links_what_pip_would_install_from_a_local_folder(tmp_path: Path) -> None:
     """The example plugin's wheel in a find-links folder: pip's dry run picks it, and it is linked, not copied."""
     link_wheels = load_script("link_wheels")
-    found = tmp_path / "found"
+    found, project = tmp_path / "found", tmp_path / "plugin"
+    shutil.copytree(REPO / "examples" / "anonbench-plugin-inpaint", project)  # setuptools builds in the tree
     subprocess.run(
         [
             sys.executable,
@@ -307,7 +309,7 @@ def test_link_wheels_links_what_pip_would_install_from_a_local_folder(tmp_path: 
             "--no-build-isolation",
             "-w",
             found,
-            REPO / "examples" / "anonbench-plugin-inpaint",
+            project,
         ],
         check=True,
     )
