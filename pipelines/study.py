@@ -26,15 +26,16 @@ pipeline function's real annotations.
 
 import argparse
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
-from anonbench.config import ORIGINAL, load_config
-from anonbench.workspace import RUN, needed_branches
+from anonbench.config import ORIGINAL, ContainerMethod, load_config
+from anonbench.workspace import CONTAINER_BRANCH, RUN, needed_branches
 from components.anonymize import anonymize, anonymize_shard
+from components.container_method import container_task, prepare_job
 from components.drift import drift
 from components.evaluate import evaluate
 from components.export import export
@@ -144,7 +145,11 @@ def _if_not_done(component: Any, configure: Callable[[dsl.PipelineTask], dsl.Pip
 
 
 def build(
-    settings: ClusterSettings, branches: Sequence[str], profile: str = "mini", overrides: Sequence[str] = ()
+    settings: ClusterSettings,
+    branches: Sequence[str],
+    profile: str = "mini",
+    overrides: Sequence[str] = (),
+    containers: Mapping[str, ContainerMethod] | None = None,
 ) -> Callable[..., Any]:
     """The study pipeline with ``settings`` and the optional fan-outs ``branches`` compiled in.
 
@@ -154,6 +159,8 @@ def build(
             :func:`anonbench.workspace.needed_branches` finds them for the run's parameters.
         profile: Default of the pipeline's ``profile`` parameter.
         overrides: Default of its ``overrides`` parameter.
+        containers: The container methods' definitions (``anonymize.containers``); each one named in
+            ``branches`` (``container:<method>``) becomes its own three tasks: job, image, read.
 
     Returns:
         The ``@dsl.pipeline`` function, to compile or to run with the KFP local runner.
@@ -243,6 +250,17 @@ def build(
                 dp2_ssim = on("cpu", ssim(workspace=ws, variant=method)).after(*stored)
                 audits.append(on("privacy", privacy(workspace=ws, variant=method)).after(*stored))
             measured.append(join(dp2_ssim.outputs["Output"]))
+        for branch in branches:
+            if not branch.startswith(CONTAINER_BRANCH):
+                continue
+            method = branch.removeprefix(CONTAINER_BRANCH)
+            definition = (containers or {})[method]
+            job = on("cpu", prepare_job(workspace=ws, method=method)).after(prepared, *sourced)
+            ran = on("dp2" if definition.gpu else "cpu", container_task(method, definition)(job=job.output))
+            made = on("cpu", anonymize(workspace=ws, method=method)).after(ran)
+            stored = published(method, made)
+            measured.append(on("cpu", ssim(workspace=ws, variant=method)).after(made, *stored))
+            audits.append(on("privacy", privacy(workspace=ws, variant=method)).after(made, *stored))
 
         with dsl.ParallelFor(items("export"), parallelism=width) as variant:
             exported = on("cpu", export(workspace=ws, variant=variant)).after(prepared, *measured)
@@ -289,9 +307,10 @@ def compile_study(
     Returns:
         ``output``.
     """
-    branches = needed_branches(load_config(params_file, profile, list(overrides)))
+    cfg = load_config(params_file, profile, list(overrides))
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(settings, branches, profile, overrides), str(output))
+    pipeline = build(settings, needed_branches(cfg), profile, overrides, cfg.anonymize.containers)
+    compiler.Compiler().compile(pipeline, str(output))
     return output
 
 

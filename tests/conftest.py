@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -106,6 +107,15 @@ def subset_coco(source: Path, target: Path, counts: dict[str, int]) -> Path:
 def tiny_coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-train / 6-val slice of coco-mini (mostly images with persons) for fast tests."""
     return subset_coco(coco_mini, tmp_path_factory.mktemp("tiny-coco"), {"train2017": 12, "val2017": 6})
+
+
+def variant_digests(root: Path) -> dict[str, str]:
+    """Every deterministic output file of a variant (all but the resume records and wall-clock timings) by hash."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "records" not in p.relative_to(root).parts and not p.name.startswith("timings_")
+    }
 
 
 def made_variant(source: Path, data: Path, method: str, split: str) -> Path:

@@ -150,27 +150,53 @@ def prepare(params: ParamsOption = Path("params.yaml"), profile: ProfileOption =
 @app.command()
 def anonymize(
     method: Annotated[
-        str, typer.Option("--method", help="blur, pixelate, mask, a plugin's (docs/plugins.md), dp2_fullbody, dp2_face")
+        str,
+        typer.Option(
+            "--method",
+            help="blur, pixelate, mask, a plugin's or a container method (docs/plugins.md), dp2_fullbody, dp2_face",
+        ),
     ],
     split: Annotated[list[str] | None, typer.Option("--split", help="Split to do (repeatable; default both).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Only shard i/n (0-based), e.g. 0/4.")] = None,
+    prepare_job: Annotated[
+        bool, typer.Option("--prepare-job", help="A container method: write its job folder and stop (KFP runs it).")
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
     profile: ProfileOption = None,
     set_: SetOption = None,
 ) -> None:
     """Anonymize the persons of each split into data/variants/<method>/ (resumes where a run stopped)."""
+    from anonbench.anonymizers.container import ContainerError
     from anonbench.anonymizers.dp2 import Dp2Unavailable
     from anonbench.parallel import parse_shard
     from anonbench.stages import anonymize as stage
 
     cfg = load(params, profile, set_)
-    with stage_errors(Dp2Unavailable, stage.AnonymizeError):
-        wrote(stage.run(cfg, method, splits=split, shard=parse_shard(shard) if shard else None))
+    with stage_errors(Dp2Unavailable, stage.AnonymizeError, ContainerError):
+        wrote(stage.run(cfg, method, split, parse_shard(shard) if shard else None, prepare_job))
+
+
+@app.command("run-job")
+def run_job(
+    job: Annotated[Path, typer.Argument(help="The job folder a container method is given (docs/plugins.md).")],
+    method: Annotated[str, typer.Option("--method", help="An installed method, dp2_fullbody or dp2_face.")],
+) -> None:
+    """Do a container method's job with an installed method or DeepPrivacy2: anonbench's images as container methods."""
+    from anonbench.anonymizers import container
+    from anonbench.anonymizers.dp2 import Dp2Unavailable
+
+    go_offline()
+    with stage_errors(Dp2Unavailable, container.ContainerError):
+        done = container.serve(job, method)
+    typer.echo(f"{job}: {done['ok']} images ok, {done['error']} failed")
 
 
 @app.command()
-def methods() -> None:
-    """List the installed anonymization methods: name, package, deterministic, GPU, what it does (docs/plugins.md)."""
+def methods(params: ParamsOption = Path("params.yaml"), profile: ProfileOption = None, set_: SetOption = None) -> None:
+    """List the anonymization methods: installed, DeepPrivacy2's, and the container methods the parameters define.
+
+    Each line: name, package (or image), deterministic, GPU, what it does (docs/plugins.md).
+    """
     from anonbench.anonymizers import plugins
 
     try:
@@ -183,6 +209,10 @@ def methods() -> None:
         typer.echo(f"{name}\t{plugins.package(name)}\t{flags}\t{method.summary}")
     for name in plugins.names()[len(installed) :]:
         typer.echo(f"{name}\tanonbench\tDeepPrivacy2: its own environment, settings anonymize.dp2 (docs/anonymize.md)")
+    if params.is_file():
+        for name, defined in load(params, profile, set_).anonymize.containers.items():
+            flags = f"deterministic={str(defined.deterministic).lower()} gpu={str(defined.gpu).lower()}"
+            typer.echo(f"{name}\tcontainer {defined.image}\t{flags}\t{defined.summary}")
 
 
 @app.command("dp2-weights")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from anonbench.coco_classes import COCO_NAMES
 from anonbench.families import DEFAULT_FAMILY, FAMILIES, Family
@@ -178,6 +178,29 @@ class SectionError(ValueError):
         self.key, self.message = key, message
 
 
+class ContainerMethod(_Section):
+    """A method that runs in its own image through the file contract (anonbench.anonymizers.container).
+
+    The command gets the job folder as its last argument: ``request.json`` and one mask file per image
+    in, one image and region per image and ``output/manifest.json`` out (docs/plugins.md, "Container
+    methods"). The local anonymize stage runs it with Docker; the KFP pipeline as a task of its own.
+    """
+
+    image: Annotated[str, Field(min_length=1)]
+    command: Annotated[list[str], Field(min_length=1)]
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Handed to the command as ``request.json``'s ``params``; the method validates them itself."""
+    gpu: bool = False
+    deterministic: bool = True
+    summary: str = ""
+    counts: list[str] = Field(default_factory=list)
+    """Per-image counts the method reports in its manifest, summed into the split's coverage."""
+    dilation_px: Annotated[int, Field(ge=0)] | None = None
+    """Mask dilation for this method (None: ``anonymize.dilation_px``; 0 hands DP2 the masks as annotated)."""
+    min_person_px: Annotated[int, Field(ge=0)] | None = None
+    """Size filter for this method (None: ``anonymize.min_person_px``; 0 keeps every person)."""
+
+
 class Anonymize(_Section):
     """Which variants to make and how; classic methods use ground-truth masks.
 
@@ -189,6 +212,8 @@ class Anonymize(_Section):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    containers: dict[str, ContainerMethod] = Field(default_factory=dict)
+    """Container methods by name; one named in ``methods`` joins the study like an installed one."""
     methods: Annotated[list[str], Field(min_length=1)] = list(CLASSIC_METHODS)
     mask_source: Literal["gt", "detector"] = "gt"
     dilation_px: Annotated[int, Field(ge=0)] = 3
@@ -197,15 +222,25 @@ class Anonymize(_Section):
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
     dp2: DeepPrivacy2 = DeepPrivacy2()
 
-    @field_validator("methods")
+    @field_validator("containers")
     @classmethod
-    def _installed(cls, methods: list[str]) -> list[str]:
+    def _free_names(cls, containers: dict[str, ContainerMethod]) -> dict[str, ContainerMethod]:
         from anonbench.anonymizers import plugins
 
-        known = plugins.names()
+        for name in containers:
+            if name in plugins.names() or name in plugins.RESERVED:
+                raise ValueError(f"{name!r} is an installed method or reserved; name the container method otherwise")
+        return containers
+
+    @field_validator("methods")
+    @classmethod
+    def _installed(cls, methods: list[str], info: ValidationInfo) -> list[str]:
+        from anonbench.anonymizers import plugins
+
+        containers = info.data.get("containers", {})
         for name in methods:
-            if name not in known:
-                raise ValueError(plugins.unknown(name))
+            if name not in plugins.names() and name not in containers:
+                raise ValueError(plugins.unknown(name, containers))
         if doubled := sorted({m for m in methods if methods.count(m) > 1}):
             raise ValueError(f"{doubled} named twice")
         return methods
@@ -534,8 +569,9 @@ class Config(_Section):
                 raise ValueError(f"{key}: {missing} not among 'org' and anonymize.methods {sorted(known)}")
         from anonbench.anonymizers import plugins
 
-        if odd := [v for v in self.train.sizes_by_variant if v != ORIGINAL and v not in plugins.names()]:
-            raise ValueError(f"train.sizes_by_variant: {plugins.unknown(odd[0])}")
+        containers = self.anonymize.containers
+        if odd := [v for v in self.train.sizes_by_variant if v not in (ORIGINAL, *plugins.names(), *containers)]:
+            raise ValueError(f"train.sizes_by_variant: {plugins.unknown(odd[0], containers)}")
         if self.finetune.variant not in self.anonymize.methods:
             raise ValueError(f"finetune.variant: {self.finetune.variant!r} is not in anonymize.methods")
         if DEFAULT_FAMILY not in self.train.families:

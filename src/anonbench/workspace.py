@@ -54,6 +54,7 @@ FAILED = STATE / "failed"
 # Fan-outs a run may not need (no classic method, no DP2 method, no freeze config): compiled only when needed,
 # since the KFP backend cannot join a fan-out over an empty list.
 OPTIONAL_AXES = ("anonymize_classic", "anonymize_dp2", "finetune")
+CONTAINER_BRANCH = "container:"
 # Fan-outs of GPU work and the stage each cell runs: each cell carries ``todo`` ("run" / "done").
 GATED_AXES = {
     "dp2_shards": "anonymize",
@@ -176,8 +177,13 @@ def check_publish(cfg: Config) -> None:
 
 
 def needed_branches(cfg: Config) -> list[str]:
-    """The optional fan-outs (:data:`OPTIONAL_AXES`) that have items under ``cfg``."""
-    return [axis for axis in OPTIONAL_AXES if grid(cfg, axis)]
+    """The optional fan-outs (:data:`OPTIONAL_AXES`) that have items under ``cfg``, then the container methods.
+
+    Each container method is ``container:<method>``: its image and command are compiled into tasks of its own.
+    """
+    return [axis for axis in OPTIONAL_AXES if grid(cfg, axis)] + [
+        f"{CONTAINER_BRANCH}{method}" for method in grid(cfg, "anonymize_container")
+    ]
 
 
 def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
@@ -185,10 +191,11 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
 
     Args:
         cfg: The resolved configuration of the run.
-        axis: ``anonymize`` (every method), ``anonymize_classic`` / ``anonymize_dp2`` (methods by
-            the image they need), ``dp2_shards`` (``{method, shard}``: DP2 methods times
-            ``shards``), ``export`` (variants), ``train`` (``{variant, family, size}``: ``train.models``,
-            the grid), ``finetune`` (``{freeze}``), ``evaluate_trained`` / ``evaluate_finetuned``
+        axis: ``anonymize`` (every method), ``anonymize_classic`` / ``anonymize_dp2`` /
+            ``anonymize_container`` (methods by the image they need), ``dp2_shards``
+            (``{method, shard}``: DP2 methods times ``shards``), ``export`` (variants), ``train``
+            (``{variant, family, size}``: ``train.models``, the grid), ``finetune`` (``{freeze}``),
+            ``evaluate_trained`` / ``evaluate_finetuned``
             (``{model}``: one task scores a model on every evaluation variant, :func:`cell_commands`),
             ``relabel`` (anonymized variants), ``drift`` (``{variant}``), ``publish`` (what the
             publish stage versions after anonymization: the source and every variant).
@@ -208,7 +215,8 @@ def grid(cfg: Config, axis: str, shards: int = 1) -> list[Any]:
     finetuned = [finetune_model_id(name) for name in cfg.finetune.freeze]
     axes: dict[str, list[Any]] = {
         "anonymize": list(methods),
-        "anonymize_classic": [m for m in methods if m not in dp2],
+        "anonymize_classic": [m for m in methods if m not in dp2 and m not in cfg.anonymize.containers],
+        "anonymize_container": [m for m in methods if m in cfg.anonymize.containers],
         "anonymize_dp2": dp2,
         "dp2_shards": [{"method": m, "shard": f"{i}/{shards}"} for m in dp2 for i in range(shards)],
         "export": [ORIGINAL, *methods],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -18,18 +17,10 @@ from anonbench.config import Config
 from anonbench.images import read_image
 from anonbench.stages import anonymize
 from tests.conftest import kill_when
+from tests.conftest import variant_digests as digests
 
 REPO = Path(__file__).resolve().parents[2]
 VAL, TRAIN = "val2017", "train2017"
-
-
-def digests(root: Path) -> dict[str, str]:
-    """Every deterministic output file (all but the resume records and wall-clock timings) by hash."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "records" not in p.relative_to(root).parts and not p.name.startswith("timings_")
-    }
 
 
 def test_variant_split_contract(make_config: Callable[..., Config]) -> None:

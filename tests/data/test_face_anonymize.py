@@ -97,5 +97,5 @@ def test_declared_counts_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     taken = plugins.Anonymizer("taken", BLUR_FACE.anonymize, BlurFace, counts=("persons_gt",))
     monkeypatch.setitem(plugins.installed(), "taken", taken)
     with pytest.raises(plugins.PluginError, match=r"counts \['persons_gt'\] are anonbench's own"):
-        anonymize.method_counts("taken")
-    assert anonymize.method_counts("blur_face") == ("faces_anonymized", "persons_without_face")
+        anonymize.method_counts(load_config(PARAMS), "taken")
+    assert anonymize.method_counts(load_config(PARAMS), "blur_face") == ("faces_anonymized", "persons_without_face")

@@ -147,6 +147,43 @@ def test_a_profile_with_only_deepprivacy2_compiles_no_classic_branch(tmp_path: P
         only.executor_of("anonymize")
 
 
+SHUFFLE = [
+    "anonymize.containers={shuffle: {image: registry.example.org/anonbench-shuffle:0.1.0, "
+    "command: [python3, /opt/shuffle/shuffle.py], counts: [persons_shuffled]}}",
+    "anonymize.methods=[blur,pixelate,mask,shuffle]",
+]
+
+
+def test_a_container_method_is_its_job_its_image_and_the_anonymize_that_reads_it(
+    tmp_path: Path, settings: ClusterSettings
+) -> None:
+    """prepare-job writes the job, the method's own image runs its command on it, anonymize reads it; then its
+    publish, SSIM and privacy audit as for every method, and export waits for its SSIM."""
+    pipeline = Compiled(compile_study(settings, tmp_path / "study.yaml", overrides=SHUFFLE))
+    root = pipeline.spec["root"]["dag"]["tasks"]
+    (ran,) = [label for name, _, label in pipeline.tasks() if name == "anonymize-shuffle-container"]
+    container = pipeline.executors[ran]["container"]
+    assert container["image"] == "registry.example.org/anonbench-shuffle:0.1.0"
+    assert container["command"] == ["python3", "/opt/shuffle/shuffle.py"]
+    assert container["args"] == ["{{$.inputs.parameters['job']}}"]
+    task = root["anonymize-shuffle-container"]
+    assert task["inputs"]["parameters"]["job"]["taskOutputParameter"]["producerTask"] == "prepare-job"
+    assert root["prepare-job"]["inputs"]["parameters"]["method"]["runtimeValue"]["constant"] == "shuffle"
+    assert set(root["prepare-job"]["dependentTasks"]) == {"prepare", "publish"}
+    readers = [n for n, t in root.items() if t.get("dependentTasks") == ["anonymize-shuffle-container"]]
+    (read,) = readers
+    assert read.rstrip("-0123456789") == "anonymize"
+    assert root[read]["inputs"]["parameters"]["method"]["runtimeValue"]["constant"] == "shuffle"
+    after = {n.rstrip("-0123456789") for n, t in root.items() if read in t.get("dependentTasks", [])}
+    assert after == {"publish", "ssim", "privacy"}
+    (measured,) = [n for n, t in root.items() if n.startswith("ssim") and read in t.get("dependentTasks", [])]
+    assert measured in root[pipeline.loop_name("export")]["dependentTasks"]
+    assert "shuffle" not in grid(load_config(PARAMS_FILE, "mini", SHUFFLE), "anonymize_classic")
+    # The plan refuses a run whose container methods differ from those compiled in.
+    plan = root["plan"]["inputs"]["parameters"]["branches"]["runtimeValue"]["constant"]
+    assert plan == ["anonymize_classic", "finetune", "container:shuffle"]
+
+
 @pytest.mark.parametrize(
     ("profile", "overrides"), [("mini", []), ("paper", []), ("paper", ONLY_DP2), ("paper-all-sizes", [])]
 )

@@ -148,6 +148,11 @@ def test_the_pipeline_compiles_only_the_fan_outs_a_run_needs_and_plan_refuses_ot
     check_branches(paper, ["anonymize_dp2", "anonymize_classic", "finetune"])
     with pytest.raises(WorkspaceError, match="compiled with the fan-outs"):
         check_branches(paper, needed_branches(mini))  # a mini pipeline submitted with the paper profile
+    shuffle = "anonymize.containers={shuffle: {image: anonbench-shuffle:0.1.0, command: [python3, shuffle.py]}}"
+    with_shuffle = load_config(PARAMS_FILE, None, [shuffle, "anonymize.methods=[blur,pixelate,mask,shuffle]"])
+    assert needed_branches(with_shuffle) == ["anonymize_classic", "finetune", "container:shuffle"]
+    with pytest.raises(WorkspaceError, match="compiled with the fan-outs"):
+        check_branches(with_shuffle, needed_branches(mini))  # its image and command are not in that pipeline
     with pytest.raises(WorkspaceError, match="no DVC remote"):
         check_publish(mini)
     check_publish(load_config(PARAMS_FILE, overrides=["publish.remote=s3://bucket/prefix"]))

@@ -13,7 +13,7 @@ run in their own environment with their own person handling (:mod:`anonbench.ano
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -195,6 +195,7 @@ def names() -> list[str]:
     return [*installed(), *DP2_METHODS]
 
 
-def unknown(name: str) -> str:
-    """The one line that says ``name`` is no installed method and which are."""
-    return f"unknown anonymization method {name!r}; installed: {', '.join(names())} (docs/plugins.md)"
+def unknown(name: str, containers: Iterable[str] = ()) -> str:
+    """The one line that says ``name`` is no installed method (nor container method) and which are."""
+    defined = f"; container methods: {', '.join(containers)}" if containers else ""
+    return f"unknown anonymization method {name!r}; installed: {', '.join(names())}{defined} (docs/plugins.md)"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from anonbench.anonymizers import plugins
+from anonbench.anonymizers import container, plugins
 from anonbench.anonymizers.dp2 import Dp2Anonymizer, settings_record
 from anonbench.anonymizers.masks import (
     COUNT_KEYS,
@@ -53,7 +53,7 @@ from anonbench.coco import (
     person_category_id,
     read_list,
 )
-from anonbench.config import ORIGINAL, Config, DeepPrivacy2
+from anonbench.config import ORIGINAL, Config, ContainerMethod, DeepPrivacy2
 from anonbench.images import EXTENSIONS, UnreadableImage, encode_image, read_image
 from anonbench.io import atomic_write_bytes, atomic_write_json
 from anonbench.manifest import Manifest
@@ -79,6 +79,13 @@ class Context:
     method: str
     split: str
     person_id: int
+    job: Path | None = None
+    """A container method's job folder (anonbench.anonymizers.container), None for every other method."""
+
+    @property
+    def container(self) -> ContainerMethod | None:
+        """The container method's definition, None for an installed or DP2 method."""
+        return self.cfg.anonymize.containers.get(self.method)
 
     @property
     def source(self) -> Path:
@@ -116,16 +123,29 @@ def image_seed(seed: int, image_id: int) -> int:
 
 
 def uses_dp2(cfg: Config, method: str) -> bool:
-    """Whether ``method`` with the configured mask source needs DeepPrivacy2."""
+    """Whether ``method`` with the configured mask source needs DeepPrivacy2 here.
+
+    A container method always gets ground-truth masks: whatever it detects, it detects in its own image.
+    """
+    if method in cfg.anonymize.containers:
+        return False
     return method in DP2_METHODS or cfg.anonymize.mask_source == "detector"
 
 
 def needs_gpu(cfg: Config, method: str) -> bool:
-    """Whether ``method`` keeps a model on a GPU: DeepPrivacy2, or a plugin that says it needs one.
+    """Whether ``method`` keeps a model on a GPU in this process: DeepPrivacy2, or a plugin that says it needs one.
 
-    Such a method runs in one worker process (one model per GPU); spread it over GPUs with shards.
+    Such a method runs in one worker process (one model per GPU); spread it over GPUs with shards. A
+    container method's model lives in its container: the stage only reads what it wrote.
     """
+    if method in cfg.anonymize.containers:
+        return False
     return uses_dp2(cfg, method) or plugins.get(method).gpu
+
+
+def job_folder(cfg: Config, method: str, shard: tuple[int, int] | None) -> Path:
+    """The job folder of a container method's run (one per shard), inside its variant while it runs."""
+    return cfg.variant_root(method) / "jobs" / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "all")
 
 
 @functools.cache
@@ -137,8 +157,8 @@ def _dp2(params: DeepPrivacy2, method: str, seed: int) -> Dp2Anonymizer:
     return Dp2Anonymizer(params, method, seed)
 
 
-class Dp2Failed(RuntimeError):
-    """DeepPrivacy2 raised on one image; the message names it."""
+class MethodFailed(RuntimeError):
+    """DeepPrivacy2 raised on one image, or a container method reported it failed; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -153,20 +173,31 @@ class Anonymized:
     """DP2 methods: the paint record (where DP2 painted, where it put persons); None for classic methods."""
 
 
-def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: int) -> Anonymized:
+def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, image_id: int) -> Anonymized:
     """Anonymize one decoded image with ground-truth persons.
 
     An installed method (:mod:`anonbench.anonymizers.plugins`: the classic ones and any plugin's) gets
-    the persons, its settings and a generator seeded with ``seed``; its region is the one it reports.
-    DP2's region is the set of pixels it changed; DP2 methods add ``persons_below_size_filter``:
-    persons (ground truth in mode ``gt``, detected in mode ``detector``) that DP2's own size filter
-    dropped and that keep their pixels, and the paint record: where DP2 was allowed to paint and
-    the person masks it generated persons into.
+    the persons, its settings and a generator seeded with the image's seed; its region is the one it
+    reports. A container method's image and region are those its finished job wrote (an image without
+    a person to anonymize was not in the job and keeps its pixels). DP2's region is the set of pixels
+    it changed; DP2 methods add ``persons_below_size_filter``: persons (ground truth in mode ``gt``,
+    detected in mode ``detector``) that DP2's own size filter dropped and that keep their pixels, and
+    the paint record: where DP2 was allowed to paint and the person masks it generated persons into.
 
     Raises:
-        Dp2Failed: When DeepPrivacy2 raises on the image.
+        MethodFailed: When DeepPrivacy2 raises on the image, or the container method reports it failed.
     """
     params = ctx.cfg.anonymize
+    seed = image_seed(ctx.cfg.seed, image_id)
+    if ctx.container is not None and ctx.job is not None:
+        if not masks.persons:
+            return Anonymized(image, np.zeros(image.shape[:2], bool), 0, dict.fromkeys(ctx.container.counts, 0))
+        out = container.read_output(ctx.job, ctx.method, ctx.container, image_id, image.shape)
+        if out.image is None or out.region is None or out.counts is None:
+            raise MethodFailed(out.reason)
+        # Its pixels count only inside the region it says it painted: outside, the original's as decoded here.
+        pixels = np.where(out.region[..., None], out.image, image)
+        return Anonymized(pixels, out.region, len(masks.persons), out.counts)
     if ctx.method not in DP2_METHODS:
         persons = masks.persons
         if params.mask_source == "detector":
@@ -180,7 +211,7 @@ def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, seed: 
     try:
         result = anonymizer(image, gt, seed)
     except Exception as exc:  # third-party code: whatever it raises on one image is that image's failure
-        raise Dp2Failed(f"DeepPrivacy2 raised {type(exc).__name__}: {exc}") from exc
+        raise MethodFailed(f"DeepPrivacy2 raised {type(exc).__name__}: {exc}") from exc
     below = {"persons_below_size_filter": result.below_size_filter}
     paint = paint_record(result.painted, result.persons)
     return Anonymized(result.image, changed_pixels(image, result.image), result.anonymized, below, paint)
@@ -205,7 +236,10 @@ def _person_masks(ctx: Context, annotations: list[dict[str, Any]], height: int, 
     params = ctx.cfg.anonymize
     if ctx.method in DP2_METHODS:
         return person_masks(annotations, ctx.person_id, height, width, 0, 0)
-    return person_masks(annotations, ctx.person_id, height, width, params.dilation_px, params.min_person_px)
+    own = ctx.container
+    dilation = params.dilation_px if own is None or own.dilation_px is None else own.dilation_px
+    smallest = params.min_person_px if own is None or own.min_person_px is None else own.min_person_px
+    return person_masks(annotations, ctx.person_id, height, width, dilation, smallest)
 
 
 def _details(masks: PersonMasks, counts: dict[str, Any], changed: np.ndarray, region: np.ndarray) -> dict[str, Any]:
@@ -240,10 +274,11 @@ def _anonymize_record(
     """Anonymize one decoded image, write it and its region mask; its record.
 
     Raises:
-        Dp2Failed: When DeepPrivacy2 raises on the image (nothing is written for it).
+        MethodFailed: When DeepPrivacy2 raises on the image or a container method failed on it (nothing is
+            written for it).
     """
     params = ctx.cfg.anonymize
-    done = anonymize_pixels(ctx, image, masks, image_seed(ctx.cfg.seed, info["id"]))
+    done = anonymize_pixels(ctx, image, masks, info["id"])
     stem = Path(name).stem
     fmt = params.output_format
     atomic_write_bytes(ctx.images / f"{stem}{EXTENSIONS[fmt]}", encode_image(done.image, fmt, params.jpeg_quality))
@@ -266,7 +301,7 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
     Raises:
         AnonymizeError: Under the strict policy, for an image that is missing,
             undecodable, outside its folder, or not the size its record says, or
-            on which DeepPrivacy2 raises.
+            on which DeepPrivacy2 raises or a container method failed.
     """
     info, annotations = job
     start = time.perf_counter()
@@ -288,7 +323,7 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
         else:
             try:
                 record = _anonymize_record(ctx, info, name, image, masks)
-            except Dp2Failed as exc:
+            except MethodFailed as exc:
                 if ctx.cfg.policy == "strict":
                     raise AnonymizeError(
                         f"image id {info['id']} ({name}): {exc} (policy=skip records it and goes on)"
@@ -299,7 +334,7 @@ def process_image(ctx: Context, job: Job) -> dict[str, Any]:
     return record
 
 
-def method_counts(method: str) -> tuple[str, ...]:
+def method_counts(cfg: Config, method: str) -> tuple[str, ...]:
     """The counts ``method`` adds to each image's record: DP2's, or those an installed method declares.
 
     Raises:
@@ -307,13 +342,17 @@ def method_counts(method: str) -> tuple[str, ...]:
     """
     if method in DP2_METHODS:
         return DP2_COUNT_KEYS
-    declared = plugins.get(method).counts
-    if taken := sorted(set(declared) & {*COUNT_KEYS, *DP2_COUNT_KEYS, *PIXEL_KEYS}):
+    if definition := cfg.anonymize.containers.get(method):
+        # A container serving DeepPrivacy2 (anonbench run-job) reports DP2's own count under its name.
+        declared, own = tuple(definition.counts), {*COUNT_KEYS, *PIXEL_KEYS}
+    else:
+        declared, own = plugins.get(method).counts, {*COUNT_KEYS, *DP2_COUNT_KEYS, *PIXEL_KEYS}
+    if taken := sorted(set(declared) & own):
         raise plugins.PluginError(f"anonymizer {method!r}: counts {taken} are anonbench's own; name yours otherwise")
     return declared
 
 
-def coverage_summary(method: str, split: str, manifest: Manifest) -> dict[str, Any]:
+def coverage_summary(cfg: Config, method: str, split: str, manifest: Manifest) -> dict[str, Any]:
     """Aggregate privacy measure of a split: how many persons and person pixels were anonymized.
 
     ``coverage`` is pixel-weighted (changed ground-truth person pixels over all
@@ -321,7 +360,7 @@ def coverage_summary(method: str, split: str, manifest: Manifest) -> dict[str, A
     with a person. An installed method's own counts (``Anonymizer.counts``) are summed too.
     """
     details = [r.details for r in manifest.records if r.status != "error"]
-    keys = (*COUNT_KEYS, *method_counts(method), *PIXEL_KEYS)
+    keys = (*COUNT_KEYS, *method_counts(cfg, method), *PIXEL_KEYS)
     totals = {key: sum(d[key] for d in details) for key in keys}
     per_image = [d["coverage"] for d in details if d["coverage"] is not None]
     gt_pixels = totals["gt_person_pixels"]
@@ -345,7 +384,7 @@ def _assemble(ctx: Context, index: CocoIndex, records: list[dict[str, Any]]) -> 
     manifest = Manifest("anonymize", ctx.split)
     for record in records:
         manifest.add(record["key"], record["status"], record["reason"], **record["details"])
-    summary = coverage_summary(ctx.method, ctx.split, manifest)
+    summary = coverage_summary(ctx.cfg, ctx.method, ctx.split, manifest)
     if ctx.method in DP2_METHODS:
         summary["dp2"] = settings_record(ctx.cfg.anonymize.dp2, ctx.method)
         if summary["persons_below_size_filter"]:
@@ -408,8 +447,10 @@ def _start_fresh_if_settings_changed(ctx: Context) -> None:
 
 
 def _settings(ctx: Context) -> dict[str, Any]:
-    """The settings a split's images are made with."""
-    return {"method": ctx.method, "seed": ctx.cfg.seed, "anonymize": ctx.cfg.anonymize.model_dump(mode="json")}
+    """The settings a split's images are made with (of the container methods, only this method's own)."""
+    anonymize = ctx.cfg.anonymize.model_dump(mode="json", exclude={"containers"})
+    own = {"container": ctx.container.model_dump(mode="json")} if ctx.container is not None else {}
+    return {"method": ctx.method, "seed": ctx.cfg.seed, "anonymize": anonymize, **own}
 
 
 def _settings_stamp(ctx: Context) -> Path:
@@ -455,7 +496,8 @@ def anonymize_split(
         shards still have images to do.
     """
     with indexed(cfg.annotation_file(ORIGINAL, split)) as index:
-        ctx = Context(cfg, method, split, person_category_id(index.categories))
+        job = job_folder(cfg, method, shard) if method in cfg.anonymize.containers else None
+        ctx = Context(cfg, method, split, person_category_id(index.categories), job)
         _start_fresh_if_settings_changed(ctx)
         images = sorted(index.images, key=lambda im: im["id"])
         mine = take_shard(images, shard) if shard else images
@@ -476,6 +518,49 @@ def anonymize_split(
     return folders + paths, summary
 
 
+def container_job(cfg: Config, method: str, splits: list[str], shard: tuple[int, int] | None) -> Path | None:
+    """Write a container method's job for the images of ``splits`` (or the shard) that are still to do.
+
+    The images it holds are those without a done record that have a person to anonymize; changed
+    settings clear a split's records first, as for every method.
+
+    Returns:
+        The job folder when the job has to run, None when there is nothing to do or this request's
+        outputs are already there (a finished job, or another task ran it).
+    """
+    definition = cfg.anonymize.containers[method]
+    job = job_folder(cfg, method, shard)
+    images: list[container.JobImage] = []
+    for split in splits:
+        with indexed(cfg.annotation_file(ORIGINAL, split)) as index:
+            ctx = Context(cfg, method, split, person_category_id(index.categories), job)
+            _start_fresh_if_settings_changed(ctx)
+            mine = sorted(index.images, key=lambda im: im["id"])
+            for info in take_shard(mine, shard) if shard else mine:
+                if _done(ctx, info["file_name"]):
+                    continue
+                masks = _person_masks(ctx, index.lookup.of(info["id"]), info["height"], info["width"])
+                if masks.persons:
+                    path = image_path(ctx.source, info["file_name"]).resolve()
+                    images.append(
+                        container.JobImage(
+                            info["id"], split, info["file_name"], path, info["height"], info["width"],
+                            image_seed(cfg.seed, info["id"]), masks.persons,
+                        )
+                    )  # fmt: skip
+    if not images:
+        return None
+    dilation = cfg.anonymize.dilation_px if definition.dilation_px is None else definition.dilation_px
+    return job if container.prepare(job, method, definition, cfg.seed, dilation, images) else None
+
+
+def _run_container(cfg: Config, method: str, job: Path) -> None:
+    """Run a prepared container job with Docker, the original image folders mounted read-only."""
+    folders = {Path(entry["path"]).parent for entry in json.loads((job / "request.json").read_text())["images"]}
+    log.info("%s: running %s on %s", method, cfg.anonymize.containers[method].image, job)
+    container.run_docker(job, cfg.anonymize.containers[method], sorted(folders))
+
+
 def _process_indexed(ctx: Context, lookup: AnnotationLookup, info: dict[str, Any]) -> dict[str, Any]:
     """Worker task: the image's annotations from the split's index, then :func:`process_image`."""
     return process_image(ctx, (info, lookup.of(info["id"])))
@@ -488,7 +573,14 @@ def _run_tags(cfg: Config, method: str) -> dict[str, str]:
     whether it is deterministic and whether it needs a GPU.
     """
     tags = {"method": method}
-    if method in DP2_METHODS:
+    if definition := cfg.anonymize.containers.get(method):
+        tags |= {
+            "method_package": "container",
+            "method_image": definition.image,
+            "method_deterministic": str(definition.deterministic).lower(),
+            "method_gpu": str(definition.gpu).lower(),
+        }
+    elif method in DP2_METHODS:
         tags |= {"dp2_mode": cfg.anonymize.dp2.mode, "dp2_untrained": str(cfg.anonymize.dp2.untrained).lower()}
     else:
         anonymizer = plugins.get(method)
@@ -505,7 +597,7 @@ def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]
     import mlflow
 
     params = cfg.anonymize
-    settings = params.dp2 if method in DP2_METHODS else params.settings(method)
+    settings = params.containers.get(method) or (params.dp2 if method in DP2_METHODS else params.settings(method))
     mlflow.log_params(
         {
             "method": method,
@@ -524,7 +616,13 @@ def _log_to_mlflow(cfg: Config, method: str, summaries: dict[str, dict[str, Any]
             mlflow.log_artifact(str(path))
 
 
-def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[Path]:
+def run(
+    cfg: Config,
+    method: str,
+    splits: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
+    prepare_only: bool = False,
+) -> list[Path]:
     """Anonymize the persons of each split with ``method`` into ``data/variants/<method>/``.
 
     Args:
@@ -533,6 +631,8 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
             dp2_fullbody or dp2_face.
         splits: Splits to do (default: train and val).
         shard: ``(i, n)``: only every n-th image from the i-th, for spreading over pods or GPUs.
+        prepare_only: A container method: write its job and stop (the KFP pipeline runs the job as a
+            task of its own, then this stage again to read it).
 
     Returns:
         The folders and files written.
@@ -545,8 +645,13 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
         Dp2Unavailable: At once, when the method needs DeepPrivacy2 and it is not installed, or CUDA
             is asked for and absent.
     """
-    method_counts(method)  # an unknown name stops here, listing the installed methods; so does a bad count name
+    method_counts(cfg, method)  # an unknown name stops here, listing the installed methods; so does a bad count name
     splits = splits or list(cfg.data.splits)
+    if prepare_only:
+        if method not in cfg.anonymize.containers:
+            raise ValueError(f"--prepare-job: {method!r} is not a container method (anonymize.containers)")
+        container_job(cfg, method, splits, shard)
+        return [job_folder(cfg, method, shard)]
     if not any(split_pending(cfg, method, split, shard) for split in splits):
         return [p for split in splits for p in anonymize_split(cfg, method, split, shard, 1)[0]]
     from anonbench.tracking import mlflow_run
@@ -555,6 +660,8 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
     with mlflow_run(cfg, name, "anonymize", _run_tags(cfg, method), reads=[cfg.source_root]):
         if uses_dp2(cfg, method):  # load DP2 before any work: a missing weight, CUDA or DP2 stops here
             _dp2(cfg.anonymize.dp2, method if method in DP2_METHODS else "detector", cfg.seed)
+        if method in cfg.anonymize.containers and (job := container_job(cfg, method, splits, shard)):
+            _run_container(cfg, method, job)
         # DP2 (or a plugin needing a GPU) keeps a model on the GPU per process: one process per GPU, shards across GPUs.
         workers = 1 if needs_gpu(cfg, method) else cfg.n_workers
         written: list[Path] = []
@@ -565,4 +672,9 @@ def run(cfg: Config, method: str, splits: list[str] | None = None, shard: tuple[
             if summary is not None:
                 summaries[split] = summary
         _log_to_mlflow(cfg, method, summaries, written)
+    if method in cfg.anonymize.containers:  # its records hold what the job wrote
+        job = job_folder(cfg, method, shard)
+        shutil.rmtree(job, ignore_errors=True)
+        if job.parent.is_dir() and not any(job.parent.iterdir()):  # other shards' jobs may still be there
+            job.parent.rmdir()
     return written

@@ -55,7 +55,7 @@ def target_path(cfg: Config, target: str) -> Path:
     folders = {"source": cfg.source_root, "prepared": cfg.paths.data / "prepared", "models": cfg.paths.models}
     if target in folders:
         return folders[target]
-    if target in plugins.names():
+    if target in plugins.names() or target in cfg.anonymize.containers:
         return cfg.variant_root(target)
     raise PublishError(f"--target {target!r}: expected source, prepared, models or an anonymization method")
 
