@@ -51,7 +51,7 @@ trap stop_daemon EXIT
 step "daemon at $DOCKER_HOST"
 
 step "hadolint"
-"$(dirname "$PYTHON")/hadolint" --config .hadolint.yaml docker/*/Dockerfile
+"$(dirname "$PYTHON")/hadolint" --config .hadolint.yaml docker/*/Dockerfile examples/*/Dockerfile
 
 step "base image"
 base=$(docker/debian_base.sh local/debian:bookworm)
