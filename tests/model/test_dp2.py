@@ -29,6 +29,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from anonbench.analysis.stale_labels import extension_proposals
+from anonbench.anonymizers import container
 from anonbench.anonymizers.dp2 import STUDY_CONFIG, Dp2Anonymizer, Dp2Output, Dp2Unavailable, repo_dir
 from anonbench.anonymizers.dp2_weights import WeightsError, lay_out, required
 from anonbench.anonymizers.masks import dilate, person_masks, read_paint_record
@@ -293,6 +294,32 @@ def test_coverage_and_mlflow_say_which_dp2_ran(run: Config) -> None:
     runs = mlflow.search_runs(experiment_names=[run.tracking.experiment], filter_string="tags.stage = 'anonymize'")
     assert len(runs) == 1
     assert runs["tags.dp2_mode"][0] == "gt" and runs["tags.dp2_untrained"][0] == "true"
+
+
+def test_dp2_through_the_container_contract_writes_the_pixels_the_built_in_writes(
+    run: Config, slice_coco: Path, tmp_path: Path
+) -> None:
+    """The DP2 image as a container method (anonbench run-job --method dp2_fullbody, masks as annotated): every
+    image with a person, its region and the size filter's count are the built-in dp2_fullbody's, byte for byte."""
+    params = json.dumps(run.anonymize.dp2.model_dump(mode="json"))
+    box = (
+        "anonymize.containers={dp2_box: {image: anonbench-dp2:test, command: [anonbench, run-job, --method, "
+        f"{METHOD}], counts: [persons_below_size_filter], dilation_px: 0, min_person_px: 0, params: {params}}}}}"
+    )
+    cfg = config(tmp_path, slice_coco, box, "anonymize.methods=[blur,pixelate,mask,dp2_box]")
+    [job] = anonymize.run(cfg, "dp2_box", splits=[VAL], prepare_only=True)
+    assert container.serve(job, METHOD) == {"ok": len(WITH_PERSONS), "error": 0}  # what the image's command does
+    anonymize.run(cfg, "dp2_box", splits=[VAL])
+    for name in WITH_PERSONS:
+        for folder in (VAL, f"masks/{VAL}"):
+            built_in = run.variant_root(METHOD) / folder / f"{Path(name).stem}.png"
+            boxed = cfg.variant_root("dp2_box") / folder / f"{Path(name).stem}.png"
+            assert boxed.exists() == built_in.exists() and (
+                not boxed.exists() or boxed.read_bytes() == built_in.read_bytes()
+            )
+    below = [json.loads((c.variant_root(m) / f"coverage_{VAL}.json").read_text())["persons_below_size_filter"]
+             for c, m in ((cfg, "dp2_box"), (run, METHOD))]  # fmt: skip
+    assert below[0] == below[1] == sum(failed for _, failed in SIZE_FILTER.values())
 
 
 def test_same_seed_same_bytes_on_the_cpu(run: Config, slice_coco: Path, tmp_path: Path) -> None:
