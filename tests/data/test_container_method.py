@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from anonbench.anonymizers import container
 from anonbench.anonymizers.masks import changed_pixels
+from anonbench.cli import app
 from anonbench.config import Config
 from anonbench.images import encode_image, read_image
 from anonbench.stages import anonymize
@@ -59,7 +61,8 @@ def test_a_container_serving_blur_writes_what_the_blur_plugin_writes(with_contai
     request = json.loads((job / "request.json").read_text())
     assert request["contract"] == container.CONTRACT and request["dilation_px"] == cfg.anonymize.dilation_px
     assert not container.finished(job)
-    assert container.serve(job, "blur") == {"ok": len(request["images"]), "error": 0}
+    served = CliRunner().invoke(app, ["run-job", str(job), "--method", "blur"])  # the image's command
+    assert served.exit_code == 0 and f"{len(request['images'])} images ok, 0 failed" in served.output
     anonymize.run(cfg, "blurbox", [VAL])  # the job is done: read, no Docker
     anonymize.run(cfg, "blur", [VAL])
     assert not job.exists()  # its records hold what it wrote
@@ -68,6 +71,13 @@ def test_a_container_serving_blur_writes_what_the_blur_plugin_writes(with_contai
     assert differ == {f"coverage_{VAL}.json"}  # the method's name, only
     coverage = json.loads((cfg.variant_root("blurbox") / f"coverage_{VAL}.json").read_text())
     assert coverage | {"method": "blur"} == json.loads((cfg.variant_root("blur") / f"coverage_{VAL}.json").read_text())
+
+
+def test_anonbench_methods_lists_the_container_methods_params_define() -> None:
+    listed = CliRunner().invoke(app, ["methods", "--set", SHUFFLE_METHOD, "--set", BLURBOX_METHOD])
+    assert listed.exit_code == 0, listed.output
+    assert "shuffle\tcontainer anonbench-shuffle:test\tdeterministic=true gpu=false\t" in listed.output
+    assert "blurbox\tcontainer anonbench-cpu:test\t" in listed.output
 
 
 def test_the_example_shuffle_method_permutes_each_persons_pixels(with_containers: Callable[..., Config]) -> None:
