@@ -35,14 +35,15 @@ def shuffle(image: np.ndarray, masks: np.ndarray, seed: int, passes: int) -> tup
     return out, masks.any(axis=0)
 
 
-def write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half a file."""
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    """Write a PNG through a temporary file in the same folder, so a reader never sees half a file."""
     temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
+    Image.fromarray(pixels).save(temporary, format="PNG")
     os.replace(temporary, path)
 
 
 def main(job: Path) -> None:
+    """Do the job in folder ``job``: every requested image, then the manifest."""
     request = json.loads((job / "request.json").read_text(encoding="utf-8"))
     if request["contract"] != CONTRACT:
         sys.exit(f"shuffle: {job / 'request.json'}: contract {request['contract']}, this method speaks {CONTRACT}")
@@ -60,12 +61,15 @@ def main(job: Path) -> None:
         with np.load(job / entry["masks"]) as stored:
             masks = stored["masks"]
         out, region = shuffle(image, masks, entry["seed"], passes)
-        write_atomically(output / f"{entry['id']}.png", lambda p: Image.fromarray(out).save(p, format="PNG"))
-        region_image = Image.fromarray(region.astype(np.uint8) * 255)
-        write_atomically(output / f"{entry['id']}.region.png", lambda p: region_image.save(p, format="PNG"))
+        save_png(output / f"{entry['id']}.png", out)
+        save_png(output / f"{entry['id']}.region.png", region.astype(np.uint8) * 255)
         entries[str(entry["id"])] = {"status": "ok", "reason": "", "counts": {"persons_shuffled": len(masks)}}
-    manifest = json.dumps({"contract": CONTRACT, "images": entries}, indent=1, sort_keys=True)
-    write_atomically(output / "manifest.json", lambda p: p.write_text(manifest, encoding="utf-8"))
+    manifest = output / "manifest.json"  # last: it says the job is done
+    temporary = manifest.with_name(".manifest.json.tmp")
+    temporary.write_text(
+        json.dumps({"contract": CONTRACT, "images": entries}, indent=1, sort_keys=True), encoding="utf-8"
+    )
+    os.replace(temporary, manifest)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DP2_UNTRAINED_GT, coco_slice
+from anonbench.anonymizers.masks import changed_pixels
+from anonbench.images import read_image
+from tests.conftest import DP2_UNTRAINED_GT, PARAMS, coco_slice, config_under
 from tests.pipeline.conftest import DOCKER, REPO, sh
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -112,3 +114,27 @@ def test_the_image_wants_weights_and_its_user_can_use_the_weights_folder(dp2_ima
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
     for name in ("model_final_2d9806.pkl", "model_final_1d3314.pkl", "phi_smpl_27554_256.pkl"):
         assert name in errors[0]
+
+
+def test_the_image_is_a_container_method_of_the_local_stage(dp2_image: str, coco_mini: Path, tmp_path: Path) -> None:
+    """DP2's image behind the file contract: anonbench run-job --method dp2_fullbody, run by the host's anonymize stage
+    with Docker (as root here, with the host's user), on the val slice: DP2's own size filter count, its pixels only
+    inside the region it reports."""
+    box = (
+        f"anonymize.containers={{dp2_box: {{image: {dp2_image}, command: [anonbench, run-job, --method, dp2_fullbody], "
+        "counts: [persons_below_size_filter], dilation_px: 0, min_person_px: 0, params: {mode: gt, untrained: true}}}"
+    )
+    overrides = [box, "anonymize.methods=[blur,pixelate,mask,dp2_box]"]
+    cfg = config_under(tmp_path, coco_mini, *overrides, source=coco_slice(coco_mini, tmp_path / "coco", SLICE))
+    sets = [f"paths.data={cfg.paths.data}", f"tracking.uri={cfg.tracking.uri}", *overrides]
+    sh(REPO / ".venv" / "bin" / "anonbench", "anonymize", "--method", "dp2_box", "--split", "val2017",
+       "--params", PARAMS, *(a for s in sets for a in ("--set", s)))  # fmt: skip
+    variant = cfg.variant_root("dp2_box")
+    coverage = json.loads((variant / "coverage_val2017.json").read_text())
+    assert coverage["status"] == {"ok": 4} and coverage["persons_below_size_filter"] == 2  # 522713's two
+    painted = read_image(variant / "masks" / "val2017" / "000000143931.png")[..., 0] > 0
+    original = read_image(cfg.image_dir("org", "val2017") / "000000143931.jpg")
+    out = read_image(variant / "val2017" / "000000143931.png")
+    assert painted.any() and (changed_pixels(original, out) == painted).all()
+    assert not (variant / "masks" / "val2017" / "000000522713.png").exists()  # under the filter: unchanged
+    assert not (variant / "jobs").exists()
