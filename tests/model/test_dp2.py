@@ -320,6 +320,10 @@ def test_dp2_through_the_container_contract_writes_the_pixels_the_built_in_write
     below = [json.loads((c.variant_root(m) / f"coverage_{VAL}.json").read_text())["persons_below_size_filter"]
              for c, m in ((cfg, "dp2_box"), (run, METHOD))]  # fmt: skip
     assert below[0] == below[1] == sum(failed for _, failed in SIZE_FILTER.values())
+    records = json.loads((cfg.variant_root("dp2_box") / f"manifest_{VAL}.json").read_text())["records"]
+    boxed = {r["key"]: (r["status"], r["details"]["persons_anonymized"]) for r in records if r["key"] in WITH_PERSONS}
+    assert boxed == {name: (r["status"], r["details"]["persons_anonymized"]) for name, r in manifest(run).items()
+                     if name in WITH_PERSONS}  # fmt: skip
 
 
 def test_same_seed_same_bytes_on_the_cpu(run: Config, slice_coco: Path, tmp_path: Path) -> None:

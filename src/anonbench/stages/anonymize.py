@@ -197,7 +197,8 @@ def anonymize_pixels(ctx: Context, image: np.ndarray, masks: PersonMasks, image_
             raise MethodFailed(out.reason)
         # Its pixels count only inside the region it says it painted: outside, the original's as decoded here.
         pixels = np.where(out.region[..., None], out.image, image)
-        return Anonymized(pixels, out.region, len(masks.persons), out.counts)
+        left_alone = out.counts.get("persons_below_size_filter", 0)  # DP2's count: persons its own filter dropped
+        return Anonymized(pixels, out.region, len(masks.persons) - left_alone, out.counts)
     if ctx.method not in DP2_METHODS:
         persons = masks.persons
         if params.mask_source == "detector":
