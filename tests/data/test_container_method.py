@@ -104,6 +104,13 @@ def test_the_example_shuffle_method_permutes_each_persons_pixels(with_containers
     reference = variant_digests(root)
     anonymize.run(cfg, "shuffle", [VAL])  # nothing to do: no job, the same files
     assert variant_digests(root) == reference and not (root / "jobs").exists()
+    # A resubmitted KFP run: the job task still gets a job (with no image), its image does nothing, the read
+    # leaves the variant as it was and removes the job.
+    [job] = anonymize.run(cfg, "shuffle", [VAL], prepare_only=True)
+    assert json.loads((job / "request.json").read_text())["images"] == []
+    shuffle_outside_docker(job)
+    anonymize.run(cfg, "shuffle", [VAL])
+    assert variant_digests(root) == reference and not (root / "jobs").exists()
 
 
 def test_changed_container_params_start_the_variant_afresh(with_containers: Callable[..., Config]) -> None:

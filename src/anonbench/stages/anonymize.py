@@ -234,13 +234,17 @@ def _person_masks(ctx: Context, annotations: list[dict[str, Any]], height: int, 
 
     DP2 dilates each mask itself and applies its own size filter (the study's), so it gets them bare.
     """
-    params = ctx.cfg.anonymize
-    if ctx.method in DP2_METHODS:
-        return person_masks(annotations, ctx.person_id, height, width, 0, 0)
-    own = ctx.container
+    return person_masks(annotations, ctx.person_id, height, width, *_mask_settings(ctx.cfg, ctx.method))
+
+
+def _mask_settings(cfg: Config, method: str) -> tuple[int, int]:
+    """Dilation and size filter of the method's person masks: none for DP2, a container method's own if it sets them."""
+    params, own = cfg.anonymize, cfg.anonymize.containers.get(method)
+    if method in DP2_METHODS:
+        return 0, 0
     dilation = params.dilation_px if own is None or own.dilation_px is None else own.dilation_px
     smallest = params.min_person_px if own is None or own.min_person_px is None else own.min_person_px
-    return person_masks(annotations, ctx.person_id, height, width, dilation, smallest)
+    return dilation, smallest
 
 
 def _details(masks: PersonMasks, counts: dict[str, Any], changed: np.ndarray, region: np.ndarray) -> dict[str, Any]:
@@ -502,7 +506,7 @@ def anonymize_split(
         _start_fresh_if_settings_changed(ctx)
         images = sorted(index.images, key=lambda im: im["id"])
         mine = take_shard(images, shard) if shard else images
-        todo = [im for im in mine if not _done(ctx, im["file_name"])]
+        todo = _todo(ctx, mine)
         log.info("%s %s: %d of %d images to do", method, split, len(todo), len(mine))
         task = functools.partial(_process_indexed, ctx, index.lookup)
         for _ in map_with_progress(task, todo, workers, f"anonymize {method} {split}"):
@@ -519,11 +523,25 @@ def anonymize_split(
     return folders + paths, summary
 
 
-def container_job(cfg: Config, method: str, splits: list[str], shard: tuple[int, int] | None) -> Path | None:
+def _todo(ctx: Context, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The images without a done record."""
+    return [im for im in images if not _done(ctx, im["file_name"])]
+
+
+def container_job(
+    cfg: Config, method: str, splits: list[str], shard: tuple[int, int] | None, always: bool = False
+) -> Path | None:
     """Write a container method's job for the images of ``splits`` (or the shard) that are still to do.
 
     The images it holds are those without a done record that have a person to anonymize; changed
     settings clear a split's records first, as for every method.
+
+    Args:
+        cfg: Validated configuration.
+        method: A container method's name (``anonymize.containers``).
+        splits: Splits whose images the job holds.
+        shard: ``(i, n)``: only that shard's images.
+        always: Write the job even when it holds no image (the KFP task that runs it next needs a job).
 
     Returns:
         The job folder when the job has to run, None when there is nothing to do or this request's
@@ -537,9 +555,7 @@ def container_job(cfg: Config, method: str, splits: list[str], shard: tuple[int,
             ctx = Context(cfg, method, split, person_category_id(index.categories), job)
             _start_fresh_if_settings_changed(ctx)
             mine = sorted(index.images, key=lambda im: im["id"])
-            for info in take_shard(mine, shard) if shard else mine:
-                if _done(ctx, info["file_name"]):
-                    continue
+            for info in _todo(ctx, take_shard(mine, shard) if shard else mine):
                 masks = _person_masks(ctx, index.lookup.of(info["id"]), info["height"], info["width"])
                 if masks.persons:
                     path = image_path(ctx.source, info["file_name"]).resolve()
@@ -549,10 +565,9 @@ def container_job(cfg: Config, method: str, splits: list[str], shard: tuple[int,
                             image_seed(cfg.seed, info["id"]), masks.persons,
                         )
                     )  # fmt: skip
-    if not images:
+    if not images and not always:
         return None
-    dilation = cfg.anonymize.dilation_px if definition.dilation_px is None else definition.dilation_px
-    return job if container.prepare(job, method, definition, cfg.seed, dilation, images) else None
+    return job if container.prepare(job, method, definition, cfg.seed, _mask_settings(cfg, method)[0], images) else None
 
 
 def _run_container(cfg: Config, method: str, job: Path) -> None:
@@ -651,9 +666,10 @@ def run(
     if prepare_only:
         if method not in cfg.anonymize.containers:
             raise ValueError(f"--prepare-job: {method!r} is not a container method (anonymize.containers)")
-        container_job(cfg, method, splits, shard)
+        container_job(cfg, method, splits, shard, always=True)
         return [job_folder(cfg, method, shard)]
     if not any(split_pending(cfg, method, split, shard) for split in splits):
+        _remove_job(cfg, method, shard)
         return [p for split in splits for p in anonymize_split(cfg, method, split, shard, 1)[0]]
     from anonbench.tracking import mlflow_run
 
@@ -673,9 +689,15 @@ def run(
             if summary is not None:
                 summaries[split] = summary
         _log_to_mlflow(cfg, method, summaries, written)
-    if method in cfg.anonymize.containers:  # its records hold what the job wrote
-        job = job_folder(cfg, method, shard)
-        shutil.rmtree(job, ignore_errors=True)
-        if job.parent.is_dir() and not any(job.parent.iterdir()):  # other shards' jobs may still be there
-            job.parent.rmdir()
+    _remove_job(cfg, method, shard)
     return written
+
+
+def _remove_job(cfg: Config, method: str, shard: tuple[int, int] | None) -> None:
+    """A container method's job, once read: its records hold what it wrote (no-op for other methods)."""
+    if method not in cfg.anonymize.containers:
+        return
+    job = job_folder(cfg, method, shard)
+    shutil.rmtree(job, ignore_errors=True)
+    if job.parent.is_dir() and not any(job.parent.iterdir()):  # other shards' jobs may still be there
+        job.parent.rmdir()
